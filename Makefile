@@ -1,0 +1,33 @@
+# One-command entry points. Each target creates .venv and installs the project the first time.
+# GPU users: make test TORCH_SPEC="torch==2.5.1"   (any pip requirement spec, with extra pip args)
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+SHARED ?= ../shared
+BIN := $(VENV)/bin
+MBPP_SRC := $(if $(wildcard $(SHARED)/data/mbpp/mbpp.jsonl),$(SHARED)/data/mbpp/mbpp.jsonl,hub)
+TOKENIZER := $(if $(wildcard $(SHARED)/tokenizers/gpt2/vocab.json),$(SHARED)/tokenizers/gpt2,gpt2)
+
+.PHONY: setup test lint demo clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+clean-venv:
+	rm -rf $(VENV)

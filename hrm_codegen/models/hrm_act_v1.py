@@ -1,0 +1,380 @@
+"""Hierarchical Reasoning Model (ACT v1) for autoregressive code generation.
+
+A re-implementation of Sapient's HRM (sapientinc/HRM, Apache-2.0, `models/hrm/hrm_act_v1.py` at the
+commit recorded in `UPSTREAM_COMMIT`) with upstream's parameter names and config keys, and these patches:
+causal attention (`causal`), an `input_ids` embedding path without puzzle embeddings, the Q-head/ACT
+halting behind `enable_q_head`, 1-D RoPE (or learned positions), and a KV cache for generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrm_codegen.models.layers import (
+    ATTN_BACKENDS,
+    Attention,
+    CastedEmbedding,
+    CastedLinear,
+    KVCache,
+    RotaryEmbedding,
+    SwiGLU,
+    rms_norm,
+    trunc_normal_init_,
+)
+
+UPSTREAM_COMMIT = "af3e8b1"  # sapientinc/HRM, 2025-07-31: the architecture this port follows
+
+
+@dataclass
+class HRMConfig:
+    """Model configuration; keys and defaults follow upstream `config/arch/hrm_v1.yaml` plus the codegen keys."""
+
+    vocab_size: int = 50257
+    seq_len: int = 512
+    batch_size: int = 1  # kept for upstream config compatibility; the model does not depend on it
+    H_cycles: int = 2
+    L_cycles: int = 2
+    H_layers: int = 4
+    L_layers: int = 4
+    hidden_size: int = 512
+    expansion: float = 4.0
+    num_heads: int = 8
+    pos_encodings: str = "rope"
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    halt_max_steps: int = 1
+    halt_exploration_prob: float = 0.1
+    forward_dtype: str = "float32"
+    puzzle_emb_ndim: int = 0
+    num_puzzle_identifiers: int = 0
+    causal: bool = True
+    enable_q_head: bool = False
+    attn_backend: str = "auto"
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> HRMConfig:
+        """Build and validate a config from a plain mapping (unknown keys are an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown HRM config key(s) {unknown}; expected a subset of {sorted(known)}")
+        cfg = cls(**config)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending key when the configuration cannot be built."""
+        if self.puzzle_emb_ndim != 0:
+            raise ValueError(
+                f"puzzle_emb_ndim={self.puzzle_emb_ndim}: the code-generation port has no puzzle embeddings; "
+                "set puzzle_emb_ndim to 0"
+            )
+        if self.pos_encodings not in ("rope", "learned"):
+            raise ValueError(f"pos_encodings must be 'rope' or 'learned', got {self.pos_encodings!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if self.halt_max_steps < 1:
+            raise ValueError(f"halt_max_steps must be >= 1, got {self.halt_max_steps}")
+        if self.forward_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"forward_dtype must be float32, bfloat16 or float16, got {self.forward_dtype!r}")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
+        for key in ("H_cycles", "L_cycles", "H_layers", "L_layers", "vocab_size", "seq_len"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict view (what `HierarchicalReasoningModel_ACTV1(config_dict)` accepts)."""
+        return asdict(self)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of the forward pass."""
+        return getattr(torch, self.forward_dtype)
+
+    @property
+    def layer_evals_per_segment(self) -> int:
+        """Transformer-block evaluations per token in one ACT segment."""
+        return self.H_cycles * (self.L_cycles * self.L_layers + self.H_layers)
+
+
+@dataclass
+class HierarchicalReasoningModel_ACTV1InnerCarry:
+    """Recurrent state of the two modules, [B, S, hidden] each."""
+
+    z_H: torch.Tensor
+    z_L: torch.Tensor
+
+
+@dataclass
+class HierarchicalReasoningModel_ACTV1Carry:
+    """ACT state: inner carry plus per-sequence step counts, halting flags and the data being worked on."""
+
+    inner_carry: HierarchicalReasoningModel_ACTV1InnerCarry
+    steps: torch.Tensor
+    halted: torch.Tensor
+    current_data: dict[str, torch.Tensor]
+
+
+class HierarchicalReasoningModel_ACTV1Block(nn.Module):
+    """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
+
+    def __init__(self, config: HRMConfig):
+        super().__init__()
+        self.self_attn = Attention(
+            hidden_size=config.hidden_size,
+            head_dim=config.hidden_size // config.num_heads,
+            num_heads=config.num_heads,
+            num_key_value_heads=config.num_heads,
+            causal=config.causal,
+            backend=config.attn_backend,
+        )
+        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+        self.norm_eps = config.rms_norm_eps
+
+    def forward(self, hidden_states: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, **attn_kwargs), self.norm_eps)
+        return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+
+
+class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
+    """A stack of blocks that first adds its input injection to its state."""
+
+    def __init__(self, layers: list[HierarchicalReasoningModel_ACTV1Block]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, hidden_states: torch.Tensor, input_injection: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        hidden_states = hidden_states + input_injection
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, **attn_kwargs)
+        return hidden_states
+
+
+class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
+    """One ACT segment: H_cycles x (L_cycles L-steps + one H-step), gradient only through the last of each."""
+
+    def __init__(self, config: HRMConfig):
+        super().__init__()
+        self.config = config
+        dtype = config.dtype
+        self.embed_scale = math.sqrt(config.hidden_size)
+        embed_init_std = 1.0 / self.embed_scale
+
+        self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size, embed_init_std, dtype)
+        self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        if config.enable_q_head:
+            self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
+            with torch.no_grad():  # start by almost never halting
+                self.q_head.weight.zero_()
+                self.q_head.bias.fill_(-5.0)  # type: ignore[union-attr]
+        if config.pos_encodings == "rope":
+            self.rotary_emb = RotaryEmbedding(config.hidden_size // config.num_heads, config.seq_len,
+                                              config.rope_theta)
+        else:
+            self.embed_pos = CastedEmbedding(config.seq_len, config.hidden_size, embed_init_std, dtype)
+
+        self.H_level = HierarchicalReasoningModel_ACTV1ReasoningModule(
+            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.H_layers)]
+        )
+        self.L_level = HierarchicalReasoningModel_ACTV1ReasoningModule(
+            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.L_layers)]
+        )
+        self.H_init: torch.Tensor
+        self.L_init: torch.Tensor
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size), std=1.0))
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size), std=1.0))
+
+    def _input_embeddings(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        embedding = self.embed_tokens(input_ids.to(torch.int32))
+        if self.config.pos_encodings == "learned":
+            if int(position_ids.max()) >= self.config.seq_len:
+                raise ValueError(f"position {int(position_ids.max())} exceeds seq_len={self.config.seq_len}")
+            embedding = 0.707106781 * (embedding + self.embed_pos(position_ids))
+        return self.embed_scale * embedding
+
+    def empty_carry(self, batch_size: int, seq_len: int, device: torch.device | None = None):
+        """Uninitialised carry of shape [B, S, hidden]; reset it before use."""
+        shape = (batch_size, seq_len, self.config.hidden_size)
+        return HierarchicalReasoningModel_ACTV1InnerCarry(
+            z_H=torch.empty(shape, dtype=self.config.dtype, device=device),
+            z_L=torch.empty(shape, dtype=self.config.dtype, device=device),
+        )
+
+    def reset_carry(self, reset_flag: torch.Tensor, carry: HierarchicalReasoningModel_ACTV1InnerCarry):
+        """Replace the carry of sequences where `reset_flag` [B] is set by H_init / L_init."""
+        flag = reset_flag.view(-1, 1, 1)
+        return HierarchicalReasoningModel_ACTV1InnerCarry(
+            z_H=torch.where(flag, self.H_init.to(carry.z_H.dtype), carry.z_H),
+            z_L=torch.where(flag, self.L_init.to(carry.z_L.dtype), carry.z_L),
+        )
+
+    def forward(
+        self,
+        carry: HierarchicalReasoningModel_ACTV1InnerCarry,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        last_index: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ):
+        """Run one segment; returns (detached new carry, logits [B, S, vocab], (q_halt, q_continue) or None)."""
+        attn_kwargs: dict[str, Any] = {"key_mask": key_mask, "kv_cache": kv_cache}
+        if self.config.pos_encodings == "rope":
+            attn_kwargs["cos_sin"] = self.rotary_emb(position_ids)
+        x = self._input_embeddings(input_ids, position_ids)
+        h_cycles, l_cycles = self.config.H_cycles, self.config.L_cycles
+
+        z_H, z_L = carry.z_H, carry.z_L
+        with torch.no_grad():
+            for h_step in range(h_cycles):
+                for l_step in range(l_cycles):
+                    if not (h_step == h_cycles - 1 and l_step == l_cycles - 1):
+                        z_L = self.L_level(z_L, z_H + x, **attn_kwargs)
+                if h_step != h_cycles - 1:
+                    z_H = self.H_level(z_H, z_L, **attn_kwargs)
+        # 1-step gradient: only the last L step and the last H step are differentiated.
+        z_L = self.L_level(z_L, z_H + x, **attn_kwargs)
+        z_H = self.H_level(z_H, z_L, **attn_kwargs)
+
+        new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
+        logits = self.lm_head(z_H)
+        q = None
+        if self.config.enable_q_head:
+            if last_index is None:
+                last_index = torch.full((z_H.shape[0],), z_H.shape[1] - 1, device=z_H.device)
+            # Under causal attention only the last real token has seen the whole sequence.
+            summary = z_H[torch.arange(z_H.shape[0], device=z_H.device), last_index]
+            q_logits = self.q_head(summary).to(torch.float32)
+            q = (q_logits[..., 0], q_logits[..., 1])
+        return new_carry, logits, q
+
+
+def default_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Positions counting real tokens only (left padding gets position 0)."""
+    if attention_mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-padding token of each row of a [B, S] mask."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * positions).argmax(-1)
+
+
+class HierarchicalReasoningModel_ACTV1(nn.Module):
+    """HRM with the adaptive-computation-time wrapper; `forward(carry, batch)` runs one segment per call."""
+
+    def __init__(self, config_dict: dict[str, Any] | HRMConfig):
+        super().__init__()
+        self.config = config_dict if isinstance(config_dict, HRMConfig) else HRMConfig.from_dict(dict(config_dict))
+        self.config.validate()
+        self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
+
+    def _batch_views(self, data: dict[str, torch.Tensor]):
+        input_ids = data["input_ids"]
+        mask = data.get("attention_mask")
+        key_mask = mask.bool() if mask is not None else None
+        position_ids = data.get("position_ids")
+        if position_ids is None:
+            position_ids = default_position_ids(input_ids, mask)
+        last_index = last_real_index(mask) if mask is not None else None
+        return input_ids, position_ids, key_mask, last_index
+
+    def initial_carry(self, batch: dict[str, torch.Tensor]) -> HierarchicalReasoningModel_ACTV1Carry:
+        """A carry in which every sequence is halted, so the first `forward` loads `batch` and resets."""
+        batch_size, seq_len = batch["input_ids"].shape
+        device = batch["input_ids"].device
+        return HierarchicalReasoningModel_ACTV1Carry(
+            inner_carry=self.inner.empty_carry(batch_size, seq_len, device),
+            steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
+            halted=torch.ones(batch_size, dtype=torch.bool, device=device),
+            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
+        )
+
+    def forward(self, carry: HierarchicalReasoningModel_ACTV1Carry, batch: dict[str, torch.Tensor]):
+        """One ACT segment: halted sequences restart on `batch`; returns (new carry, outputs)."""
+        cfg = self.config
+        inner_carry = self.inner.reset_carry(carry.halted, carry.inner_carry)
+        steps = torch.where(carry.halted, 0, carry.steps)
+        current_data = {
+            k: torch.where(carry.halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v)
+            for k, v in carry.current_data.items()
+        }
+        views = self._batch_views(current_data)
+        inner_carry, logits, q = self.inner(inner_carry, *views)
+        outputs: dict[str, torch.Tensor] = {"logits": logits}
+        if q is not None:
+            outputs["q_halt_logits"], outputs["q_continue_logits"] = q
+
+        with torch.no_grad():
+            steps = steps + 1
+            is_last_step = steps >= cfg.halt_max_steps
+            halted = is_last_step
+            if self.training and q is not None and cfg.halt_max_steps > 1:
+                q_halt, q_continue = q
+                halted = halted | (q_halt > q_continue)
+                explore = torch.rand_like(q_halt) < cfg.halt_exploration_prob
+                min_halt_steps = explore * torch.randint_like(steps, low=2, high=cfg.halt_max_steps + 1)
+                halted = halted & (steps >= min_halt_steps)
+                _, _, next_q = self.inner(inner_carry, *views)
+                assert next_q is not None
+                next_halt, next_continue = next_q
+                outputs["target_q_continue"] = torch.sigmoid(
+                    torch.where(is_last_step, next_halt, torch.maximum(next_halt, next_continue))
+                )
+        return HierarchicalReasoningModel_ACTV1Carry(inner_carry, steps, halted, current_data), outputs
+
+    def lm_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        num_segments: int | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Plain LM use: logits [B, S, vocab] after `num_segments` (default halt_max_steps) fresh segments.
+
+        With `kv_cache`, `input_ids` are only the new positions; their keys/values are appended to the cache.
+        """
+        batch = {"input_ids": input_ids}
+        if attention_mask is not None:
+            batch["attention_mask"] = attention_mask
+        if position_ids is not None:
+            batch["position_ids"] = position_ids
+        ids, pos, key_mask, last_index = self._batch_views(batch)
+        if kv_cache is not None:
+            new_mask = key_mask if key_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+            kv_cache.begin_step(new_mask)
+        batch_size, seq_len = ids.shape
+        carry = self.inner.reset_carry(
+            torch.ones(batch_size, dtype=torch.bool, device=ids.device),
+            self.inner.empty_carry(batch_size, seq_len, ids.device),
+        )
+        logits = None
+        for _ in range(num_segments or self.config.halt_max_steps):
+            carry, logits, _ = self.inner(carry, ids, pos, key_mask, last_index, kv_cache)
+        assert logits is not None
+        return logits
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts by component (embeddings, H level, L level, LM head, Q-head)."""
+        counts: dict[str, int] = {}
+        for name, p in self.inner.named_parameters():
+            component = name.split(".")[0]
+            counts[component] = counts.get(component, 0) + p.numel()
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Autoregressive decoding; see `hrm_codegen.generation.generate` for the arguments."""
+        from hrm_codegen.generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)

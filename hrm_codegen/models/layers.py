@@ -1,0 +1,265 @@
+"""Building blocks of the HRM: casted linear/embedding, RoPE, causal attention with a KV cache, SwiGLU."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # FlashAttention is optional and GPU-only.
+    from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+except Exception:  # noqa: BLE001 - any import failure (missing, wrong CUDA build) means "not available"
+    flash_attn_func = None
+
+ATTN_BACKENDS = ("auto", "sdpa", "eager", "flash_attn")
+
+
+def trunc_normal_init_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0):
+    """Fill `tensor` with a truncated normal whose std (after truncation) equals `std` (JAX/Flax style)."""
+    with torch.no_grad():
+        if std == 0:
+            return tensor.zero_()
+        # Truncating N(0, 1) to [lower, upper] shrinks its std; compensate so the result has std `std`.
+        sqrt2 = math.sqrt(2.0)
+        cdf_lo, cdf_hi = math.erf(lower / sqrt2), math.erf(upper / sqrt2)
+        z = (cdf_hi - cdf_lo) / 2.0
+        pdf_lo = math.exp(-0.5 * lower**2) / math.sqrt(2 * math.pi)
+        pdf_hi = math.exp(-0.5 * upper**2) / math.sqrt(2 * math.pi)
+        trunc_std = math.sqrt(1 - (upper * pdf_hi - lower * pdf_lo) / z - ((pdf_hi - pdf_lo) / z) ** 2)
+        comp_std = std / trunc_std
+        tensor.uniform_(cdf_lo, cdf_hi)
+        tensor.erfinv_().mul_(sqrt2 * comp_std).clip_(lower * comp_std, upper * comp_std)
+    return tensor
+
+
+def rms_norm(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without a learnable scale, computed in fp32 and cast back."""
+    dtype = hidden_states.dtype
+    x = hidden_states.to(torch.float32)
+    x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    return x.to(dtype)
+
+
+def _find_multiple(a: int, b: int) -> int:
+    return (-(a // -b)) * b
+
+
+class CastedLinear(nn.Module):
+    """Linear layer with fp32 master weights cast to the input dtype at call time; LeCun truncated init."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(
+            trunc_normal_init_(torch.empty(out_features, in_features), std=1.0 / math.sqrt(in_features))
+        )
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class CastedEmbedding(nn.Module):
+    """Embedding table kept in fp32 and cast to `cast_to` on lookup."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype):
+        super().__init__()
+        self.cast_to = cast_to
+        self.embedding_weight = nn.Parameter(
+            trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std)
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
+
+
+class RotaryEmbedding(nn.Module):
+    """1-D rotary position tables (rotate-half convention, emb = cat(freqs, freqs)), non-persistent."""
+
+    def __init__(self, dim: int, max_position_embeddings: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        t = torch.arange(max_position_embeddings, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos_cached: torch.Tensor
+        self.sin_cached: torch.Tensor
+        self.register_buffer("cos_cached", emb.cos(), persistent=False)
+        self.register_buffer("sin_cached", emb.sin(), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (cos, sin) of shape [B, S, head_dim] for integer `position_ids` [B, S]."""
+        if int(position_ids.max()) >= self.cos_cached.shape[0]:
+            raise ValueError(
+                f"position {int(position_ids.max())} exceeds the RoPE table of {self.cos_cached.shape[0]} "
+                "positions; raise `seq_len` in the model config"
+            )
+        return self.cos_cached[position_ids], self.sin_cached[position_ids]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate q, k of shape [B, S, H, D] by cos/sin of shape [B, S, D]."""
+    cos = cos.unsqueeze(-2).to(q.dtype)
+    sin = sin.unsqueeze(-2).to(q.dtype)
+    return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
+
+
+@dataclass
+class KVCache:
+    """Key/value cache for every attention call of a forward pass, addressed by call order.
+
+    With causal attention each (segment, cycle, level, layer) call sees only earlier positions, so each
+    call keeps its own cache slot. `begin_step()` rewinds the cursor before each decoding step; each
+    attention call then appends its new keys/values to the next slot.
+    """
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    key_mask: torch.Tensor | None = None  # [B, T] bool, True where the cached position is a real token
+    cursor: int = 0
+
+    def begin_step(self, new_key_mask: torch.Tensor) -> None:
+        """Rewind to the first slot and record which of the new positions are real tokens."""
+        self.cursor = 0
+        self.key_mask = new_key_mask if self.key_mask is None else torch.cat([self.key_mask, new_key_mask], 1)
+
+    @property
+    def seq_len(self) -> int:
+        """Number of positions cached so far (including the ones of the current step)."""
+        return 0 if self.key_mask is None else self.key_mask.shape[1]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v ([B, S, H, D]) to the current slot and return the full keys and values."""
+        slot = self.cursor
+        self.cursor += 1
+        if slot == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[slot] = torch.cat([self.keys[slot], k], dim=1)
+            self.values[slot] = torch.cat([self.values[slot], v], dim=1)
+        return self.keys[slot], self.values[slot]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (e.g. to expand prompts for several samples)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, index)
+
+
+def build_attn_mask(query_len: int, key_mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Boolean [B, 1, Q, K] mask (True = attend) for the last `query_len` of K positions.
+
+    Padding keys are hidden; a query always sees itself so no row is empty (padding rows stay finite).
+    """
+    k_len = key_mask.shape[1]
+    q_pos = torch.arange(k_len - query_len, k_len, device=key_mask.device)[:, None]
+    k_pos = torch.arange(k_len, device=key_mask.device)[None, :]
+    allowed = key_mask[:, None, :]
+    if causal:
+        allowed = allowed & (k_pos <= q_pos)[None]
+    allowed = allowed | (k_pos == q_pos)[None]
+    return allowed[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a fused qkv projection, RoPE, optional causal masking and KV cache."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_key_value_heads: int, causal: bool,
+                 backend: str = "auto"):
+        super().__init__()
+        if backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {backend!r}")
+        self.head_dim = head_dim
+        self.num_heads = num_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.causal = causal
+        self.backend = backend
+        self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * num_key_value_heads) * head_dim, bias=False)
+        self.o_proj = CastedLinear(num_heads * head_dim, hidden_size, bias=False)
+
+    def _use_flash(self, q: torch.Tensor, masked: bool) -> bool:
+        if self.backend == "flash_attn":
+            if flash_attn_func is None or not q.is_cuda:
+                raise RuntimeError("attn_backend=flash_attn needs the flash-attn package and a CUDA device")
+            return not masked
+        return (
+            self.backend == "auto"
+            and flash_attn_func is not None
+            and q.is_cuda
+            and q.dtype in (torch.float16, torch.bfloat16)
+            and not masked
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+        key_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Attend over `hidden_states` [B, S, hidden]; `key_mask` [B, K] marks real tokens (None = all)."""
+        batch, seq, _ = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, seq, self.num_heads + 2 * self.num_key_value_heads,
+                                                 self.head_dim)
+        q = qkv[:, :, : self.num_heads]
+        k = qkv[:, :, self.num_heads : self.num_heads + self.num_key_value_heads]
+        v = qkv[:, :, self.num_heads + self.num_key_value_heads :]
+        if cos_sin is not None:
+            q, k = apply_rotary_pos_emb(q, k, *cos_sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+            key_mask = kv_cache.key_mask
+        masked = key_mask is not None and not bool(key_mask.all())
+        use_plain_causal = kv_cache is None and not masked
+        if self._use_flash(q, masked or kv_cache is not None):
+            out = flash_attn_func(q, k, v, causal=self.causal)  # type: ignore[misc]
+        else:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+            if self.num_key_value_heads != self.num_heads:
+                rep = self.num_heads // self.num_key_value_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            mask = None
+            if not use_plain_causal:
+                full = key_mask if key_mask is not None else torch.ones(batch, k.shape[2], dtype=torch.bool,
+                                                                          device=q.device)
+                mask = build_attn_mask(seq, full, self.causal)
+            if self.backend == "eager":
+                out = self._eager(q, k, v, mask)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                     is_causal=self.causal and mask is None)
+            out = out.transpose(1, 2)
+        return self.o_proj(out.reshape(batch, seq, self.num_heads * self.head_dim))
+
+    def _eager(self, q, k, v, mask):
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if mask is None and self.causal:
+            mask = build_attn_mask(q.shape[2], torch.ones(q.shape[0], k.shape[2], dtype=torch.bool,
+                                                          device=q.device), True)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP with a fused gate/up projection: down(silu(gate) * up)."""
+
+    def __init__(self, hidden_size: int, expansion: float):
+        super().__init__()
+        inter = _find_multiple(round(expansion * hidden_size * 2 / 3), 256)
+        self.gate_up_proj = CastedLinear(hidden_size, inter * 2, bias=False)
+        self.down_proj = CastedLinear(inter, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)

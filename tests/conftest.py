@@ -1,0 +1,49 @@
+"""Shared fixtures: paths to the read-only material in ../shared and a tiny HRM config."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def _shared(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the tests expect ../shared beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir() -> Path:
+    """The local GPT-2 tokenizer files."""
+    return _shared("tokenizers/gpt2")
+
+
+@pytest.fixture(scope="session")
+def mbpp_path() -> Path:
+    """The local MBPP jsonl (974 tasks)."""
+    return _shared("data/mbpp/mbpp.jsonl")
+
+
+TINY_HRM = {
+    "vocab_size": 97,
+    "seq_len": 64,
+    "H_cycles": 2,
+    "L_cycles": 2,
+    "H_layers": 1,
+    "L_layers": 1,
+    "hidden_size": 32,
+    "num_heads": 4,
+    "expansion": 2.0,
+    "pos_encodings": "rope",
+    "halt_max_steps": 1,
+    "forward_dtype": "float32",
+}
+
+
+@pytest.fixture
+def tiny_hrm_config() -> dict:
+    """A CPU-sized HRM config (a fresh copy per test)."""
+    return dict(TINY_HRM)
