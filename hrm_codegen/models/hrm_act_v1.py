@@ -23,6 +23,7 @@ from hrm_codegen.models.layers import (
     KVCache,
     RotaryEmbedding,
     SwiGLU,
+    build_attn_mask,
     rms_norm,
     trunc_normal_init_,
 )
@@ -81,7 +82,9 @@ class HRMConfig:
         if self.halt_max_steps < 1:
             raise ValueError(f"halt_max_steps must be >= 1, got {self.halt_max_steps}")
         if self.forward_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"forward_dtype must be float32, bfloat16 or float16, got {self.forward_dtype!r}")
+            raise ValueError(
+                f"forward_dtype must be float32, bfloat16 or float16, got {self.forward_dtype!r}"
+            )
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
         for key in ("H_cycles", "L_cycles", "H_layers", "L_layers", "vocab_size", "seq_len"):
@@ -149,7 +152,9 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, hidden_states: torch.Tensor, input_injection: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, input_injection: torch.Tensor, **attn_kwargs
+    ) -> torch.Tensor:
         hidden_states = hidden_states + input_injection
         for layer in self.layers:
             hidden_states = layer(hidden_states, **attn_kwargs)
@@ -174,8 +179,9 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
                 self.q_head.weight.zero_()
                 self.q_head.bias.fill_(-5.0)  # type: ignore[union-attr]
         if config.pos_encodings == "rope":
-            self.rotary_emb = RotaryEmbedding(config.hidden_size // config.num_heads, config.seq_len,
-                                              config.rope_theta)
+            self.rotary_emb = RotaryEmbedding(
+                config.hidden_size // config.num_heads, config.seq_len, config.rope_theta
+            )
         else:
             self.embed_pos = CastedEmbedding(config.seq_len, config.hidden_size, embed_init_std, dtype)
 
@@ -219,12 +225,15 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         carry: HierarchicalReasoningModel_ACTV1InnerCarry,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
         last_index: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
     ):
-        """Run one segment; returns (detached new carry, logits [B, S, vocab], (q_halt, q_continue) or None)."""
-        attn_kwargs: dict[str, Any] = {"key_mask": key_mask, "kv_cache": kv_cache}
+        """Run one segment; returns (detached new carry, logits [B, S, vocab], (q_halt, q_continue) or None).
+
+        `attn_mask` is a boolean [B, 1, S, K] mask (`build_attn_mask`), None for unpadded input.
+        """
+        attn_kwargs: dict[str, Any] = {"attn_mask": attn_mask, "kv_cache": kv_cache}
         if self.config.pos_encodings == "rope":
             attn_kwargs["cos_sin"] = self.rotary_emb(position_ids)
         x = self._input_embeddings(input_ids, position_ids)
@@ -273,19 +282,37 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
 
     def __init__(self, config_dict: dict[str, Any] | HRMConfig):
         super().__init__()
-        self.config = config_dict if isinstance(config_dict, HRMConfig) else HRMConfig.from_dict(dict(config_dict))
+        self.config = (
+            config_dict if isinstance(config_dict, HRMConfig) else HRMConfig.from_dict(dict(config_dict))
+        )
         self.config.validate()
         self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
 
-    def _batch_views(self, data: dict[str, torch.Tensor]):
+    def _batch_views(self, data: dict[str, torch.Tensor], kv_cache: KVCache | None = None):
+        """(input_ids, position_ids, attn_mask, last_index) for a batch dict.
+
+        Optional keys: `attention_mask` [B, S] (1 = real token), `position_ids`, and `segment_ids`
+        (packed batches: example index per token; attention never crosses examples).
+        """
         input_ids = data["input_ids"]
         mask = data.get("attention_mask")
-        key_mask = mask.bool() if mask is not None else None
+        segment_ids = data.get("segment_ids")
         position_ids = data.get("position_ids")
         if position_ids is None:
             position_ids = default_position_ids(input_ids, mask)
+        key_mask = mask.bool() if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        if kv_cache is not None:
+            kv_cache.begin_step(key_mask)
+            key_mask = kv_cache.key_mask
+            assert key_mask is not None
+        needs_mask = kv_cache is not None or segment_ids is not None or not bool(key_mask.all())
+        attn_mask = (
+            build_attn_mask(key_mask, input_ids.shape[1], self.config.causal, segment_ids)
+            if needs_mask
+            else None
+        )
         last_index = last_real_index(mask) if mask is not None else None
-        return input_ids, position_ids, key_mask, last_index
+        return input_ids, position_ids, attn_mask, last_index
 
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> HierarchicalReasoningModel_ACTV1Carry:
         """A carry in which every sequence is halted, so the first `forward` loads `batch` and resets."""
@@ -348,10 +375,7 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             batch["attention_mask"] = attention_mask
         if position_ids is not None:
             batch["position_ids"] = position_ids
-        ids, pos, key_mask, last_index = self._batch_views(batch)
-        if kv_cache is not None:
-            new_mask = key_mask if key_mask is not None else torch.ones_like(ids, dtype=torch.bool)
-            kv_cache.begin_step(new_mask)
+        ids, pos, attn_mask, last_index = self._batch_views(batch, kv_cache)
         batch_size, seq_len = ids.shape
         carry = self.inner.reset_carry(
             torch.ones(batch_size, dtype=torch.bool, device=ids.device),
@@ -359,7 +383,7 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         )
         logits = None
         for _ in range(num_segments or self.config.halt_max_steps):
-            carry, logits, _ = self.inner(carry, ids, pos, key_mask, last_index, kv_cache)
+            carry, logits, _ = self.inner(carry, ids, pos, attn_mask, last_index, kv_cache)
         assert logits is not None
         return logits
 

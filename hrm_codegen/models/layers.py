@@ -156,17 +156,22 @@ class KVCache:
             self.key_mask = self.key_mask.index_select(0, index)
 
 
-def build_attn_mask(query_len: int, key_mask: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Boolean [B, 1, Q, K] mask (True = attend) for the last `query_len` of K positions.
+def build_attn_mask(
+    key_mask: torch.Tensor, query_len: int, causal: bool, segment_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boolean [B, 1, Q, K] mask (True = attend) for the last `query_len` of K key positions.
 
-    Padding keys are hidden; a query always sees itself so no row is empty (padding rows stay finite).
+    `key_mask` [B, K] hides padding keys; `segment_ids` [B, K] (packed batches) hides keys of other
+    examples. A query always sees itself, so no row is empty and padding rows stay finite.
     """
     k_len = key_mask.shape[1]
     q_pos = torch.arange(k_len - query_len, k_len, device=key_mask.device)[:, None]
     k_pos = torch.arange(k_len, device=key_mask.device)[None, :]
-    allowed = key_mask[:, None, :]
+    allowed = key_mask.bool()[:, None, :]
     if causal:
         allowed = allowed & (k_pos <= q_pos)[None]
+    if segment_ids is not None:
+        allowed = allowed & (segment_ids[:, -query_len:, None] == segment_ids[:, None, :])
     allowed = allowed | (k_pos == q_pos)[None]
     return allowed[:, None]
 
@@ -174,8 +179,15 @@ def build_attn_mask(query_len: int, key_mask: torch.Tensor, causal: bool) -> tor
 class Attention(nn.Module):
     """Multi-head attention with a fused qkv projection, RoPE, optional causal masking and KV cache."""
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_key_value_heads: int, causal: bool,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_key_value_heads: int,
+        causal: bool,
+        backend: str = "auto",
+    ):
         super().__init__()
         if backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {backend!r}")
@@ -184,70 +196,70 @@ class Attention(nn.Module):
         self.num_key_value_heads = num_key_value_heads
         self.causal = causal
         self.backend = backend
-        self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * num_key_value_heads) * head_dim, bias=False)
+        self.qkv_proj = CastedLinear(
+            hidden_size, (num_heads + 2 * num_key_value_heads) * head_dim, bias=False
+        )
         self.o_proj = CastedLinear(num_heads * head_dim, hidden_size, bias=False)
 
-    def _use_flash(self, q: torch.Tensor, masked: bool) -> bool:
+    def _use_flash(self, q: torch.Tensor, plain: bool) -> bool:
         if self.backend == "flash_attn":
-            if flash_attn_func is None or not q.is_cuda:
-                raise RuntimeError("attn_backend=flash_attn needs the flash-attn package and a CUDA device")
-            return not masked
+            if flash_attn_func is None or not q.is_cuda or not plain:
+                raise RuntimeError(
+                    "attn_backend=flash_attn needs the flash-attn package, a CUDA device and unpadded, "
+                    "uncached input; use attn_backend=auto to fall back to SDPA where it cannot run"
+                )
+            return True
         return (
             self.backend == "auto"
+            and plain
             and flash_attn_func is not None
             and q.is_cuda
             and q.dtype in (torch.float16, torch.bfloat16)
-            and not masked
         )
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
-        key_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Attend over `hidden_states` [B, S, hidden]; `key_mask` [B, K] marks real tokens (None = all)."""
+        """Attend over `hidden_states` [B, S, hidden].
+
+        `attn_mask` is a boolean [B, 1, S, K] mask from `build_attn_mask` (None = plain causal or full
+        attention over S); with `kv_cache` the new keys/values are appended and K covers the cache.
+        """
         batch, seq, _ = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states).view(batch, seq, self.num_heads + 2 * self.num_key_value_heads,
-                                                 self.head_dim)
-        q = qkv[:, :, : self.num_heads]
-        k = qkv[:, :, self.num_heads : self.num_heads + self.num_key_value_heads]
-        v = qkv[:, :, self.num_heads + self.num_key_value_heads :]
+        n_q, n_kv = self.num_heads, self.num_key_value_heads
+        qkv = self.qkv_proj(hidden_states).view(batch, seq, n_q + 2 * n_kv, self.head_dim)
+        q, k, v = qkv.split([n_q, n_kv, n_kv], dim=2)
         if cos_sin is not None:
             q, k = apply_rotary_pos_emb(q, k, *cos_sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-            key_mask = kv_cache.key_mask
-        masked = key_mask is not None and not bool(key_mask.all())
-        use_plain_causal = kv_cache is None and not masked
-        if self._use_flash(q, masked or kv_cache is not None):
+        if self._use_flash(q, attn_mask is None and kv_cache is None):
             out = flash_attn_func(q, k, v, causal=self.causal)  # type: ignore[misc]
         else:
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
-            if self.num_key_value_heads != self.num_heads:
-                rep = self.num_heads // self.num_key_value_heads
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            mask = None
-            if not use_plain_causal:
-                full = key_mask if key_mask is not None else torch.ones(batch, k.shape[2], dtype=torch.bool,
-                                                                          device=q.device)
-                mask = build_attn_mask(seq, full, self.causal)
+            if n_kv != n_q:
+                k, v = k.repeat_interleave(n_q // n_kv, dim=1), v.repeat_interleave(n_q // n_kv, dim=1)
+            if attn_mask is None and kv_cache is not None and (self.causal and seq > 1):
+                raise ValueError("a cached multi-token step needs an explicit attn_mask")
+            is_causal = self.causal and attn_mask is None and kv_cache is None
             if self.backend == "eager":
-                out = self._eager(q, k, v, mask)
+                out = self._eager(q, k, v, attn_mask, is_causal)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                     is_causal=self.causal and mask is None)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
             out = out.transpose(1, 2)
-        return self.o_proj(out.reshape(batch, seq, self.num_heads * self.head_dim))
+        return self.o_proj(out.reshape(batch, seq, n_q * self.head_dim))
 
-    def _eager(self, q, k, v, mask):
+    def _eager(self, q, k, v, attn_mask, is_causal):
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        if mask is None and self.causal:
-            mask = build_attn_mask(q.shape[2], torch.ones(q.shape[0], k.shape[2], dtype=torch.bool,
-                                                          device=q.device), True)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+        if is_causal:
+            ones = torch.ones(q.shape[0], k.shape[2], dtype=torch.bool, device=q.device)
+            attn_mask = build_attn_mask(ones, q.shape[2], causal=True)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
         return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
 
