@@ -1,0 +1,44 @@
+"""Analytic training FLOPs per token of the HRM and the Llama baseline (matmuls only; norms and activations ignored).
+
+Conventions: a matmul with N weights costs 2N FLOPs per token forward and 4N backward; causal attention over a
+sequence of S tokens costs 2 * 2 * hidden * (S + 1) / 2 per token per layer forward (QK^T and AV over the
+average context). The HRM runs most of its layer evaluations under `no_grad`, so those count forward only.
+"""
+
+from __future__ import annotations
+
+from transformers import LlamaConfig
+
+from hrm_codegen.models.baseline import swiglu_intermediate_size
+from hrm_codegen.models.hrm_act_v1 import HRMConfig
+
+
+def block_params(hidden_size: int, intermediate_size: int) -> int:
+    """Matmul weights of one block: q, k, v, o projections plus the three SwiGLU matrices."""
+    return 4 * hidden_size * hidden_size + 3 * hidden_size * intermediate_size
+
+
+def attention_flops(hidden_size: int, seq_len: int) -> float:
+    """Forward FLOPs per token of one causal attention's score and value products."""
+    return 2.0 * hidden_size * (seq_len + 1)
+
+
+def hrm_flops_per_token(cfg: HRMConfig, seq_len: int | None = None) -> dict[str, float]:
+    """Training FLOPs per token of one ACT segment, split into the no-grad (forward-only) and trained parts."""
+    seq_len = seq_len or cfg.seq_len
+    hidden = cfg.hidden_size
+    layer_forward = 2.0 * block_params(hidden, swiglu_intermediate_size(hidden, cfg.expansion))
+    layer_forward += attention_flops(hidden, seq_len)
+    trained_layers = cfg.L_layers + cfg.H_layers
+    no_grad_layers = cfg.layer_evals_per_segment - trained_layers
+    no_grad = no_grad_layers * layer_forward
+    trained = 3.0 * trained_layers * layer_forward + 6.0 * cfg.vocab_size * hidden
+    return {"no_grad": no_grad, "trained": trained, "total": no_grad + trained}
+
+
+def llama_flops_per_token(config: LlamaConfig, seq_len: int) -> dict[str, float]:
+    """Training FLOPs per token of a LlamaForCausalLM: 6 * matmul weights (lm_head included) plus attention."""
+    hidden = config.hidden_size
+    layer_forward = 2.0 * block_params(hidden, config.intermediate_size) + attention_flops(hidden, seq_len)
+    trained = 3.0 * config.num_hidden_layers * layer_forward + 6.0 * config.vocab_size * hidden
+    return {"no_grad": 0.0, "trained": trained, "total": trained}
