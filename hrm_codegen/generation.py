@@ -1,0 +1,331 @@
+"""Autoregressive decoding for the HRM: greedy or sampled, with a KV cache, EOS and stop strings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+
+from hrm_codegen.models.layers import KVCache
+
+if TYPE_CHECKING:
+    from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
+
+Decoder = Callable[[list[int]], str]
+
+
+@dataclass
+class GenerationOutput:
+    """Result of `generate`, one entry per returned sequence (prompt i, sample j at row i * n + j).
+
+    `sequences` [N, P + T]: the left-padded prompts, then the new ids, right-padded with pad_token_id;
+    `completion_ids`: the new ids up to the one that stopped the sequence (EOS left out);
+    `finish_reasons`: "eos", "stop_string" or "length" (max_new_tokens or the model's seq_len);
+    `texts` (with a tokenizer): the decoded completions cut before the first stop string;
+    `logits` (return_logits=True) [N, T, vocab]: the raw next-token logits of each step.
+    """
+
+    sequences: torch.Tensor
+    completion_ids: list[list[int]]
+    finish_reasons: list[str]
+    texts: list[str] | None = None
+    logits: torch.Tensor | None = None
+
+
+class StaticKVCache(KVCache):
+    """A `KVCache` with buffers preallocated for `max_len` positions, so a step writes in place.
+
+    Drop-in for `KVCache` in `lm_forward`. Buffers are head-major ([B, H, max_len, D]), so the keys and
+    values that attention reads after its transpose to [B, H, T, D] have contiguous rows per head.
+    """
+
+    def __init__(self, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        self.length = 0  # positions filled, including the ones of the current step
+        self._mask_buffer: torch.Tensor | None = None
+
+    def begin_step(self, new_key_mask: torch.Tensor) -> None:
+        """Rewind to the first slot and append the mask of the new positions."""
+        start, stop = self.length, self.length + new_key_mask.shape[1]
+        if stop > self.max_len:
+            raise ValueError(f"StaticKVCache holds {self.max_len} positions; step needs {stop}")
+        if self._mask_buffer is None:
+            self._mask_buffer = new_key_mask.new_zeros(new_key_mask.shape[0], self.max_len)
+        self._mask_buffer[:, start:stop] = new_key_mask
+        self.length, self.cursor = stop, 0
+        self.key_mask = self._mask_buffer[:, :stop]
+
+    @property
+    def seq_len(self) -> int:
+        """Number of positions cached so far (including the ones of the current step)."""
+        return self.length
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v ([B, S, H, D]) at the current positions of the next slot; return [B, T, H, D] views."""
+        slot = self.cursor
+        self.cursor += 1
+        if slot == len(self.keys):
+            shape = (k.shape[0], k.shape[2], self.max_len, k.shape[3])
+            self.keys.append(k.new_empty(shape))
+            self.values.append(v.new_empty(shape))
+        start = self.length - k.shape[1]
+        self.keys[slot][:, :, start : self.length] = k.transpose(1, 2)
+        self.values[slot][:, :, start : self.length] = v.transpose(1, 2)
+        return (
+            self.keys[slot][:, :, : self.length].transpose(1, 2),
+            self.values[slot][:, :, : self.length].transpose(1, 2),
+        )
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (expand prompts for several samples, or drop finished sequences)."""
+        super().reorder(index)
+        if self._mask_buffer is not None:
+            self._mask_buffer = self._mask_buffer.index_select(0, index)
+            self.key_mask = self._mask_buffer[:, : self.length]
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Scale [N, V] logits by 1/temperature (fp32) and set tokens outside top-k / the top-p nucleus to -inf."""
+    scores = logits.float() / temperature
+    if 0 < top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(-1)
+        # Drop a token when the tokens ranked above it already carry top_p of the mass (the first always stays).
+        drop_sorted = (probs.cumsum(-1) - probs) > top_p
+        scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return scores
+
+
+def _next_tokens(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generators: list[torch.Generator],
+) -> torch.Tensor:
+    """Greedy or sampled next tokens of [N, V] logits; `generators`: none (global RNG), one shared, or one per row."""
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    if len(generators) <= 1:
+        return torch.multinomial(probs, 1, generator=generators[0] if generators else None).squeeze(-1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)])
+
+
+def _decoder(tokenizer: Any) -> Decoder | None:
+    """The decode function of a tokenizer object (its `decode`) or of a decode callable; None for None."""
+    decode = getattr(tokenizer, "decode", tokenizer)
+    if decode is not None and not callable(decode):
+        raise TypeError(
+            f"tokenizer must have a decode method or be a callable, got {type(tokenizer).__name__}"
+        )
+    return cast("Decoder | None", decode)
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def _check_inputs(
+    model: HierarchicalReasoningModel_ACTV1,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **args: Any,
+) -> torch.Tensor:
+    """Validate the arguments; return the boolean attention mask."""
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"input_ids must be [batch, prompt_len] with prompt_len >= 1, got {tuple(input_ids.shape)}"
+        )
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
+    if not bool(mask[:, -1].all()):
+        raise ValueError("prompts must be left-padded: the last column of attention_mask must be all ones")
+    longest = int(mask.sum(-1).max())
+    if longest >= model.config.seq_len:
+        raise ValueError(
+            f"a prompt has {longest} tokens, which leaves no room to generate within the model's "
+            f"seq_len={model.config.seq_len}"
+        )
+    if args["max_new_tokens"] < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {args['max_new_tokens']}")
+    if args["num_return_sequences"] < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {args['num_return_sequences']}")
+    if args["do_sample"]:
+        if args["temperature"] <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {args['temperature']}")
+        if not 0 < args["top_p"] <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {args['top_p']}")
+        if args["top_k"] < 0:
+            raise ValueError(f"top_k must be >= 0, got {args['top_k']}")
+    if args["use_cache"] and not model.config.causal:
+        raise ValueError("the KV cache needs causal attention (causal=true); pass use_cache=False")
+    if args["stop_strings"] and args["decode"] is None:
+        raise ValueError("stop_strings need a tokenizer (or a decode callable) to decode the new tokens")
+    return mask
+
+
+@torch.no_grad()
+def generate(
+    model: HierarchicalReasoningModel_ACTV1,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_strings: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    num_return_sequences: int = 1,
+    use_cache: bool = True,
+    seed: int | Sequence[int] | None = None,
+    return_logits: bool = False,
+) -> GenerationOutput:
+    """Decode continuations of left-padded prompts [B, P] with the HRM (every ACT segment per token).
+
+    Each sequence stops at EOS, at a stop string, after `max_new_tokens`, or when it fills the model's
+    `seq_len` positions. `tokenizer` (with `decode`, `eos_id`, `pad_id`) or a decode callable is needed
+    for `stop_strings` and gives the trimmed `texts`; `eos_token_id`/`pad_token_id` default to its ids.
+    `use_cache=False` recomputes the whole sequence at every step (the reference the cache must match).
+    `seed` seeds one RNG for the batch, or one RNG per returned sequence when it is a list of N seeds, which
+    makes each sequence's sample independent of what else is in the batch.
+    """
+    decode = _decoder(tokenizer)
+    mask = _check_inputs(
+        model,
+        input_ids,
+        attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop_strings=stop_strings,
+        num_return_sequences=num_return_sequences,
+        use_cache=use_cache,
+        decode=decode,
+    )
+    if eos_token_id is None:
+        eos_token_id = getattr(tokenizer, "eos_id", None)
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or ())
+    if pad_token_id is None:
+        pad_token_id = getattr(tokenizer, "pad_id", None)
+        pad_token_id = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    stops = tuple(stop_strings or ())
+    device = input_ids.device
+
+    n = num_return_sequences
+    expand = torch.arange(input_ids.shape[0], device=device).repeat_interleave(n)
+    prompt_len = mask.sum(-1)[expand]  # real tokens per returned sequence
+    budget = (model.config.seq_len - prompt_len).clamp(max=max_new_tokens).tolist()  # new tokens allowed
+    total = len(expand)
+    max_steps = max(budget)
+    seeds = [seed] if isinstance(seed, int) else list(seed) if seed is not None else []
+    if len(seeds) > 1 and len(seeds) != total:
+        raise ValueError(f"seed: got {len(seeds)} seeds for {total} returned sequences; pass one or one each")
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # [] = torch's global RNG
+    new_ids = torch.full((total, max_steps), pad_token_id, dtype=torch.long, device=device)
+    step_logits: list[torch.Tensor] = []
+    finish_reasons = ["length"] * total
+    lengths = [0] * total  # new tokens of each sequence, including the one that stopped it
+
+    cache: StaticKVCache | None = None
+    ids, ids_mask = input_ids, mask
+    if use_cache:
+        cache = StaticKVCache(input_ids.shape[1] + max_steps)
+        logits = model.lm_forward(input_ids, mask, kv_cache=cache)[:, -1]
+        if n > 1:
+            cache.reorder(expand)
+            logits = logits[expand]
+    else:
+        ids, ids_mask = input_ids[expand], mask[expand]
+        logits = model.lm_forward(ids, ids_mask)[:, -1]
+
+    active = torch.arange(total, device=device)  # returned-sequence index of each row still decoding
+    for step in range(max_steps):
+        if return_logits:
+            full = logits.new_zeros(total, logits.shape[-1])
+            step_logits.append(full.index_copy_(0, active, logits))
+        row_generators = [generators[i] for i in active.tolist()] if len(generators) > 1 else generators
+        tokens = _next_tokens(logits, do_sample, temperature, top_k, top_p, row_generators)
+        new_ids[active, step] = tokens
+        done = torch.zeros_like(tokens, dtype=torch.bool)
+        for eos in eos_ids:
+            done |= tokens == eos
+        done_list = done.tolist()
+        for row, seq in enumerate(active.tolist()):
+            if done_list[row]:
+                finish_reasons[seq] = "eos"
+            elif stops and _has_stop(decode(new_ids[seq, : step + 1].tolist()), stops):  # type: ignore[misc]
+                finish_reasons[seq] = "stop_string"
+                done_list[row] = True
+            elif step + 1 >= budget[seq]:
+                done_list[row] = True
+            if done_list[row]:
+                lengths[seq] = step + 1
+        keep = ~torch.tensor(done_list, dtype=torch.bool, device=device)
+        if not bool(keep.any()):
+            break
+        if not bool(keep.all()):
+            rows = keep.nonzero().squeeze(-1)
+            active, tokens = active[rows], tokens[rows]
+            if cache is not None:
+                cache.reorder(rows)
+            else:
+                ids, ids_mask = ids[rows], ids_mask[rows]
+        new_mask = torch.ones(len(active), 1, dtype=torch.bool, device=device)
+        if cache is not None:
+            positions = (prompt_len[active] + step)[:, None]  # real tokens before the new one
+            logits = model.lm_forward(tokens[:, None], new_mask, position_ids=positions, kv_cache=cache)
+            logits = logits[:, -1]
+        else:
+            ids, ids_mask = torch.cat([ids, tokens[:, None]], 1), torch.cat([ids_mask, new_mask], 1)
+            logits = model.lm_forward(ids, ids_mask)[:, -1]
+
+    return _finish(input_ids[expand], new_ids, lengths, finish_reasons, decode, stops, step_logits)
+
+
+def _has_stop(text: str, stops: tuple[str, ...]) -> bool:
+    return any(s in text for s in stops)
+
+
+def _finish(
+    prompts: torch.Tensor,
+    new_ids: torch.Tensor,
+    lengths: list[int],
+    finish_reasons: list[str],
+    decode: Decoder | None,
+    stops: tuple[str, ...],
+    step_logits: list[torch.Tensor],
+) -> GenerationOutput:
+    """Build the output: completions without their EOS, texts cut before the first stop string."""
+    completion_ids = [
+        new_ids[seq, : length - (reason == "eos")].tolist()
+        for seq, (length, reason) in enumerate(zip(lengths, finish_reasons, strict=True))
+    ]
+    texts = [cut_at_stop(decode(ids), stops) for ids in completion_ids] if decode is not None else None
+    return GenerationOutput(
+        sequences=torch.cat([prompts, new_ids[:, : max(lengths, default=0)]], 1),
+        completion_ids=completion_ids,
+        finish_reasons=finish_reasons,
+        texts=texts,
+        logits=torch.stack(step_logits, 1) if step_logits else None,
+    )

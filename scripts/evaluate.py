@@ -1,0 +1,229 @@
+"""Pass@k of a model (an HRM checkpoint or a transformers causal LM) or of a samples file on MBPP / HumanEval.
+
+    python scripts/evaluate.py --model-type hrm --ckpt checkpoints/run/latest --output outputs/eval/run
+    python scripts/evaluate.py --model-type hf --model path/to/llama --num-samples 10 --k 1,10 --output DIR
+    python scripts/evaluate.py --samples completions.jsonl --output DIR     # {"task_id", "completion"} lines
+
+Samples are appended to DIR/samples.jsonl as they finish; running again with the same DIR skips the samples
+already there (DIR/eval_config.json must match), and DIR/summary.json holds the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from omegaconf import OmegaConf
+
+from hrm_codegen.checkpoint import CONFIG_FILE, load_model_for_inference, resolve_checkpoint
+from hrm_codegen.completions import ModelCompletions, SamplingConfig, load_hf_model
+from hrm_codegen.datasets.humaneval import HUMANEVAL_STOP_STRINGS, humaneval_problems
+from hrm_codegen.datasets.mbpp import DEFAULT_PATH, MBPP_STOP_STRINGS, SPLITS, load_mbpp, mbpp_problems
+from hrm_codegen.datasets.problems import Problem
+from hrm_codegen.evaluation import SAMPLES_FILE, SUMMARY_FILE, evaluate, evaluate_file, format_summary_table
+from hrm_codegen.execution import SandboxLimits
+from hrm_codegen.tokenization import load_tokenizer
+
+RUN_CONFIG_FILE = "eval_config.json"
+# Settings that change the samples: a resumed run must use the same ones.
+PROBLEM_KEYS = ("source", "dataset", "split", "few_shot")
+SAMPLING_KEYS = ("tokenizer", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit with status 2."""
+    print(f"evaluate.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.error = fail  # type: ignore[method-assign]
+    source = parser.add_argument_group("what to evaluate (one of)")
+    source.add_argument("--model-type", choices=("hrm", "hf"), help="hrm: --ckpt; hf: --model")
+    source.add_argument(
+        "--ckpt", help="HRM checkpoint: a step directory, a run directory (its latest) or weights"
+    )
+    source.add_argument("--model", help="a transformers causal-LM directory (save_pretrained layout)")
+    source.add_argument("--samples", help="score the completions of this jsonl file (task_id, completion)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's / model's own)")
+    data = parser.add_argument_group("problems")
+    data.add_argument("--dataset", choices=("mbpp", "humaneval"), default="mbpp")
+    data.add_argument("--split", choices=tuple(SPLITS), default="test", help="MBPP split (HumanEval: test)")
+    data.add_argument("--mbpp", default=str(DEFAULT_PATH), help=f"MBPP jsonl (default {DEFAULT_PATH})")
+    data.add_argument(
+        "--few-shot", type=int, help="MBPP few-shot examples (default: the checkpoint's, else 0)"
+    )
+    data.add_argument("--limit", type=int, help="only the first N problems")
+    gen = parser.add_argument_group("sampling")
+    gen.add_argument("--num-samples", type=int, default=1, help="completions per problem (n)")
+    gen.add_argument("--k", default="1", help="comma-separated k of pass@k (default 1)")
+    gen.add_argument("--temperature", type=float, help="0 = greedy (default: 0 for one sample, else 0.8)")
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus mass when sampling (default 0.95)")
+    gen.add_argument("--top-k", type=int, default=0, help="top-k when sampling (0 = off)")
+    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument("--batch-size", type=int, default=8, help="sequences per generate call")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run = parser.add_argument_group("execution and output")
+    run.add_argument("--workers", type=int, help="parallel sandboxes (default: CPU count)")
+    run.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default 10)")
+    run.add_argument("--output", required=True, help="output directory (samples.jsonl, summary.json)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    modes = [args.samples is not None, args.model_type is not None]
+    if sum(modes) != 1:
+        fail("give exactly one of --samples FILE or --model-type {hrm,hf}")
+    if args.model_type == "hrm" and not args.ckpt:
+        fail("--model-type hrm needs --ckpt PATH")
+    if args.model_type == "hf" and not args.model:
+        fail("--model-type hf needs --model PATH")
+    if args.dataset == "humaneval" and args.split != "test":
+        fail(f"HumanEval has only the test split, got --split {args.split}")
+    if args.num_samples < 1 or (args.limit is not None and args.limit < 1):
+        fail("--num-samples and --limit must be >= 1")
+    try:
+        args.ks = sorted({int(k) for k in args.k.split(",")})
+    except ValueError:
+        fail(f"--k must be comma-separated integers, got {args.k!r}")
+    if args.ks[0] < 1:
+        fail(f"--k values must be >= 1, got {args.k!r}")
+    if args.temperature is None:
+        args.temperature = 0.0 if args.num_samples == 1 else 0.8
+    if args.num_samples > 1 and args.temperature == 0 and args.model_type:
+        fail("--num-samples > 1 with greedy decoding gives identical samples; set --temperature > 0")
+    return args
+
+
+def checkpoint_few_shot(ckpt: str) -> int:
+    """The data.few_shot the checkpoint was trained with (0 when it does not say)."""
+    resolved = resolve_checkpoint(ckpt)
+    config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
+    if not config.is_file():
+        return 0
+    return int(OmegaConf.select(OmegaConf.load(config), "data.few_shot", default=0) or 0)
+
+
+def load_problems(args: argparse.Namespace) -> list[Problem]:
+    """The problems of the dataset and split, the first --limit of them."""
+    if args.dataset == "humaneval":
+        problems = humaneval_problems()
+    else:
+        if not Path(args.mbpp).is_file():
+            raise FileNotFoundError(
+                f"MBPP file {args.mbpp} does not exist: run scripts/prepare_data.py or pass --mbpp PATH"
+            )
+        problems = mbpp_problems(load_mbpp(args.mbpp), args.split, few_shot=args.few_shot)
+    return problems[: args.limit] if args.limit else problems
+
+
+def check_run_config(output: Path, settings: dict[str, Any]) -> None:
+    """Record the sample-defining settings in output/eval_config.json, or check them against a previous run."""
+    path = output / RUN_CONFIG_FILE
+    keys = PROBLEM_KEYS if settings["samples"] else PROBLEM_KEYS + SAMPLING_KEYS
+    current = {key: settings[key] for key in keys}
+    if current.get("temperature") == 0:  # greedy: the sampling controls do not matter
+        current.update(top_p=None, top_k=None, seed=None)
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = [key for key in (*PROBLEM_KEYS, *SAMPLING_KEYS) if previous.get(key) != current.get(key)]
+        if changed:
+            key = changed[0]
+            raise ValueError(
+                f"{path}: {output} holds samples made with {key}={previous.get(key)!r}, this run has "
+                f"{key}={current.get(key)!r}; use another --output to evaluate different settings"
+            )
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def file_digest(path: str) -> str:
+    """Sha256 of a file, or an error naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"samples file {path} does not exist")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate as the arguments say and return the summary."""
+    output = Path(args.output)
+    if args.few_shot is None:
+        args.few_shot = checkpoint_few_shot(args.ckpt) if args.model_type == "hrm" else 0
+    if args.samples:
+        source = f"samples {Path(args.samples).resolve()} sha256 {file_digest(args.samples)}"
+    elif args.model_type == "hrm":
+        source = f"hrm {resolve_checkpoint(args.ckpt).resolve()}"
+    else:
+        source = f"hf {Path(args.model).resolve() if Path(args.model).exists() else args.model}"
+    settings = {**vars(args), "source": source}
+    problems = load_problems(args)
+    limits = SandboxLimits(timeout_s=args.timeout)
+    progress = not args.no_progress
+    if args.samples:
+        check_run_config(output, settings)
+        return evaluate_file(
+            problems,
+            args.samples,
+            ks=args.ks,
+            output_dir=output,
+            limits=limits,
+            workers=args.workers,
+            config=settings,
+            progress=progress,
+        )
+
+    if args.model_type == "hrm":
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        model, tokenizer = load_model_for_inference(args.ckpt, tokenizer=tokenizer, device=args.device)
+    else:
+        model, tokenizer = load_hf_model(args.model, args.tokenizer, device=args.device)
+    stops = HUMANEVAL_STOP_STRINGS if args.dataset == "humaneval" else MBPP_STOP_STRINGS
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        stop_strings=stops,
+    )
+    completions = ModelCompletions(model, tokenizer, sampling, progress=progress)
+    completions.check_prompts(problems)
+    check_run_config(output, settings)
+    return evaluate(
+        problems,
+        completions,
+        num_samples=args.num_samples,
+        ks=args.ks,
+        output_dir=output,
+        limits=limits,
+        workers=args.workers,
+        config=settings,
+        progress=progress,
+        batch_size=max(1, args.batch_size // args.num_samples),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the evaluation; expected mistakes end with a one-line message and exit status 2."""
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    print(format_summary_table(summary))
+    print(f"samples: {Path(args.output) / SAMPLES_FILE}  summary: {Path(args.output) / SUMMARY_FILE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""scripts/evaluate.py end to end (samples file, HRM checkpoint, transformers model) and its completion source."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrm_codegen.checkpoint import save_checkpoint
+from hrm_codegen.completions import ModelCompletions, SamplingConfig, load_hf_model, sample_seed
+from hrm_codegen.datasets.humaneval import humaneval_problems
+from hrm_codegen.datasets.mbpp import MBPP_STOP_STRINGS, load_mbpp, mbpp_problems
+from hrm_codegen.generation import cut_at_stop
+from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
+from hrm_codegen.tokenization import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "evaluate.py"
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--no-progress", "--workers", "2", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def problems(mbpp_path):
+    return mbpp_problems(load_mbpp(mbpp_path), "test")[:3]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(gpt2_dir):
+    return load_tokenizer(gpt2_dir)
+
+
+def tiny_hrm(tokenizer, tiny_hrm_config, **overrides) -> tuple[HierarchicalReasoningModel_ACTV1, dict]:
+    arch = {**tiny_hrm_config, "vocab_size": tokenizer.vocab_size, "seq_len": 256, **overrides}
+    torch.manual_seed(0)
+    return HierarchicalReasoningModel_ACTV1(arch).eval(), arch
+
+
+@pytest.mark.parametrize(
+    ("dataset", "completion", "expected"),
+    [("mbpp", "reference", 1.0), ("mbpp", "empty", 0.0), ("humaneval", "reference", 1.0)],
+)
+def test_samples_file_is_scored(tmp_path, mbpp_path, problems, dataset, completion, expected):
+    chosen = problems if dataset == "mbpp" else humaneval_problems()[:3]
+    samples = tmp_path / "samples_in.jsonl"
+    lines = [
+        {"task_id": p.task_id, "completion": p.reference if completion == "reference" else ""} for p in chosen
+    ]
+    samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "eval"
+    result = run_cli(
+        "--samples", samples, "--dataset", dataset, "--mbpp", mbpp_path, "--limit", 3, "--output", out
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pass_at_k"]["1"] == expected
+    assert summary["num_problems"] == 3
+    assert [r["passed"] for r in read_jsonl(out / "samples.jsonl")] == [expected == 1.0] * 3
+    assert re.search(rf"pass@1\s+{100 * expected:.2f}%", result.stdout)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_cli", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, mbpp_path, capsys):
+    cli = load_script()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": "11", "completion": "x"}\n{not json\n')
+    cases = [
+        (["--samples", bad, "--mbpp", mbpp_path], f"{bad}:2"),
+        (["--model-type", "hrm", "--ckpt", tmp_path / "missing"], "does not exist"),
+        (["--model-type", "hf", "--model", tmp_path / "missing"], "does not exist"),
+        (["--model-type", "hrm"], "needs --ckpt"),
+        (["--samples", bad, "--k", "1,x"], "--k"),
+        (["--samples", bad, "--dataset", "humaneval", "--split", "train"], "only the test split"),
+        (["--samples", bad, "--mbpp", tmp_path / "none.jsonl"], "prepare_data.py"),
+        (["--samples", bad, "--model-type", "hf"], "exactly one of"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            cli.main([*map(str, args), "--output", str(tmp_path / "out"), "--no-progress"])
+        stderr = capsys.readouterr().err
+        assert stop.value.code == 2, (args, stderr)
+        assert stderr.count("\n") == 1 and message in stderr, (args, stderr)
+
+
+@pytest.mark.slow
+def test_hrm_checkpoint_end_to_end_with_resume(tmp_path, mbpp_path, tokenizer, tiny_hrm_config, problems):
+    model, arch = tiny_hrm(tokenizer, tiny_hrm_config)
+    run_dir = tmp_path / "run"
+    save_checkpoint(
+        run_dir,
+        5,
+        model_state=model.state_dict(),
+        config={"arch": {"name": "hrm", **arch}},
+        tokenizer=tokenizer,
+    )
+    out = tmp_path / "eval"
+    common = [
+        "--model-type",
+        "hrm",
+        "--ckpt",
+        run_dir,
+        "--mbpp",
+        mbpp_path,
+        "--limit",
+        2,
+        "--max-new-tokens",
+        8,
+        "--temperature",
+        1.0,
+        "--output",
+        out,
+    ]
+    first = run_cli(*common, "--num-samples", 2, "--k", "1,2")
+    assert first.returncode == 0, first.stderr
+    records = read_jsonl(out / "samples.jsonl")
+    assert sorted((r["task_id"], r["sample_index"]) for r in records) == [
+        ("11", 0),
+        ("11", 1),
+        ("12", 0),
+        ("12", 1),
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples_run"] == 4 and set(summary["pass_at_k"]) == {"1", "2"}
+    assert json.loads((out / "eval_config.json").read_text())["source"].endswith("step_5")
+
+    second = run_cli(*common, "--num-samples", 3)
+    assert second.returncode == 0, second.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["samples_run"], summary["samples_resumed"], summary["num_samples"]) == (2, 4, 6)
+    again = read_jsonl(out / "samples.jsonl")
+    assert again[:4] == records
+    assert sorted(r["sample_index"] for r in again[4:]) == [2, 2]
+
+    changed = run_cli(*common, "--num-samples", 3, "--seed", 1)
+    assert changed.returncode == 2 and "seed=0" in changed.stderr
+
+    # The CLI's greedy completion is the model's own greedy continuation of [BOS] + prompt, cut at a stop.
+    greedy_out = tmp_path / "greedy"
+    greedy = run_cli(
+        "--model-type",
+        "hrm",
+        "--ckpt",
+        run_dir,
+        "--mbpp",
+        mbpp_path,
+        "--limit",
+        1,
+        "--max-new-tokens",
+        8,
+        "--output",
+        greedy_out,
+    )
+    assert greedy.returncode == 0, greedy.stderr
+    prompt = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(problems[0].prompt)]])
+    ids = model.generate(prompt, max_new_tokens=8, eos_token_id=tokenizer.eos_id).completion_ids[0]
+    expected = cut_at_stop(tokenizer.decode(ids), MBPP_STOP_STRINGS)
+    assert read_jsonl(greedy_out / "samples.jsonl")[0]["completion"] == expected
+
+
+@pytest.mark.slow
+def test_hf_model_end_to_end(tmp_path, mbpp_path, gpt2_dir, problems):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(gpt2_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(hf_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=hf_tokenizer.bos_token_id,
+        eos_token_id=hf_tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model_dir = tmp_path / "llama"
+    model.save_pretrained(model_dir)
+    hf_tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "eval"
+    result = run_cli(
+        "--model-type",
+        "hf",
+        "--model",
+        model_dir,
+        "--mbpp",
+        mbpp_path,
+        "--limit",
+        2,
+        "--max-new-tokens",
+        8,
+        "--output",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    records = {r["task_id"]: r for r in read_jsonl(out / "samples.jsonl")}
+    assert sorted(records) == ["11", "12"]
+    assert json.loads((out / "summary.json").read_text())["num_samples"] == 2
+    # Greedy HF generation of the plain-encoded prompt (GPT-2 adds no BOS), decoded and cut at a stop string.
+    prompt = hf_tokenizer(problems[0].prompt, return_tensors="pt")
+    new = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=hf_tokenizer.eos_token_id)
+    expected = cut_at_stop(hf_tokenizer.decode(new[0, prompt["input_ids"].shape[1] :]), MBPP_STOP_STRINGS)
+    assert records["11"]["completion"] == expected
+
+
+def test_samples_do_not_depend_on_batching_or_resume(tokenizer, tiny_hrm_config, problems):
+    model, _ = tiny_hrm(tokenizer, tiny_hrm_config)
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3, batch_size=4)
+    together = ModelCompletions(model, tokenizer, sampling, progress=False)(problems[:2], [[0, 1, 2], [0, 1]])
+    one_by_one = ModelCompletions(
+        model,
+        tokenizer,
+        SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3, batch_size=1),
+        progress=False,
+    )
+    assert one_by_one(problems[1:2], [[1]]) == [[together[1][1]]]
+    assert one_by_one(problems[:1], [[2, 0]]) == [[together[0][2], together[0][0]]]
+    assert len(set(together[0])) == 3  # the samples of one problem differ
+    assert sample_seed(3, "11", 0) != sample_seed(3, "11", 1) != sample_seed(4, "11", 1)
+
+
+def test_prompt_longer_than_the_model_is_a_clear_error(tokenizer, tiny_hrm_config, problems):
+    model, _ = tiny_hrm(tokenizer, tiny_hrm_config, seq_len=16)
+    completions = ModelCompletions(model, tokenizer, SamplingConfig(), progress=False)
+    with pytest.raises(ValueError, match=f"task {problems[0].task_id} has \\d+ tokens.*16 positions"):
+        completions.check_prompts(problems)
+
+
+def test_hf_directory_prompt_format_follows_its_tokenizer(tmp_path, gpt2_dir, tokenizer, problems):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    plain_dir, project_dir = tmp_path / "plain", tmp_path / "project"
+    for directory in (plain_dir, project_dir):
+        model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(gpt2_dir).save_pretrained(plain_dir)
+    tokenizer.save(project_dir)  # a CodeTokenizer writes fingerprint.txt
+    prompt_ids = tokenizer.encode(problems[0].prompt)
+    for directory, expected in ((plain_dir, prompt_ids), (project_dir, [tokenizer.bos_id, *prompt_ids])):
+        loaded, loaded_tokenizer = load_hf_model(directory)
+        completions = ModelCompletions(loaded, loaded_tokenizer, SamplingConfig(), progress=False)
+        assert completions.encode(problems[0].prompt) == expected
