@@ -26,8 +26,14 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest tests
 
+# The main job: MBPP -> a tiny HRM trained on the CPU -> greedy Pass@1 on the MBPP test split.
+DEMO_RUN ?= mbpp_cpu_demo
 demo: setup
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/prepare_data.py --source $(MBPP_SRC) --output data/mbpp/mbpp.jsonl
+	$(BIN)/python scripts/train_codegen.py experiment=mbpp_cpu_demo run_name=$(DEMO_RUN) resume=auto \
+		data.path=data/mbpp/mbpp.jsonl tokenizer.name_or_path=$(TOKENIZER)
+	$(BIN)/python scripts/evaluate.py --model-type hrm --ckpt checkpoints/$(DEMO_RUN) --dataset mbpp --split test \
+		--mbpp data/mbpp/mbpp.jsonl --max-new-tokens 128 --output outputs/eval/$(DEMO_RUN)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -251,13 +251,13 @@ def generate(
     ids, ids_mask = input_ids, mask
     if use_cache:
         cache = StaticKVCache(input_ids.shape[1] + max_steps)
-        logits = model.lm_forward(input_ids, mask, kv_cache=cache)[:, -1]
+        logits = model.lm_forward(input_ids, mask, kv_cache=cache, logits_to_keep=1)[:, -1]
         if n > 1:
             cache.reorder(expand)
             logits = logits[expand]
     else:
         ids, ids_mask = input_ids[expand], mask[expand]
-        logits = model.lm_forward(ids, ids_mask)[:, -1]
+        logits = model.lm_forward(ids, ids_mask, logits_to_keep=1)[:, -1]
 
     active = torch.arange(total, device=device)  # returned-sequence index of each row still decoding
     for step in range(max_steps):
@@ -298,7 +298,7 @@ def generate(
             logits = logits[:, -1]
         else:
             ids, ids_mask = torch.cat([ids, tokens[:, None]], 1), torch.cat([ids_mask, new_mask], 1)
-            logits = model.lm_forward(ids, ids_mask)[:, -1]
+            logits = model.lm_forward(ids, ids_mask, logits_to_keep=1)[:, -1]
 
     return _finish(input_ids[expand], new_ids, lengths, finish_reasons, decode, stops, step_logits)
 

@@ -228,10 +228,12 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         attn_mask: torch.Tensor | None = None,
         last_index: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ):
         """Run one segment; returns (detached new carry, logits [B, S, vocab], (q_halt, q_continue) or None).
 
-        `attn_mask` is a boolean [B, 1, S, K] mask (`build_attn_mask`), None for unpadded input.
+        `attn_mask` is a boolean [B, 1, S, K] mask (`build_attn_mask`), None for unpadded input;
+        `logits_to_keep` > 0 computes logits for the last that many positions only.
         """
         attn_kwargs: dict[str, Any] = {"attn_mask": attn_mask, "kv_cache": kv_cache}
         if self.config.pos_encodings == "rope":
@@ -252,7 +254,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         z_H = self.H_level(z_H, z_L, **attn_kwargs)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
-        logits = self.lm_head(z_H)
+        logits = self.lm_head(z_H[:, -logits_to_keep:] if logits_to_keep else z_H)
         q = None
         if self.config.enable_q_head:
             if last_index is None:
@@ -365,10 +367,12 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         position_ids: torch.Tensor | None = None,
         num_segments: int | None = None,
         kv_cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Plain LM use: logits [B, S, vocab] after `num_segments` (default halt_max_steps) fresh segments.
 
         With `kv_cache`, `input_ids` are only the new positions; their keys/values are appended to the cache.
+        `logits_to_keep` > 0 returns logits for the last that many positions only (generation needs one).
         """
         batch = {"input_ids": input_ids}
         if attention_mask is not None:
@@ -381,10 +385,12 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             torch.ones(batch_size, dtype=torch.bool, device=ids.device),
             self.inner.empty_carry(batch_size, seq_len, ids.device),
         )
-        logits = None
-        for _ in range(num_segments or self.config.halt_max_steps):
-            carry, logits, _ = self.inner(carry, ids, pos, attn_mask, last_index, kv_cache)
-        assert logits is not None
+        segments = num_segments or self.config.halt_max_steps
+        for _ in range(segments - 1):  # earlier segments only feed the carry: skip most of their LM head
+            carry, _, _ = self.inner(carry, ids, pos, attn_mask, last_index, kv_cache, logits_to_keep=1)
+        _, logits, _ = self.inner(
+            carry, ids, pos, attn_mask, last_index, kv_cache, logits_to_keep=logits_to_keep
+        )
         return logits
 
     def num_parameters(self) -> dict[str, int]:
