@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hrm_codegen.datasets.mbpp import encode_example
+from hrm_codegen.datasets.mbpp import encode_prompt
 from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.generation import cut_at_stop, generate
 from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
@@ -120,8 +120,7 @@ class ModelCompletions:
     def encode(self, prompt: str) -> list[int]:
         """Prompt token ids as the model saw prompts in training (CodeTokenizer) or its tokenizer's default."""
         if isinstance(self.tokenizer, CodeTokenizer):
-            ids, prompt_length = encode_example(self.tokenizer, prompt, "")
-            return ids[:prompt_length]
+            return encode_prompt(self.tokenizer, prompt)
         return self.tokenizer(prompt)["input_ids"]
 
     def decode(self, ids: list[int]) -> str:

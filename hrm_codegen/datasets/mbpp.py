@@ -227,12 +227,17 @@ def mbpp_problems(rows: Sequence[dict], split: str, few_shot: int = 0) -> list[P
     return problems
 
 
+def encode_prompt(tokenizer: CodeTokenizer, prompt: str) -> list[int]:
+    """Token ids `[BOS] prompt`: what a model is given at generation time."""
+    return [tokenizer.bos_id, *tokenizer.encode(prompt)]
+
+
 def encode_example(tokenizer: CodeTokenizer, prompt: str, target: str) -> tuple[list[int], int]:
     """Token ids `[BOS] prompt target [EOS]` and the prompt length (BOS included).
 
     Prompt and target are encoded separately, as at generation time, where the prompt is encoded alone.
     """
-    prompt_ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+    prompt_ids = encode_prompt(tokenizer, prompt)
     return [*prompt_ids, *tokenizer.encode(target), tokenizer.eos_id], len(prompt_ids)
 
 
