@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pyright hrm_codegen
 
 test: lint
 	$(BIN)/python -m pytest tests

@@ -117,30 +117,38 @@ class ModelCompletions:
             return self.model.config.seq_len
         return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
 
-    def encode(self, prompt: str) -> list[int]:
-        """Prompt token ids as the model saw prompts in training (CodeTokenizer) or its tokenizer's default."""
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """Prompt ids as in training (CodeTokenizer: `[BOS] prompt`) or the tokenizer's default."""
         if isinstance(self.tokenizer, CodeTokenizer):
             return encode_prompt(self.tokenizer, prompt)
         return self.tokenizer(prompt)["input_ids"]
+
+    @property
+    def prompt_room(self) -> int | None:
+        """Most prompt tokens that still leave room to generate, when the model has a length limit."""
+        limit = self.max_length
+        return None if limit is None else limit - min(self.sampling.max_new_tokens, limit // 2)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt ids, made to fit: a prompt longer than `prompt_room` keeps its first token and its end.
+
+        The end is the part next to where the code starts (for MBPP: the asserts naming the function).
+        """
+        ids, room = self._prompt_ids(prompt), self.prompt_room
+        return ids if room is None or len(ids) <= room else [ids[0], *ids[len(ids) - room + 1 :]]
+
+    def truncated_prompts(self, problems: Sequence[Problem]) -> list[str]:
+        """Task ids whose prompts `encode` shortens to fit the model."""
+        room = self.prompt_room
+        if room is None:
+            return []
+        return [p.task_id for p in problems if len(self._prompt_ids(p.prompt)) > room]
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, without special tokens."""
         if isinstance(self.tokenizer, CodeTokenizer):
             return self.tokenizer.decode(ids)
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def check_prompts(self, problems: Sequence[Problem]) -> None:
-        """Raise ValueError naming the first problem whose prompt leaves no room to generate."""
-        limit = self.max_length
-        if limit is None:
-            return
-        for problem in problems:
-            length = len(self.encode(problem.prompt))
-            if length >= limit:
-                raise ValueError(
-                    f"the prompt of task {problem.task_id} has {length} tokens, but the model takes at most "
-                    f"{limit} positions; use a shorter prompt (fewer few-shot examples) or a longer-context model"
-                )
 
     def __call__(self, problems: list[Problem], indices: list[list[int]]) -> list[list[str]]:
         """One completion per requested sample index of each problem."""

@@ -198,7 +198,14 @@ def run(args: argparse.Namespace) -> dict:
         stop_strings=stops,
     )
     completions = ModelCompletions(model, tokenizer, sampling, progress=progress)
-    completions.check_prompts(problems)
+    truncated = completions.truncated_prompts(problems)
+    if truncated:
+        print(
+            f"warning: {len(truncated)} prompt(s) longer than the model allows were shortened from the start "
+            f"(task ids {', '.join(truncated)}); see summary.json config.truncated_prompts",
+            file=sys.stderr,
+        )
+    settings["truncated_prompts"] = truncated
     check_run_config(output, settings)
     return evaluate(
         problems,

@@ -246,11 +246,17 @@ def test_samples_do_not_depend_on_batching_or_resume(tokenizer, tiny_hrm_config,
     assert sample_seed(3, "11", 0) != sample_seed(3, "11", 1) != sample_seed(4, "11", 1)
 
 
-def test_prompt_longer_than_the_model_is_a_clear_error(tokenizer, tiny_hrm_config, problems):
+def test_prompts_longer_than_the_model_keep_bos_and_their_end(tokenizer, tiny_hrm_config, problems):
     model, _ = tiny_hrm(tokenizer, tiny_hrm_config, seq_len=16)
-    completions = ModelCompletions(model, tokenizer, SamplingConfig(), progress=False)
-    with pytest.raises(ValueError, match=f"task {problems[0].task_id} has \\d+ tokens.*16 positions"):
-        completions.check_prompts(problems)
+    completions = ModelCompletions(model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False)
+    full = [tokenizer.bos_id, *tokenizer.encode(problems[0].prompt)]
+    fitted = completions.encode(problems[0].prompt)
+    assert len(fitted) == 12 and fitted[0] == tokenizer.bos_id and fitted[1:] == full[-11:]
+    assert completions.truncated_prompts(problems) == [p.task_id for p in problems]
+    assert all(len(texts) == 1 for texts in completions(problems[:2], [[0], [0]]))
+    roomy = ModelCompletions(model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False)
+    roomy.model.config.seq_len = 4096
+    assert roomy.truncated_prompts(problems) == [] and roomy.encode(problems[0].prompt) == full
 
 
 def test_hf_directory_prompt_format_follows_its_tokenizer(tmp_path, gpt2_dir, tokenizer, problems):
