@@ -36,6 +36,28 @@ def _hrm_arch_schema() -> type:
 HRMArchConfig = _hrm_arch_schema()
 
 
+def _transformer_arch_schema() -> type:
+    """An overlay on HRMArchConfig adding the baseline keys (hrm_codegen/models/baseline.py).
+
+    Listed after an HRM arch in a defaults list, it leaves that arch's values as they are (its inherited keys
+    are MISSING, which a merge does not write) and makes `match`, `num_hidden_layers` and `initializer_range`
+    known keys.
+    """
+    hints = typing.get_type_hints(HRMArchConfig)
+    specs: list[tuple[str, Any, Any]] = [
+        (f.name, hints[f.name], field(default=MISSING)) for f in dataclasses.fields(HRMArchConfig)
+    ]
+    specs += [
+        ("match", str, field(default="params")),
+        ("num_hidden_layers", int | None, field(default=None)),
+        ("initializer_range", float, field(default=0.02)),
+    ]
+    return dataclasses.make_dataclass("TransformerArchConfig", specs, bases=(HRMArchConfig,))
+
+
+TransformerArchConfig = _transformer_arch_schema()
+
+
 @dataclass
 class TokenizerConfig:
     """Which tokenizer, and the fingerprint it must have (null = any)."""
@@ -46,7 +68,7 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    """The training and validation data."""
+    """The training and validation data: MBPP (`path`, the splits, `few_shot`) or a corpus (`corpus_dir`)."""
 
     name: str = "mbpp"
     path: str = "data/mbpp/mbpp.jsonl"
@@ -57,6 +79,8 @@ class DataConfig:
     cache_dir: str | None = None
     train_limit: int | None = None
     eval_limit: int | None = None
+    corpus_dir: str | None = None
+    eval_blocks: int = 0
 
 
 @dataclass
@@ -117,10 +141,11 @@ class CodegenConfig:
 
 
 def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore (`codegen_schema`, `arch/hrm_schema`) for the defaults lists."""
+    """Put the schemas into Hydra's ConfigStore (`codegen_schema`, `arch/hrm_schema`, `arch/transformer_schema`)."""
     store = ConfigStore.instance()
     store.store(name="codegen_schema", node=CodegenConfig)
     store.store(group="arch", name="hrm_schema", node=HRMArchConfig)
+    store.store(group="arch", name="transformer_schema", node=TransformerArchConfig)
 
 
 def compose_config(

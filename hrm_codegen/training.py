@@ -5,6 +5,9 @@ accumulation steps). The loss is normalised by the target tokens of the whole gl
 compute the same update as one process with the same global batch. With `halt_max_steps > 1` the HRM trains
 with deep supervision as upstream does: the ACT carry persists across optimizer steps, each call of
 `model(carry, batch)` is one segment with its own loss and update, and halted sequences take the next batch.
+Model families are registered in `ARCHS` (`arch.name`): `hrm`, and `transformer`, the Llama baseline, which
+trains as a plain LM and also writes each checkpoint in the save_pretrained layout to <step dir>/hf/.
+Data (`data.name`): `mbpp`, or `corpus`, the seq_len blocks of a corpus built by scripts/build_corpus.py.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,12 +33,15 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
+from transformers import GenerationConfig, LlamaForCausalLM
 
 from hrm_codegen import checkpoint as ckpt
 from hrm_codegen.datasets.cache import file_sha256
+from hrm_codegen.datasets.corpus import CorpusDataset
 from hrm_codegen.datasets.mbpp import MBPPDataset, collate_batch, load_mbpp
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, LOSS_TYPES, LossOutput, codegen_loss
+from hrm_codegen.models.baseline import build_baseline
 from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm_codegen.optim import build_optimizer, build_scheduler
 from hrm_codegen.tokenization import CodeTokenizer, check_fingerprint, load_tokenizer
@@ -44,6 +51,10 @@ logger = logging.getLogger(__name__)
 Carry = Any  # the model's ACT carry (HierarchicalReasoningModel_ACTV1Carry), or None for plain LMs
 
 # ----------------------------------------------------------------------------------------------- model factory
+
+
+HF_DIR = "hf"  # the save_pretrained copy of a transformer checkpoint: <step dir>/hf/
+Exporter = Callable[[nn.Module, Mapping[str, torch.Tensor], CodeTokenizer, Path], None]
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,8 @@ class ArchSpec:
     lm_logits: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # plain LM logits [B, S, V]
     act_carry: bool  # the training forward is `model(carry, batch)` with the HRM's ACT carry
     check: Callable[[dict[str, Any]], Any]  # raises ValueError naming a bad key or value
+    # Writes (model, its full state dict, tokenizer) to a directory: <step dir>/hf/ at each checkpoint.
+    export: Exporter | None = None
 
 
 def _hrm_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -65,8 +78,44 @@ def _hrm_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     )
 
 
+def _transformer_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a transformers causal LM (right padding is masked by the attention mask)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+
+
+def _check_transformer(config: dict[str, Any]) -> None:
+    """Build the baseline on the meta device: unknown keys and unsupported settings raise ValueError."""
+    with torch.device("meta"):
+        build_baseline(config)
+
+
+def _export_transformer(
+    model: nn.Module, state: Mapping[str, torch.Tensor], tokenizer: CodeTokenizer, directory: Path
+) -> None:
+    """Write the baseline in the save_pretrained layout (config.json, weights, generation config, tokenizer).
+
+    The weights come from `state` (the full state dict, also under FSDP/DeepSpeed). The special-token ids go
+    into the generation config and config.json, except pad_token_id in config.json, which would make the
+    embedding of GPT-2's EOS (= its pad token) untrainable when the export is fine-tuned further.
+    """
+    llama = cast(LlamaForCausalLM, model)
+    llama.config.bos_token_id, llama.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+    llama.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
+    )
+    llama.save_pretrained(directory, state_dict=dict(state))
+    tokenizer.save(directory)
+
+
 ARCHS: dict[str, ArchSpec] = {
     "hrm": ArchSpec(HierarchicalReasoningModel_ACTV1, _hrm_logits, act_carry=True, check=HRMConfig.from_dict),
+    "transformer": ArchSpec(
+        build_baseline,
+        _transformer_logits,
+        act_carry=False,
+        check=_check_transformer,
+        export=_export_transformer,
+    ),
 }
 
 
@@ -182,18 +231,47 @@ class BatchOrder:
 def build_datasets(
     cfg: DictConfig, tokenizer: CodeTokenizer, use_cache: bool = True
 ) -> tuple[Dataset, Dataset]:
-    """(train, validation) datasets of `cfg.data`; `use_cache=False` ignores `data.cache_dir` (writes nothing)."""
+    """(train, validation) datasets of `cfg.data`; `use_cache=False` ignores `data.cache_dir` (writes nothing).
+
+    data=mbpp: the MBPP splits `data.train_split` and `data.eval_split`. data=corpus: the seq_len blocks of the
+    corpus in `data.corpus_dir`, its last `data.eval_blocks` blocks held out for validation.
+    """
     data = cfg.data
-    if data.name != "mbpp":
-        raise ValueError(f"data.name={data.name!r}: only mbpp is supported")
-    rows = load_mbpp(data.path)
-    cache_dir = data.cache_dir if use_cache else None
-    data_hash = file_sha256(data.path) if cache_dir and Path(data.path).is_file() else None
-    splits: list[Dataset] = []
-    for split, limit in ((data.train_split, data.train_limit), (data.eval_split, data.eval_limit)):
-        dataset = MBPPDataset(rows, split, tokenizer, data.seq_len, data.few_shot, cache_dir, data_hash)
-        splits.append(Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset)
-    return splits[0], splits[1]
+    if data.name == "mbpp":
+        rows = load_mbpp(data.path)
+        cache_dir = data.cache_dir if use_cache else None
+        data_hash = file_sha256(data.path) if cache_dir and Path(data.path).is_file() else None
+        splits: list[Dataset] = [
+            MBPPDataset(rows, split, tokenizer, data.seq_len, data.few_shot, cache_dir, data_hash)
+            for split in (data.train_split, data.eval_split)
+        ]
+    elif data.name == "corpus":
+        splits = corpus_splits(data.corpus_dir, data.seq_len, data.eval_blocks, tokenizer)
+    else:
+        raise ValueError(f"data.name={data.name!r} is not a known data source; expected mbpp or corpus")
+    limited = [
+        Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset  # type: ignore[arg-type]
+        for dataset, limit in zip(splits, (data.train_limit, data.eval_limit), strict=True)
+    ]
+    return limited[0], limited[1]
+
+
+def corpus_splits(
+    corpus_dir: str | None, seq_len: int, eval_blocks: int, tokenizer: CodeTokenizer
+) -> list[Dataset]:
+    """[train, validation] blocks of a corpus: validation is the last `eval_blocks` blocks."""
+    if not corpus_dir:
+        raise ValueError(
+            "data.name=corpus needs data.corpus_dir: a directory written by scripts/build_corpus.py"
+        )
+    corpus = CorpusDataset(corpus_dir, seq_len, tokenizer)
+    if not 0 < eval_blocks < len(corpus):
+        raise ValueError(
+            f"data.eval_blocks={eval_blocks}: the corpus {corpus_dir} has {len(corpus)} blocks of {seq_len} tokens; "
+            f"hold out between 1 and {len(corpus) - 1} of them for validation"
+        )
+    split = len(corpus) - eval_blocks
+    return [Subset(corpus, range(split)), Subset(corpus, range(split, len(corpus)))]
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -494,7 +572,7 @@ class Trainer:
         model_state = cast(dict[str, torch.Tensor], acc.get_state_dict(self.model))
         if acc.is_main_process:
             assert self.run_dir is not None
-            ckpt.save_checkpoint(
+            step_dir = ckpt.save_checkpoint(
                 self.run_dir,
                 self.state.step,
                 model_state=model_state,
@@ -507,7 +585,18 @@ class Trainer:
                 act_carry=carry or None,
                 keep_last=self.cfg.train.keep_last,
             )
+            if self.spec.export is not None:
+                self._export(step_dir, model_state)
         acc.wait_for_everyone()
+
+    def _export(self, step_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
+        """Write the arch's inference layout to <step dir>/hf/ (through a temporary directory, then renamed)."""
+        assert self.spec.export is not None
+        tmp = step_dir / f".{HF_DIR}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.spec.export(self.accelerator.unwrap_model(self.model), model_state, self.tokenizer, tmp)
+        os.rename(tmp, step_dir / HF_DIR)
 
     def replica_hashes(self) -> list[str]:
         """Sha256 of the parameters on every process (all equal while data parallelism is in sync)."""
@@ -629,7 +718,7 @@ class Trainer:
 
     def _q_head_line(self, total: int) -> str:
         """What the enable_q_head flag adds or removes (the model rebuilt on the meta device with it flipped)."""
-        if "enable_q_head" not in self.model_config:
+        if not self.spec.act_carry or "enable_q_head" not in self.model_config:
             return f"  (arch.name={self.cfg.arch.name} has no Q-head flag)"
         flag = bool(self.model_config["enable_q_head"])
         with torch.device("meta"):

@@ -1,0 +1,363 @@
+"""Reproduce rows of the README's results table: train, evaluate on the MBPP test split, record the numbers.
+
+    python scripts/reproduce.py mbpp_cpu_hrm mbpp_cpu_llama_params       # these rows
+    python scripts/reproduce.py all --sampled-limit 100                  # every row
+    python scripts/reproduce.py table                                    # docs/results/results.md + mbpp_cpu.png
+
+A row runs its commands in order (printed, and recorded in docs/results/<row>/row.json): building the corpus
+when it needs one, one training run per stage (scripts/train_codegen.py), then scripts/evaluate.py twice:
+pass@1 with greedy decoding (n=1) and pass@1/pass@10 from n=20 samples at temperature 0.8, top-p 0.95. A step
+whose output is complete (a corpus manifest, a run at its last step, an evaluation summary) is skipped, so an
+interrupted row continues where it stopped. The record keeps the training wall time (measured around each
+training command and saved as <run dir>/wall_time.json), the parameters, the tokens processed (non-padding
+input tokens, prompts included), the final validation loss, pass@k and the syntax-valid rate; `table` turns the
+records into a markdown table and a plot of the loss curves and pass@k bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+WALL_TIME_FILE = "wall_time.json"
+CORPUS = "data/corpus/pylib"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training run: its run name, the overrides that select the recipe and the model, whether on the corpus."""
+
+    run_name: str
+    overrides: tuple[str, ...]
+    corpus: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of the results table: a label, the training stages (the last one is evaluated), the model type."""
+
+    label: str
+    stages: tuple[Stage, ...]
+    model_type: str  # hrm: evaluate the checkpoint; hf: evaluate <step dir>/hf (save_pretrained layout)
+
+
+ROWS = {
+    "mbpp_cpu_hrm": Row(
+        "HRM (arch=tiny)", (Stage("mbpp_cpu_hrm", ("experiment=mbpp_cpu_compare", "arch=tiny")),), "hrm"
+    ),
+    "mbpp_cpu_llama_params": Row(
+        "Llama, parameter-matched (2 layers)",
+        (Stage("mbpp_cpu_llama_params", ("experiment=mbpp_cpu_compare", "arch=transformer_tiny_params")),),
+        "hf",
+    ),
+    "mbpp_cpu_llama_compute": Row(
+        "Llama, compute-matched (6 layers)",
+        (Stage("mbpp_cpu_llama_compute", ("experiment=mbpp_cpu_compare", "arch=transformer_tiny_compute")),),
+        "hf",
+    ),
+    "pretrain_then_mbpp_hrm": Row(
+        "HRM (arch=tiny), corpus pre-training then MBPP",
+        (
+            Stage("pretrain_then_mbpp", ("experiment=pretrain_then_mbpp",), corpus=True),
+            Stage("pretrain_then_mbpp_finetune", ("experiment=pretrain_then_mbpp_finetune",)),
+        ),
+        "hrm",
+    ),
+}
+
+
+def shell(command: list[str]) -> str:
+    """The command as one shell line (this interpreter shown as `python`), with the thread setting it ran under."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    shown = ["python" if part == sys.executable else part for part in command]
+    return (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(shown)
+
+
+def execute(command: list[str]) -> float:
+    """Run a command from the repository root, stop on failure; its wall time in seconds."""
+    print(f"$ {shell(command)}", flush=True)
+    start = time.perf_counter()
+    if subprocess.run(command, cwd=REPO).returncode != 0:
+        sys.exit(f"error: command failed: {shell(command)}")
+    return time.perf_counter() - start
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def latest_step(run_dir: Path) -> Path | None:
+    """The step directory `latest` names, or None."""
+    latest = run_dir / "latest"
+    return run_dir / latest.read_text().strip() if latest.is_file() else None
+
+
+def finished(run_dir: Path) -> bool:
+    """True when the run has reached the last step of its config."""
+    step = latest_step(run_dir)
+    if step is None:
+        return False
+    return (
+        read_json(step / "train_state.json")["step"] == OmegaConf.load(step / "config.yaml").train.max_steps
+    )
+
+
+def train_stage(stage: Stage, args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+    """Train one stage unless it is finished; its run directory, wall time, tokens and final validation loss."""
+    run_dir = REPO / "checkpoints" / stage.run_name
+    command = [
+        sys.executable,
+        "scripts/train_codegen.py",
+        *stage.overrides,
+        f"run_name={stage.run_name}",
+        f"data.path={args.mbpp}",
+        f"tokenizer.name_or_path={args.tokenizer}",
+    ]
+    if stage.corpus:
+        command.append(f"data.corpus_dir={args.corpus}")
+    commands.append(shell(command))
+    if not finished(run_dir):
+        if latest_step(run_dir) is not None:
+            command.append("resume=auto")
+        wall = execute(command)
+        (run_dir / WALL_TIME_FILE).write_text(
+            json.dumps({"train_wall_s": wall, "command": shell(command)}) + "\n"
+        )
+    timing = run_dir / WALL_TIME_FILE
+    step = latest_step(run_dir)
+    assert step is not None
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    val = [r["val_loss"] for r in metrics if "val_loss" in r]
+    return {
+        "run_dir": run_dir,
+        "step_dir": step,
+        "train_wall_s": read_json(timing)["train_wall_s"] if timing.is_file() else None,
+        "tokens": read_json(step / "train_state.json")["tokens_seen"],
+        "steps": read_json(step / "train_state.json")["step"],
+        "val_loss": val[-1] if val else None,
+    }
+
+
+def evaluate(
+    row: Row, step_dir: Path, out: Path, sampled: bool, args: argparse.Namespace, commands: list[str]
+) -> dict[str, Any]:
+    """Run scripts/evaluate.py (it resumes from out/samples.jsonl); the summary."""
+    model = ["--model-type", "hrm", "--ckpt", str(step_dir.relative_to(REPO))]
+    if row.model_type == "hf":
+        model = ["--model-type", "hf", "--model", str((step_dir / "hf").relative_to(REPO))]
+    if sampled:
+        sampling = ["--num-samples", "20", "--temperature", "0.8", "--top-p", "0.95", "--k", "1,10"]
+        sampling += ["--batch-size", "40"] + (
+            ["--limit", str(args.sampled_limit)] if args.sampled_limit else []
+        )
+    else:
+        sampling = ["--num-samples", "1", "--temperature", "0", "--k", "1", "--batch-size", "32"]
+        sampling += ["--limit", str(args.greedy_limit)] if args.greedy_limit else []
+    command = [
+        sys.executable,
+        "scripts/evaluate.py",
+        *model,
+        "--mbpp",
+        args.mbpp,
+        "--split",
+        "test",
+        "--max-new-tokens",
+        "128",
+        *sampling,
+        "--no-progress",
+        "--output",
+        str(out.relative_to(REPO)),
+    ]
+    commands.append(shell(command))
+    execute(command)
+    summary = read_json(out / "summary.json")
+    record = {key: summary[key] for key in ("num_problems", "pass_at_k", "syntax_valid_rate")}
+    record["empty_completion_rate"] = empty_rate(out / "samples.jsonl", args.mbpp, summary["num_problems"])
+    return record
+
+
+def empty_rate(samples: Path, mbpp: str, num_problems: int) -> float:
+    """The share of completions that are empty or whitespace only, over the first `num_problems` test problems.
+
+    Such a completion leaves a program of the test asserts alone, which parses: it counts as syntax-valid.
+    """
+    from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
+
+    task_ids = {p.task_id for p in mbpp_problems(load_mbpp(REPO / mbpp), "test")[:num_problems]}
+    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r["task_id"] in task_ids]
+    return sum(not r["completion"].strip() for r in rows) / len(rows)
+
+
+def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one row and write docs/results/<row>/ (row.json, metrics, evaluation summaries)."""
+    row = ROWS[name]
+    commands: list[str] = []
+    if any(stage.corpus for stage in row.stages):
+        build = [
+            sys.executable,
+            "scripts/build_corpus.py",
+            "--out",
+            args.corpus,
+            "--python-lib",
+            "--max-tokens",
+            "2000000",
+            "--tokenizer",
+            args.tokenizer,
+            "--mbpp",
+            args.mbpp,
+        ]
+        commands.append(shell(build))
+        if not (REPO / args.corpus / "manifest.json").is_file():
+            execute(build)
+    stages = [train_stage(stage, args, commands) for stage in row.stages]
+    final = stages[-1]
+    outputs = REPO / "outputs" / "eval" / name
+    greedy = evaluate(row, final["step_dir"], outputs / "greedy", False, args, commands)
+    sampled = None
+    if not args.greedy_only:
+        sampled = evaluate(row, final["step_dir"], outputs / "sampled", True, args, commands)
+
+    from hrm_codegen.checkpoint import load_model_for_inference
+
+    model, _ = load_model_for_inference(final["step_dir"])
+    walls = [s["train_wall_s"] for s in stages]
+    record = {
+        "row": name,
+        "label": row.label,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "stages": [
+            {k: str(v.relative_to(REPO)) if isinstance(v, Path) else v for k, v in s.items()} for s in stages
+        ],
+        "training_tokens": sum(s["tokens"] for s in stages),
+        "train_wall_s": None if None in walls else sum(walls),
+        "val_loss": final["val_loss"],
+        "greedy": greedy,
+        "sampled": sampled,
+        "hardware": args.hardware,
+        "date": datetime.date.today().isoformat(),
+        "commands": commands,
+        "reproduce": shell([sys.executable, "scripts/reproduce.py", name, *args.row_flags]),
+    }
+    target = RESULTS / name
+    target.mkdir(parents=True, exist_ok=True)
+    for stage in row.stages[:-1]:
+        shutil.copy(
+            REPO / "checkpoints" / stage.run_name / "metrics.jsonl",
+            target / f"{stage.run_name}.metrics.jsonl",
+        )
+    shutil.copy(final["run_dir"] / "metrics.jsonl", target / "metrics.jsonl")
+    shutil.copy(outputs / "greedy" / "summary.json", target / "greedy.json")
+    if sampled is not None:
+        shutil.copy(outputs / "sampled" / "summary.json", target / "sampled.json")
+    (target / "row.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {target / 'row.json'}")
+    return record
+
+
+def percent(value: float | None, problems: int | None) -> str:
+    """A pass rate as a percentage with the number of problems, or "not run"."""
+    return "not run" if value is None else f"{100 * value:.1f}% (of {problems})"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown results table, what its columns count, and each row's commands."""
+    lines = [
+        "# MBPP results at CPU scale",
+        "",
+        "Written by `python scripts/reproduce.py table` from docs/results/<row>/row.json. Every model is trained",
+        "from the same seed on the same MBPP-train sequences in the same order (experiment=mbpp_cpu_compare: 100",
+        "steps of 8 sequences); the pre-trained row first trains 100 steps of 8 blocks of 256 corpus tokens. Training",
+        "tokens: non-padding input tokens processed, prompts included (all stages). Wall time: the training",
+        "command(s), start-up, data encoding, validation and checkpoints included, one thread, on a machine shared",
+        "with other jobs. pass@1 greedy: n=1, temperature 0. pass@10: n=20 samples at temperature 0.8, top-p 0.95,",
+        "the unbiased estimator. Both use at most 128 new tokens. Syntax-valid: the share of generated programs",
+        "that parse. Validation loss: token-mean loss on the whole MBPP validation split at the last step.",
+        "",
+        "| model | parameters | training tokens | hardware | train wall time | pass@1 greedy | pass@10 (n=20, T=0.8) "
+        "| syntax-valid (greedy / sampled) | validation loss |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        greedy, sampled = r["greedy"], r["sampled"] or {}
+        wall = "not recorded" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.1f} min"
+        syntax = " / ".join(
+            "not run" if s.get("syntax_valid_rate") is None else f"{100 * s['syntax_valid_rate']:.1f}%"
+            for s in (greedy, sampled)
+        )
+        lines.append(
+            f"| {r['label']} | {r['parameters']:,} | {r['training_tokens']:,} | {r['hardware']}, {r['date']} | {wall} "
+            f"| {percent(greedy['pass_at_k'].get('1'), greedy['num_problems'])} "
+            f"| {percent(sampled.get('pass_at_k', {}).get('10'), sampled.get('num_problems'))} "
+            f"| {syntax} | {r['val_loss']:.3f} |"
+        )
+    for r in rows:
+        lines += ["", f"**{r['label']}** (`python scripts/reproduce.py {r['row']}` runs these):", "```"]
+        lines += [*r["commands"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(names: list[str]) -> None:
+    """docs/results/results.md and docs/results/mbpp_cpu.png from the rows' records."""
+    rows = [
+        read_json(RESULTS / name / "row.json") for name in names if (RESULTS / name / "row.json").is_file()
+    ]
+    if not rows:
+        sys.exit("error: no row has been reproduced yet (docs/results/<row>/row.json)")
+    (RESULTS / "results.md").write_text(table(rows), encoding="utf-8")
+    # plot_runs.py labels a run directory (metrics.jsonl) and a summary file by the directory's name: the row.
+    runs = [RESULTS / r["row"] for r in rows]
+    evals = [run / "sampled.json" for run in runs if (run / "sampled.json").is_file()]
+    plot = [sys.executable, "scripts/plot_runs.py", "--out", str(RESULTS / "mbpp_cpu.png")]
+    plot += ["--runs", *(str(run.relative_to(REPO)) for run in runs)]
+    if evals:
+        plot += ["--evals", *(str(e.relative_to(REPO)) for e in evals)]
+    plot += ["--title", "MBPP on a 2-core CPU: fine-tuning loss; MBPP test pass@k (n=20, T=0.8)"]
+    execute(plot)
+    print(f"wrote {RESULTS / 'results.md'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments and run the rows (or write the table)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rows", nargs="+", help=f"row names ({', '.join(ROWS)}), `all`, or `table`")
+    p.add_argument("--mbpp", default="data/mbpp/mbpp.jsonl", help="MBPP jsonl (relative to the repository)")
+    p.add_argument("--tokenizer", default="gpt2", help="tokenizer directory or Hub name")
+    p.add_argument(
+        "--corpus", default=CORPUS, help=f"corpus directory for pre-training rows (default {CORPUS})"
+    )
+    p.add_argument(
+        "--greedy-limit", type=int, default=None, help="greedy pass@1 on the first N test problems"
+    )
+    p.add_argument("--sampled-limit", type=int, default=None, help="pass@10 on the first N test problems")
+    p.add_argument("--greedy-only", action="store_true", help="skip the n=20 sampled evaluation")
+    p.add_argument("--hardware", default="CPU, 2 cores (shared dev machine)")
+    args = p.parse_args(argv)
+    names = list(ROWS) if args.rows == ["all"] else args.rows
+    if names == ["table"]:
+        write_table(list(ROWS))
+        return
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        p.error(f"unknown row(s) {unknown}; expected {list(ROWS)}, all or table")
+    for name in names:
+        reproduce(name, args)
+
+
+if __name__ == "__main__":
+    main()
