@@ -31,6 +31,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from hrm_codegen.checkpoint import load_model_for_inference
+from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 WALL_TIME_FILE = "wall_time.json"
@@ -196,8 +199,6 @@ def empty_rate(samples: Path, mbpp: str, num_problems: int) -> float:
 
     Such a completion leaves a program of the test asserts alone, which parses: it counts as syntax-valid.
     """
-    from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
-
     task_ids = {p.task_id for p in mbpp_problems(load_mbpp(REPO / mbpp), "test")[:num_problems]}
     rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if r["task_id"] in task_ids]
@@ -233,8 +234,6 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if not args.greedy_only:
         sampled = evaluate(row, final["step_dir"], outputs / "sampled", True, args, commands)
 
-    from hrm_codegen.checkpoint import load_model_for_inference
-
     model, _ = load_model_for_inference(final["step_dir"])
     walls = [s["train_wall_s"] for s in stages]
     record = {
@@ -257,14 +256,14 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
     target = RESULTS / name
     target.mkdir(parents=True, exist_ok=True)
     for stage in row.stages[:-1]:
-        shutil.copy(
+        shutil.copyfile(
             REPO / "checkpoints" / stage.run_name / "metrics.jsonl",
             target / f"{stage.run_name}.metrics.jsonl",
         )
-    shutil.copy(final["run_dir"] / "metrics.jsonl", target / "metrics.jsonl")
-    shutil.copy(outputs / "greedy" / "summary.json", target / "greedy.json")
+    shutil.copyfile(final["run_dir"] / "metrics.jsonl", target / "metrics.jsonl")
+    shutil.copyfile(outputs / "greedy" / "summary.json", target / "greedy.json")
     if sampled is not None:
-        shutil.copy(outputs / "sampled" / "summary.json", target / "sampled.json")
+        shutil.copyfile(outputs / "sampled" / "summary.json", target / "sampled.json")
     (target / "row.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {target / 'row.json'}")
     return record
@@ -275,6 +274,11 @@ def percent(value: float | None, problems: int | None) -> str:
     return "not run" if value is None else f"{100 * value:.1f}% (of {problems})"
 
 
+def rates(*evaluations: dict[str, Any] | None, key: str) -> str:
+    """`key` of each evaluation as a percentage, joined by " / " ("not run" for a missing one)."""
+    return " / ".join("not run" if e is None else f"{100 * e[key]:.1f}%" for e in evaluations)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown results table, what its columns count, and each row's commands."""
     lines = [
@@ -282,32 +286,38 @@ def table(rows: list[dict[str, Any]]) -> str:
         "",
         "Written by `python scripts/reproduce.py table` from docs/results/<row>/row.json. Every model is trained",
         "from the same seed on the same MBPP-train sequences in the same order (experiment=mbpp_cpu_compare: 100",
-        "steps of 8 sequences); the pre-trained row first trains 100 steps of 8 blocks of 256 corpus tokens. Training",
-        "tokens: non-padding input tokens processed, prompts included (all stages). Wall time: the training",
-        "command(s), start-up, data encoding, validation and checkpoints included, one thread, on a machine shared",
-        "with other jobs. pass@1 greedy: n=1, temperature 0. pass@10: n=20 samples at temperature 0.8, top-p 0.95,",
-        "the unbiased estimator. Both use at most 128 new tokens. Syntax-valid: the share of generated programs",
-        "that parse. Validation loss: token-mean loss on the whole MBPP validation split at the last step.",
+        "steps of 8 sequences); the pre-trained row first trains 100 steps of 8 blocks of 256 corpus tokens.",
         "",
-        "| model | parameters | training tokens | hardware | train wall time | pass@1 greedy | pass@10 (n=20, T=0.8) "
-        "| syntax-valid (greedy / sampled) | validation loss |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "- training tokens: non-padding input tokens processed, prompts included, summed over the stages;",
+        "- train wall time: the training command(s) with start-up, data encoding, validation and checkpoints,",
+        "  one thread, on a 2-core machine shared with other jobs (timings vary with their load);",
+        "- pass@1 greedy: n=1 at temperature 0 on the MBPP test split; pass@10: n=20 samples at temperature 0.8,",
+        "  top-p 0.95, unbiased estimator, on the first problems of the test split (the count is given);",
+        "  at most 128 new tokens;",
+        "- syntax-valid: the share of executed programs (completion followed by the test asserts) that parse; an",
+        "  empty or whitespace-only completion leaves the asserts alone, which parse, so the next column gives",
+        "  the share of such completions;",
+        "- validation loss: token-mean loss over the whole MBPP validation split after the last step.",
+        "",
+        "| model | parameters | training tokens | hardware, date | train wall time | pass@1 greedy "
+        "| pass@10 (n=20, T=0.8) | syntax-valid (greedy / sampled) | empty completions (greedy / sampled) "
+        "| validation loss |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        greedy, sampled = r["greedy"], r["sampled"] or {}
+        greedy, sampled = r["greedy"], r["sampled"]
         wall = "not recorded" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.1f} min"
-        syntax = " / ".join(
-            "not run" if s.get("syntax_valid_rate") is None else f"{100 * s['syntax_valid_rate']:.1f}%"
-            for s in (greedy, sampled)
+        pass10 = (
+            "not run" if sampled is None else percent(sampled["pass_at_k"]["10"], sampled["num_problems"])
         )
         lines.append(
-            f"| {r['label']} | {r['parameters']:,} | {r['training_tokens']:,} | {r['hardware']}, {r['date']} | {wall} "
-            f"| {percent(greedy['pass_at_k'].get('1'), greedy['num_problems'])} "
-            f"| {percent(sampled.get('pass_at_k', {}).get('10'), sampled.get('num_problems'))} "
-            f"| {syntax} | {r['val_loss']:.3f} |"
+            f"| {r['label']} | {r['parameters']:,} | {r['training_tokens']:,} | {r['hardware']}, {r['date']} "
+            f"| {wall} | {percent(greedy['pass_at_k']['1'], greedy['num_problems'])} | {pass10} "
+            f"| {rates(greedy, sampled, key='syntax_valid_rate')} "
+            f"| {rates(greedy, sampled, key='empty_completion_rate')} | {r['val_loss']:.3f} |"
         )
     for r in rows:
-        lines += ["", f"**{r['label']}** (`python scripts/reproduce.py {r['row']}` runs these):", "```"]
+        lines += ["", f"**{r['label']}**: `{r['reproduce']}` runs", "```"]
         lines += [*r["commands"], "```"]
     return "\n".join(lines) + "\n"
 
@@ -323,7 +333,12 @@ def write_table(names: list[str]) -> None:
     # plot_runs.py labels a run directory (metrics.jsonl) and a summary file by the directory's name: the row.
     runs = [RESULTS / r["row"] for r in rows]
     evals = [run / "sampled.json" for run in runs if (run / "sampled.json").is_file()]
-    plot = [sys.executable, "scripts/plot_runs.py", "--out", str(RESULTS / "mbpp_cpu.png")]
+    plot = [
+        sys.executable,
+        "scripts/plot_runs.py",
+        "--out",
+        str((RESULTS / "mbpp_cpu.png").relative_to(REPO)),
+    ]
     plot += ["--runs", *(str(run.relative_to(REPO)) for run in runs)]
     if evals:
         plot += ["--evals", *(str(e.relative_to(REPO)) for e in evals)]
@@ -348,6 +363,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--greedy-only", action="store_true", help="skip the n=20 sampled evaluation")
     p.add_argument("--hardware", default="CPU, 2 cores (shared dev machine)")
     args = p.parse_args(argv)
+    args.row_flags = [  # the options given, to show the command that reproduces a row
+        *(
+            part
+            for key in ("mbpp", "tokenizer", "corpus", "greedy_limit", "sampled_limit")
+            if getattr(args, key) != p.get_default(key)
+            for part in (f"--{key.replace('_', '-')}", str(getattr(args, key)))
+        ),
+        *(["--greedy-only"] if args.greedy_only else []),
+    ]
     names = list(ROWS) if args.rows == ["all"] else args.rows
     if names == ["table"]:
         write_table(list(ROWS))
