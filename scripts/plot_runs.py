@@ -21,27 +21,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from hrm_codegen.logging_utils import read_metrics  # noqa: E402
+
 TRAIN_KEYS = ("train/loss", "loss", "train_loss")
 VAL_KEYS = ("val/loss", "val_loss")
 PASS_KEYS = ("pass_at_k", "pass@k")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a jsonl file; a bad line raises ValueError naming file:line."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}:{number}: not valid JSON ({err.msg}); expected one object a line"
-            ) from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
 
 
 def loss_curve(records: list[dict[str, Any]], keys: tuple[str, ...]) -> tuple[list[float], list[float]]:
@@ -114,7 +98,7 @@ def plot(runs: list[Path], evals: list[Path], out: Path, title: str | None = Non
         metrics = run / "metrics.jsonl"
         if not metrics.is_file():
             raise FileNotFoundError(f"{metrics} does not exist; expected a run directory with metrics.jsonl")
-        run_records[label] = read_jsonl(metrics)
+        run_records[label] = read_metrics(run)
     models = {label: read_pass_at_k(path) for label, path in zip(labels(evals), evals, strict=True)}
     panels = (2 if runs else 0) + (1 if evals else 0)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)

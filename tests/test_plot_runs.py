@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from hrm_codegen.logging_utils import read_metrics
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_runs.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -96,7 +98,7 @@ def test_script_writes_a_png_with_loss_and_pass_at_k_panels(tmp_path):
 
 
 def test_loss_curves_read_either_key_and_skip_records_without_one(plot_runs, tmp_path):
-    hrm, llama = (plot_runs.read_jsonl(run / "metrics.jsonl") for run in _fake_runs(tmp_path))
+    hrm, llama = (read_metrics(run) for run in _fake_runs(tmp_path))
     steps, values = plot_runs.loss_curve(hrm, plot_runs.VAL_KEYS)
     assert steps == [10, 20, 30] and values == pytest.approx([0.6, 0.3, 0.2])
     assert plot_runs.loss_curve(llama, plot_runs.VAL_KEYS) == ([29], [0.5])
