@@ -18,6 +18,8 @@ Per program, in a forked child: a new session (its whole group is killed at the 
 stdout and stderr into one file read back truncated, a fresh work directory as cwd, then as root the
 switch to the sandbox's own user id so that RLIMIT_NPROC and file permissions bind. The runner is a
 child subreaper: any process the program leaves behind is re-parented to it and killed after the run.
+SIGTERM (the evaluator stopping early) makes the runner kill the running program and whatever it left,
+remove the work directory and exit at once, without a reply.
 The child reports `NONCE PID kind name` on a private pipe once the program's last line has run (name:
 the exception type, with the errno name for OSError); the nonce comes with the request, never in the
 program text, so ending early (`sys.exit`, `os._exit`) is never a pass. (Like the guard, the nonce is
@@ -315,6 +317,7 @@ def _child(request: dict, work: str, uid: int | None, fds: tuple[int, int, int])
     """
     exit_now, write, pid = os._exit, os.write, os.getpid()
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the runner's stop handler
         os.setsid()
         for target, fd in zip((0, 1, 2, 3), (fds[0], fds[1], fds[1], fds[2]), strict=True):
             os.dup2(fd, target)
@@ -452,6 +455,22 @@ def _kill_leftovers(uid: int | None) -> None:
         time.sleep(0.001)
 
 
+def _stop_on_sigterm(work: str, uid: int | None) -> None:
+    """Make SIGTERM kill the running program (set up or not) and what it left, clean up, and end the runner."""
+    exit_now = os._exit
+
+    def stop(signum, frame) -> None:
+        for child in _child_pids():
+            _killpg(child)
+            with contextlib.suppress(ProcessLookupError):
+                kill(child, signal.SIGKILL)
+        _kill_leftovers(uid)
+        _remove_tree(work)
+        exit_now(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _remove_tree(path: str) -> None:
     """Remove a work directory whatever the program did to its permissions (with the runner's own calls)."""
     with contextlib.suppress(OSError):
@@ -551,6 +570,7 @@ def main() -> None:
     work = os.path.join(base, "work")
     os.environ.update(HOME=work, TMPDIR=work)
     guard(work)
+    _stop_on_sigterm(work, uid)
     gc.collect()
     gc.freeze()
     print(json.dumps(info), flush=True)

@@ -5,10 +5,12 @@ Layout of one run (see checkpoints/README.md):
     checkpoints/<run>/latest                 text file naming the newest step directory
     checkpoints/<run>/step_<N>/meta.json     format marker, step, tokenizer fingerprint, size + sha256 of every file
                               model.safetensors, optimizer.pt, scheduler.pt, rng.pt, train_state.json,
-                              config.yaml (resolved), tokenizer/ (+ fingerprint.txt), [act_carry.safetensors]
+                              config.yaml (resolved), tokenizer/ (+ fingerprint.txt), [act_carry.safetensors],
+                              [whatever the caller's `extra_files` hook writes, e.g. the baseline's hf/]
 
 A step is written into a hidden temporary directory and renamed into place, so a crash never leaves a half
-checkpoint; `latest` is replaced atomically after the rename.
+checkpoint; `latest` is replaced atomically after the rename. Files from the `extra_files` hook are written
+into the temporary directory too, so they are part of the atomic write and listed (and verified) in meta.json.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import pickle
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +102,14 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     act_carry: Mapping[str, torch.Tensor] | None = None,
     keep_last: int | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `run_dir/step_<step>/` atomically, point `latest` at it, and keep only the last `keep_last` steps."""
+    """Write `run_dir/step_<step>/` atomically, point `latest` at it, and keep only the last `keep_last` steps.
+
+    `extra_files(directory)` may add files and directories of its own (not the checkpoint's names) to the
+    step: it is called with the temporary directory after the checkpoint's files are written and before
+    meta.json lists every file, so its output is renamed into place with the rest and verified on load.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / step_dir_name(step)
@@ -123,6 +131,8 @@ def save_checkpoint(
     config_node = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config))
     (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(config_node, resolve=True))
     tokenizer.save(tmp / TOKENIZER_DIR)
+    if extra_files is not None:
+        extra_files(tmp)
     files = {
         str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(tmp.rglob("*"))

@@ -5,7 +5,8 @@ file through `evaluate_file`). It asks the source for completions one batch of p
 runs each batch's programs while the next batch is generated, and appends one line per sample to
 `samples.jsonl` the moment it finishes, so a killed evaluation loses nothing: run again with the same
 output directory and the (task_id, sample_index) pairs already in the file are neither generated nor
-executed again. `summary.json` is written (atomically) at the end.
+executed again. An exception (Ctrl-C included) stops the sandbox at once: the programs still running are
+killed and left out of the file (they run again on resume). `summary.json` is written (atomically) at the end.
 """
 
 from __future__ import annotations
@@ -311,10 +312,11 @@ def evaluate(
     work = [(p, [i for i in range(wanted[p.task_id]) if (p.task_id, i) not in results]) for p in problems]
     work = [(p, indices) for p, indices in work if indices]
     to_run = sum(len(indices) for _, indices in work)
+    # The sandbox is entered last so that it stops (aborting on an exception) before the file and bar close.
     with (
-        Sandbox(limits, workers) as sandbox,
         samples_path.open("a", encoding="utf-8") as out,
         tqdm(total=to_run, desc="evaluate", unit="sample", disable=not progress) as bar,
+        Sandbox(limits, workers) as sandbox,
     ):
         sandbox_info = sandbox.info()
         appender = _Appender(out, bar)

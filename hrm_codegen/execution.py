@@ -6,6 +6,8 @@ confined child per program: its own session, rlimits, a fresh work directory, it
 evaluator is root, and a guard against process, file-removal and network calls. A program passes only
 when the runner's report after the last line of the program arrives with the request's nonce, so an
 early `sys.exit(0)` or `os._exit(0)` is not a pass. See the runner's docstring for the details.
+A `Sandbox` left by an exception (Ctrl-C included) stops at once: queued programs are cancelled and the
+runners told to kill the running ones, whose futures then fail with `SandboxClosedError` (no result).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ REPLY_GRACE_S = 10.0  # beyond the program's timeout, before the runner itself i
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (not the program): the runner did not start or could not confine."""
+
+
+class SandboxClosedError(SandboxError):
+    """The sandbox was stopped early (e.g. by Ctrl-C) before the program finished: the program has no result."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,7 @@ class _Runner:
         self._base = tempfile.mkdtemp(prefix="hrm_sandbox_")
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
         self._buffer = b""
+        self._stopping = False
         self._proc = subprocess.Popen(
             [sys.executable, "-S", "-s", "-B", str(RUNNER), self._base, str(-1 if uid is None else uid)],
             stdin=subprocess.PIPE,
@@ -194,7 +201,10 @@ class _Runner:
         self.info: dict = json.loads(line)
 
     def run(self, program: str, limits: SandboxLimits) -> ExecResult:
-        """Run one program; a runner that dies or hangs is closed and the program reported killed."""
+        """Run one program; a runner that dies or hangs is closed and the program reported killed.
+
+        Raises SandboxClosedError when the runner was told to stop (`stop`) before the program's reply came.
+        """
         nonce = secrets.token_hex(16)
         request = json.dumps({"program": program, "nonce": nonce, **limits.request()}) + "\n"
         start = time.monotonic()
@@ -214,10 +224,23 @@ class _Runner:
 
     def _lost(self, how: str, start: float) -> ExecResult:
         """Close a runner that died or got stuck during a program; that program counts as killed/timeout."""
+        if self._stopping:
+            raise SandboxClosedError("the sandbox was stopped before the program finished")
         logger.warning("a sandbox runner %s during a program (restarting it): %s", how, self._stderr_tail())
         self.close()
         status = "killed" if how == "died" else "timeout"
         return ExecResult(status, f"sandbox runner {how}", time.monotonic() - start)
+
+    def stop(self) -> None:
+        """Ask the runner to kill its running program (and what it left behind) and exit, without waiting.
+
+        SIGTERM goes to the runner alone, not its process group: a child not yet in its own session would
+        otherwise get it too.
+        """
+        self._stopping = True
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGTERM)
 
     @property
     def alive(self) -> bool:
@@ -266,7 +289,11 @@ class _Runner:
 
 
 class Sandbox:
-    """A pool of sandbox runners (one per worker thread) executing programs in parallel."""
+    """A pool of sandbox runners (one per worker thread) executing programs in parallel.
+
+    Used as a context manager, it waits for the queued programs on a normal exit and aborts on an
+    exception (see `close`).
+    """
 
     def __init__(self, limits: SandboxLimits | None = None, workers: int | None = None) -> None:
         self.limits = limits or SandboxLimits()
@@ -275,6 +302,7 @@ class Sandbox:
         self._local = threading.local()
         self._runners: list[_Runner] = []
         self._lock = threading.Lock()
+        self._aborted = False
 
     def info(self) -> dict:
         """Which isolation the runners achieved (user switch, network, read-only file system) and limits."""
@@ -283,7 +311,13 @@ class Sandbox:
 
     def submit(self, program: str) -> Future[ExecResult]:
         """Queue one program; the future holds its ExecResult."""
-        return self._executor.submit(lambda: self._runner().run(program, self.limits))
+        return self._executor.submit(self._execute, program)
+
+    def _execute(self, program: str) -> ExecResult:
+        """Run one program in this worker thread's runner (none once the sandbox is aborted)."""
+        if self._aborted:
+            raise SandboxClosedError("the sandbox was stopped before the program started")
+        return self._runner().run(program, self.limits)
 
     def run(self, programs: Iterable[str], progress: bool = True) -> Iterator[tuple[int, ExecResult]]:
         """Run programs in parallel, yielding (index, result) as each finishes, with a progress bar."""
@@ -309,10 +343,22 @@ class Sandbox:
         runner = self._local.runner = _Runner()
         with self._lock:
             self._runners.append(runner)
+            if self._aborted:  # started while `close(abort=True)` was stopping the others
+                runner.stop()
         return runner
 
-    def close(self) -> None:
-        """Wait for queued programs and stop every runner."""
+    def close(self, abort: bool = False) -> None:
+        """Stop every runner: after the queued programs, or with `abort` at once.
+
+        Aborting cancels the queued programs and has each runner kill its running one and exit, so it
+        returns within moments, whatever the programs' timeouts; their futures fail with SandboxClosedError.
+        """
+        if abort:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            with self._lock:
+                self._aborted = True
+                for runner in self._runners:
+                    runner.stop()
         self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for runner in self._runners:
@@ -322,8 +368,8 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(abort=exc_type is not None)
 
 
 def run_programs(

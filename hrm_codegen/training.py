@@ -18,7 +18,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -572,7 +571,7 @@ class Trainer:
         model_state = cast(dict[str, torch.Tensor], acc.get_state_dict(self.model))
         if acc.is_main_process:
             assert self.run_dir is not None
-            step_dir = ckpt.save_checkpoint(
+            ckpt.save_checkpoint(
                 self.run_dir,
                 self.state.step,
                 model_state=model_state,
@@ -584,19 +583,21 @@ class Trainer:
                 train_state={**dataclasses.asdict(self.state), "data": self.order.state()},
                 act_carry=carry or None,
                 keep_last=self.cfg.train.keep_last,
+                extra_files=self._exporter(model_state),
             )
-            if self.spec.export is not None:
-                self._export(step_dir, model_state)
         acc.wait_for_everyone()
 
-    def _export(self, step_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
-        """Write the arch's inference layout to <step dir>/hf/ (through a temporary directory, then renamed)."""
-        assert self.spec.export is not None
-        tmp = step_dir / f".{HF_DIR}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.spec.export(self.accelerator.unwrap_model(self.model), model_state, self.tokenizer, tmp)
-        os.rename(tmp, step_dir / HF_DIR)
+    def _exporter(self, model_state: dict[str, torch.Tensor]) -> Callable[[Path], None] | None:
+        """The checkpoint's extra-files hook writing the arch's inference layout to <step dir>/hf/, if it has one.
+
+        It runs inside the checkpoint's temporary directory, so hf/ is renamed into place with the step and
+        listed in its meta.json.
+        """
+        export = self.spec.export
+        if export is None:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        return lambda step_dir: export(model, model_state, self.tokenizer, step_dir / HF_DIR)
 
     def replica_hashes(self) -> list[str]:
         """Sha256 of the parameters on every process (all equal while data parallelism is in sync)."""

@@ -5,7 +5,9 @@
     python scripts/evaluate.py --samples completions.jsonl --output DIR     # {"task_id", "completion"} lines
 
 Samples are appended to DIR/samples.jsonl as they finish; running again with the same DIR skips the samples
-already there (DIR/eval_config.json must match), and DIR/summary.json holds the result.
+already there (DIR/eval_config.json must match), and DIR/summary.json holds the result. Ctrl-C (SIGINT) stops
+at once, also when a shell started the evaluation in the background, killing the programs still running
+(exit status 130); the finished samples stay in DIR/samples.jsonl for the next run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +33,7 @@ from hrm_codegen.execution import SandboxLimits
 from hrm_codegen.tokenization import load_tokenizer
 
 RUN_CONFIG_FILE = "eval_config.json"
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 # Settings that change the samples: a resumed run must use the same ones.
 PROBLEM_KEYS = ("source", "dataset", "split", "few_shot")
 SAMPLING_KEYS = ("tokenizer", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
@@ -222,12 +226,23 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the evaluation; expected mistakes end with a one-line message and exit status 2."""
+    """Run the evaluation; expected mistakes end with a one-line message and exit status 2, Ctrl-C with 130."""
+    # A shell starting a command in the background (`evaluate.py ... &` in a script) makes it ignore SIGINT;
+    # this long-running command is meant to be stopped with SIGINT and resumed, so it listens all the same.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parse_args(argv)
     try:
         summary = run(args)
     except (ValueError, OSError) as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        print(
+            f"evaluate.py: interrupted; the samples finished so far are kept in {Path(args.output) / SAMPLES_FILE}"
+            ": run the same command again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(INTERRUPTED_STATUS)
     print(format_summary_table(summary))
     print(f"samples: {Path(args.output) / SAMPLES_FILE}  summary: {Path(args.output) / SUMMARY_FILE}")
 

@@ -80,6 +80,8 @@ def _plot_pass_at_k(ax, models: dict[str, dict[int, float | None]]) -> None:
         bars = ax.bar(positions, heights, width, label=label)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(ks)), [f"pass@{k}" for k in ks])
+    # Bars start at 0; when every rate is 0 the autoscaled range would be centred on 0 (going negative).
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0))
     ax.set(title="pass@k", ylabel="% of problems")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")

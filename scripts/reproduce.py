@@ -37,7 +37,8 @@ from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 WALL_TIME_FILE = "wall_time.json"
-CORPUS = "data/corpus/pylib"
+CPU_CORPUS = ("data/corpus/pylib", 2_000_000)  # directory, --max-tokens of scripts/build_corpus.py
+GPU_CORPUS = ("data/corpus/pylib25m", 25_000_000)
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,41 @@ class Stage:
 
 @dataclass(frozen=True)
 class Row:
-    """A row of the results table: a label, the training stages (the last one is evaluated), the model type."""
+    """A row of the results table: a label, the training stages (the last one is evaluated), the model type.
+
+    `group` names the table the row belongs to (cpu or gpu: one table and one plot each), `corpus` the corpus
+    directory and token count the corpus stages train on, and the batch sizes are the evaluation's sequences
+    per generate call (greedy, sampled).
+    """
 
     label: str
     stages: tuple[Stage, ...]
     model_type: str  # hrm: evaluate the checkpoint; hf: evaluate <step dir>/hf (save_pretrained layout)
+    group: str = "cpu"
+    corpus: tuple[str, int] = CPU_CORPUS
+    batch_sizes: tuple[int, int] = (32, 40)
+
+
+def gpu_row(label: str, name: str, arch: tuple[str, ...], model_type: str) -> Row:
+    """A row of the GPU recipe: gpu_pretrain on the 25M-token corpus, then gpu_pretrain_finetune on MBPP."""
+    return Row(
+        label,
+        (
+            Stage(f"gpu_pretrain_{name}", ("experiment=gpu_pretrain", *arch), corpus=True),
+            Stage(
+                f"gpu_finetune_{name}",
+                (
+                    "experiment=gpu_pretrain_finetune",
+                    *arch,
+                    f"train.init_from=checkpoints/gpu_pretrain_{name}",
+                ),
+            ),
+        ),
+        model_type,
+        group="gpu",
+        corpus=GPU_CORPUS,
+        batch_sizes=(64, 200),
+    )
 
 
 ROWS = {
@@ -79,6 +110,50 @@ ROWS = {
             Stage("pretrain_then_mbpp_finetune", ("experiment=pretrain_then_mbpp_finetune",)),
         ),
         "hrm",
+    ),
+    "pretrain_then_mbpp_llama_params": Row(
+        "Llama, parameter-matched (2 layers), corpus pre-training then MBPP",
+        (
+            Stage(
+                "pretrain_then_mbpp_llama_params",
+                ("experiment=pretrain_then_mbpp", "arch=transformer_tiny_params"),
+                corpus=True,
+            ),
+            Stage(
+                "pretrain_then_mbpp_finetune_llama_params",
+                (
+                    "experiment=pretrain_then_mbpp_finetune",
+                    "arch=transformer_tiny_params",
+                    "train.init_from=checkpoints/pretrain_then_mbpp_llama_params",
+                ),
+            ),
+        ),
+        "hf",
+    ),
+    "gpu_pretrain_then_mbpp_hrm": gpu_row("HRM (hrm_v1), corpus pre-training then MBPP", "hrm", (), "hrm"),
+    "gpu_pretrain_then_mbpp_llama_params": gpu_row(
+        "Llama, parameter-matched (8 layers), corpus pre-training then MBPP",
+        "llama_params",
+        ("arch=transformer_params",),
+        "hf",
+    ),
+    "gpu_pretrain_then_mbpp_llama_compute": gpu_row(
+        "Llama, compute-matched (24 layers), corpus pre-training then MBPP",
+        "llama_compute",
+        ("arch=transformer_compute",),
+        "hf",
+    ),
+}
+GROUPS = {  # table group: (title, plot file, plot title)
+    "cpu": (
+        "MBPP results at CPU scale",
+        "mbpp_cpu.png",
+        "MBPP on a 2-core CPU: fine-tuning loss; MBPP test pass@k (n=20, T=0.8)",
+    ),
+    "gpu": (
+        "MBPP results on one GPU",
+        "mbpp_gpu.png",
+        "MBPP on one GPU after corpus pre-training: fine-tuning loss; MBPP test pass@k (n=20, T=0.8)",
     ),
 }
 
@@ -120,7 +195,12 @@ def finished(run_dir: Path) -> bool:
     )
 
 
-def train_stage(stage: Stage, args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+def corpus_dir(row: Row, args: argparse.Namespace) -> str:
+    """The corpus directory of the row's corpus stages (--corpus overrides the row's own)."""
+    return args.corpus or row.corpus[0]
+
+
+def train_stage(stage: Stage, row: Row, args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
     """Train one stage unless it is finished; its run directory, wall time, tokens and final validation loss."""
     run_dir = REPO / "checkpoints" / stage.run_name
     command = [
@@ -132,7 +212,7 @@ def train_stage(stage: Stage, args: argparse.Namespace, commands: list[str]) -> 
         f"tokenizer.name_or_path={args.tokenizer}",
     ]
     if stage.corpus:
-        command.append(f"data.corpus_dir={args.corpus}")
+        command.append(f"data.corpus_dir={corpus_dir(row, args)}")
     commands.append(shell(command))
     if not finished(run_dir):
         if latest_step(run_dir) is not None:
@@ -163,13 +243,14 @@ def evaluate(
     model = ["--model-type", "hrm", "--ckpt", str(step_dir.relative_to(REPO))]
     if row.model_type == "hf":
         model = ["--model-type", "hf", "--model", str((step_dir / "hf").relative_to(REPO))]
+    greedy_batch, sampled_batch = row.batch_sizes
     if sampled:
         sampling = ["--num-samples", "20", "--temperature", "0.8", "--top-p", "0.95", "--k", "1,10"]
-        sampling += ["--batch-size", "40"] + (
+        sampling += ["--batch-size", str(sampled_batch)] + (
             ["--limit", str(args.sampled_limit)] if args.sampled_limit else []
         )
     else:
-        sampling = ["--num-samples", "1", "--temperature", "0", "--k", "1", "--batch-size", "32"]
+        sampling = ["--num-samples", "1", "--temperature", "0", "--k", "1", "--batch-size", str(greedy_batch)]
         sampling += ["--limit", str(args.greedy_limit)] if args.greedy_limit else []
     command = [
         sys.executable,
@@ -214,19 +295,19 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
             sys.executable,
             "scripts/build_corpus.py",
             "--out",
-            args.corpus,
+            corpus_dir(row, args),
             "--python-lib",
             "--max-tokens",
-            "2000000",
+            str(row.corpus[1]),
             "--tokenizer",
             args.tokenizer,
             "--mbpp",
             args.mbpp,
         ]
         commands.append(shell(build))
-        if not (REPO / args.corpus / "manifest.json").is_file():
+        if not (REPO / corpus_dir(row, args) / "manifest.json").is_file():
             execute(build)
-    stages = [train_stage(stage, args, commands) for stage in row.stages]
+    stages = [train_stage(stage, row, args, commands) for stage in row.stages]
     final = stages[-1]
     outputs = REPO / "outputs" / "eval" / name
     greedy = evaluate(row, final["step_dir"], outputs / "greedy", False, args, commands)
@@ -248,7 +329,8 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "val_loss": final["val_loss"],
         "greedy": greedy,
         "sampled": sampled,
-        "hardware": args.hardware,
+        "group": row.group,
+        "hardware": args.hardware or default_hardware(),
         "date": datetime.date.today().isoformat(),
         "commands": commands,
         "reproduce": shell([sys.executable, "scripts/reproduce.py", name, *args.row_flags]),
@@ -279,25 +361,42 @@ def rates(*evaluations: dict[str, Any] | None, key: str) -> str:
     return " / ".join("not run" if e is None else f"{100 * e[key]:.1f}%" for e in evaluations)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """The markdown results table, what its columns count, and each row's commands."""
+INTRO = {
+    "cpu": [
+        "Every model is trained from the same seed on the same MBPP-train sequences in the same order",
+        "(experiment=mbpp_cpu_compare: 100 steps of 8 sequences); the pre-trained rows first train 100 steps of 8",
+        "blocks of 256 corpus tokens. Train wall time: one thread, on a 2-core machine shared with other jobs",
+        "(timings vary with their load).",
+    ],
+    "gpu": [
+        "Every model is pre-trained from the same seed on the same corpus blocks in the same order",
+        "(experiment=gpu_pretrain: 1,000 steps of 64 blocks of 512 tokens of a 25M-token Python corpus, bfloat16),",
+        "then fine-tuned on MBPP train (experiment=gpu_pretrain_finetune: 6 epochs of 32 sequences). Train wall",
+        "time: one GPU, the training commands alone.",
+    ],
+}
+COLUMNS = [
+    "- training tokens: non-padding input tokens processed, prompts included, summed over the stages;",
+    "- train wall time: the training command(s) with start-up, data encoding, validation and checkpoints;",
+    "- pass@1 greedy: n=1 at temperature 0 on the MBPP test split; pass@10: n=20 samples at temperature 0.8,",
+    "  top-p 0.95, unbiased estimator, on the first problems of the test split (the count is given);",
+    "  at most 128 new tokens;",
+    "- syntax-valid: the share of executed programs (completion followed by the test asserts) that parse; an",
+    "  empty or whitespace-only completion leaves the asserts alone, which parse, so the next column gives",
+    "  the share of such completions;",
+    "- validation loss: token-mean loss over the whole MBPP validation split after the last step.",
+]
+
+
+def table(rows: list[dict[str, Any]], group: str) -> list[str]:
+    """One group's markdown section: what it trains, the results table and each row's commands."""
+    title, plot, _ = GROUPS[group]
     lines = [
-        "# MBPP results at CPU scale",
+        f"## {title}",
         "",
-        "Written by `python scripts/reproduce.py table` from docs/results/<row>/row.json. Every model is trained",
-        "from the same seed on the same MBPP-train sequences in the same order (experiment=mbpp_cpu_compare: 100",
-        "steps of 8 sequences); the pre-trained row first trains 100 steps of 8 blocks of 256 corpus tokens.",
+        *INTRO[group],
         "",
-        "- training tokens: non-padding input tokens processed, prompts included, summed over the stages;",
-        "- train wall time: the training command(s) with start-up, data encoding, validation and checkpoints,",
-        "  one thread, on a 2-core machine shared with other jobs (timings vary with their load);",
-        "- pass@1 greedy: n=1 at temperature 0 on the MBPP test split; pass@10: n=20 samples at temperature 0.8,",
-        "  top-p 0.95, unbiased estimator, on the first problems of the test split (the count is given);",
-        "  at most 128 new tokens;",
-        "- syntax-valid: the share of executed programs (completion followed by the test asserts) that parse; an",
-        "  empty or whitespace-only completion leaves the asserts alone, which parse, so the next column gives",
-        "  the share of such completions;",
-        "- validation loss: token-mean loss over the whole MBPP validation split after the last step.",
+        f"![training and validation loss, pass@k]({plot})",
         "",
         "| model | parameters | training tokens | hardware, date | train wall time | pass@1 greedy "
         "| pass@10 (n=20, T=0.8) | syntax-valid (greedy / sampled) | empty completions (greedy / sampled) "
@@ -319,32 +418,48 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines += ["", f"**{r['label']}**: `{r['reproduce']}` runs", "```"]
         lines += [*r["commands"], "```"]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def write_table(names: list[str]) -> None:
-    """docs/results/results.md and docs/results/mbpp_cpu.png from the rows' records."""
+    """docs/results/results.md and one plot per group (docs/results/mbpp_<group>.png) from the rows' records."""
     rows = [
         read_json(RESULTS / name / "row.json") for name in names if (RESULTS / name / "row.json").is_file()
     ]
     if not rows:
         sys.exit("error: no row has been reproduced yet (docs/results/<row>/row.json)")
-    (RESULTS / "results.md").write_text(table(rows), encoding="utf-8")
-    # plot_runs.py labels a run directory (metrics.jsonl) and a summary file by the directory's name: the row.
-    runs = [RESULTS / r["row"] for r in rows]
-    evals = [run / "sampled.json" for run in runs if (run / "sampled.json").is_file()]
-    plot = [
-        sys.executable,
-        "scripts/plot_runs.py",
-        "--out",
-        str((RESULTS / "mbpp_cpu.png").relative_to(REPO)),
+    lines = [
+        "# MBPP results",
+        "",
+        "Written by `python scripts/reproduce.py table` from docs/results/<row>/row.json.",
+        "",
+        *COLUMNS,
+        "",
     ]
-    plot += ["--runs", *(str(run.relative_to(REPO)) for run in runs)]
-    if evals:
-        plot += ["--evals", *(str(e.relative_to(REPO)) for e in evals)]
-    plot += ["--title", "MBPP on a 2-core CPU: fine-tuning loss; MBPP test pass@k (n=20, T=0.8)"]
-    execute(plot)
+    for group, (_, plot_file, plot_title) in GROUPS.items():
+        members = [r for r in rows if r.get("group", "cpu") == group]
+        if not members:
+            continue
+        lines += table(members, group)
+        # plot_runs.py labels a run directory (metrics.jsonl) and a summary file by the directory's name: the row.
+        runs = [RESULTS / r["row"] for r in members]
+        evals = [run / "sampled.json" for run in runs if (run / "sampled.json").is_file()]
+        plot = [sys.executable, "scripts/plot_runs.py", "--out", str((RESULTS / plot_file).relative_to(REPO))]
+        plot += ["--runs", *(str(run.relative_to(REPO)) for run in runs)]
+        if evals:
+            plot += ["--evals", *(str(e.relative_to(REPO)) for e in evals)]
+        execute([*plot, "--title", plot_title])
+    (RESULTS / "results.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {RESULTS / 'results.md'}")
+
+
+def default_hardware() -> str:
+    """The hardware the rows run on, for the table: the GPU's name, or the CPU development machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"1x {torch.cuda.get_device_name()}"
+    return "CPU, 2 cores (shared dev machine)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -354,14 +469,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mbpp", default="data/mbpp/mbpp.jsonl", help="MBPP jsonl (relative to the repository)")
     p.add_argument("--tokenizer", default="gpt2", help="tokenizer directory or Hub name")
     p.add_argument(
-        "--corpus", default=CORPUS, help=f"corpus directory for pre-training rows (default {CORPUS})"
+        "--corpus",
+        default=None,
+        help=f"corpus directory for pre-training rows (default: the row's, {CPU_CORPUS[0]} on the CPU, "
+        f"{GPU_CORPUS[0]} on a GPU)",
     )
     p.add_argument(
         "--greedy-limit", type=int, default=None, help="greedy pass@1 on the first N test problems"
     )
     p.add_argument("--sampled-limit", type=int, default=None, help="pass@10 on the first N test problems")
     p.add_argument("--greedy-only", action="store_true", help="skip the n=20 sampled evaluation")
-    p.add_argument("--hardware", default="CPU, 2 cores (shared dev machine)")
+    p.add_argument("--hardware", default=None, help="hardware named in the table (default: detected)")
     args = p.parse_args(argv)
     args.row_flags = [  # the options given, to show the command that reproduces a row
         *(

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from hrm_codegen.checkpoint import load_model_for_inference
+from hrm_codegen.checkpoint import CheckpointError, load_model_for_inference, read_meta
 from hrm_codegen.completions import load_hf_model
 from hrm_codegen.datasets.corpus import (
     CorpusFilters,
@@ -171,3 +171,29 @@ def test_pretrain_on_corpus_then_finetune_from_its_weights(paths, corpus_dir, ar
     assert trainer.cfg.data.name == "mbpp" and trainer.state.step == 0  # weights only: a fresh run on MBPP
     result = trainer.fit()
     assert result["step"] == 2 and (Path(result["run_dir"]) / "step_2").is_dir()
+
+
+def test_baseline_checkpoint_holds_its_hf_export_inside_the_atomic_write(paths, monkeypatch):
+    """<step>/hf/ is written before meta.json and the rename: listed in meta.json and verified on load."""
+    renamed, rename = [], os.rename
+
+    def recording_rename(src, dst):
+        renamed.append(Path(dst))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", recording_rename)
+    trainer = Trainer(compose_config([*SMALL, *paths, "arch=transformer_tiny_params", "train.max_steps=1"]))
+    result = trainer.fit()
+    step = Path(result["run_dir"]) / "step_1"
+    assert renamed == [step]  # one rename: the step directory with hf/ inside it
+    files = read_meta(step)["files"]
+    hf_files = {name for name in files if name.startswith(f"{HF_DIR}/")}
+    assert {f"{HF_DIR}/config.json", f"{HF_DIR}/model.safetensors", f"{HF_DIR}/tokenizer.json"} <= hf_files
+    assert hf_files == {str(p.relative_to(step)) for p in (step / HF_DIR).rglob("*") if p.is_file()}
+    model, _ = load_hf_model(step / HF_DIR)
+    assert isinstance(model, LlamaForCausalLM)
+
+    weights = step / HF_DIR / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=f"truncated or corrupt: {HF_DIR}/model.safetensors has"):
+        load_model_for_inference(step)

@@ -173,3 +173,46 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path, setup, token
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(CheckpointError, match="expected a weights file"):
         load_model_for_inference(tmp_path / "notes.txt")
+
+
+def test_extra_files_are_written_inside_the_atomic_save_and_verified(tmp_path, setup, tokenizer):
+    cfg, model = setup
+    seen = []
+
+    def extra(directory):
+        seen.append(directory)
+        assert not (directory / "meta.json").exists()  # before meta.json, inside the temporary directory
+        assert directory.name.startswith(".tmp_step_6")
+        (directory / "hf" / "sub").mkdir(parents=True)
+        (directory / "hf" / "config.json").write_text('{"a": 1}')
+        (directory / "hf" / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4)
+
+    step = _save(tmp_path / "run", 6, cfg, model, tokenizer, extra_files=extra)
+    assert len(seen) == 1 and not seen[0].exists()
+    files = ckpt.read_meta(step)["files"]
+    assert files["hf/config.json"]["bytes"] == 8 and files["hf/sub/weights.bin"]["bytes"] == 1024
+    load_model_for_inference(step)  # still loads, every file verified
+
+    weights = step / "hf" / "sub" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt: hf/sub/weights.bin has 100 bytes"):
+        load_model_for_inference(step)
+    (step / "hf" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete: hf/config.json is missing"):
+        ckpt.read_meta(step)
+
+
+def test_a_failing_extra_files_hook_leaves_no_step(tmp_path, setup, tokenizer):
+    cfg, model = setup
+    run = tmp_path / "run"
+    _save(run, 1, cfg, model, tokenizer)
+
+    def half_written(directory):
+        (directory / "hf").mkdir()
+        (directory / "hf" / "config.json").write_text("{")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _save(run, 2, cfg, model, tokenizer, extra_files=half_written)
+    assert [p.name for p in ckpt.list_steps(run)] == ["step_1"]
+    assert ckpt.resolve_checkpoint(run) == run / "step_1"

@@ -4,8 +4,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,72 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, mbpp_path, capsys):
         stderr = capsys.readouterr().err
         assert stop.value.code == 2, (args, stderr)
         assert stderr.count("\n") == 1 and message in stderr, (args, stderr)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of the processes whose command line contains `text` (e.g. a sandbox runner's directory)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "started-in-background"])
+def test_sigint_stops_at_once_and_a_rerun_resumes(tmp_path, mbpp_path, sigint_ignored):
+    """Ctrl-C while two programs sleep for 30 s (60 s timeout): exit 130 within seconds, samples kept.
+
+    A shell starting a command in the background (`cmd &` in a script) hands it SIGINT ignored; the CLI
+    listens to SIGINT all the same.
+    """
+    chosen = mbpp_problems(load_mbpp(mbpp_path), "test")[:4]
+    samples = tmp_path / "samples_in.jsonl"
+    lines = [{"task_id": p.task_id, "completion": p.reference} for p in chosen[:2]]
+    lines += [{"task_id": p.task_id, "completion": "import time\ntime.sleep(30)\n"} for p in chosen[2:]]
+    samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out, runner_tmp = tmp_path / "eval", tmp_path / "runners"  # the runners' directories live in TMPDIR
+    runner_tmp.mkdir()
+    args = ["--samples", samples, "--mbpp", mbpp_path, "--limit", 4, "--output", out]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(runner_tmp)}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--no-progress", "--workers", "2", "--timeout", "60", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ignore,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "samples.jsonl").is_file() or len(read_jsonl(out / "samples.jsonl")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)  # the two sleeping programs are running now
+        assert _processes_mentioning(str(runner_tmp))
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert time.monotonic() - interrupted < 5
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    kept = read_jsonl(out / "samples.jsonl")
+    assert sorted((r["task_id"], r["passed"]) for r in kept) == [(p.task_id, True) for p in chosen[:2]]
+    assert not (out / "summary.json").exists()
+    assert _processes_mentioning(str(runner_tmp)) == []  # the runners (and their programs) are gone
+
+    result = run_cli(*args, "--timeout", 1)  # the same output resumes; --timeout may change
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples_resumed"] == 2 and summary["samples_run"] == 2
+    assert summary["results"]["passed"] == 2 and summary["results"]["timeout"] == 2
+    assert len(read_jsonl(out / "samples.jsonl")) == 4
 
 
 @pytest.mark.slow

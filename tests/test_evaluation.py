@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,38 @@ def test_rerun_skips_done_samples_and_survives_a_cut_line(tmp_path: Path) -> Non
     assert len(read_samples(output_dir)) == 6
     third = evaluate([SQUARE, ADD], recording_source, **kwargs)
     assert len(asked) == 2 and third["samples_run"] == 0
+
+
+def test_ctrl_c_stops_at_once_keeping_finished_samples_for_the_rerun(tmp_path: Path, caplog) -> None:
+    """A KeyboardInterrupt while a 60 s program runs: out within seconds, the finished sample kept, resumable."""
+    output_dir = tmp_path / "out"
+    kwargs = {"ks": [1], "output_dir": output_dir, "workers": 2, "progress": False, "batch_size": 1}
+    slow = "import time\ntime.sleep(60)\n"
+
+    def interrupted(problems: list[Problem], indices: list[list[int]]) -> list[list[str]]:
+        if problems[0] is SQUARE:  # the first batch: one quick sample, one that runs for a minute
+            return [[GOOD_SQUARE if i == 0 else slow for i in indices[0]]]
+        deadline = time.monotonic() + 30  # the second batch: Ctrl-C once the quick sample is written
+        while not (output_dir / "samples.jsonl").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    limits = SandboxLimits(timeout_s=60.0)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([SQUARE, ADD], interrupted, num_samples={"square": 2, "add": 1}, limits=limits, **kwargs)
+    assert time.monotonic() - started < 10
+    assert [(r["task_id"], r["sample_index"], r["passed"]) for r in read_samples(output_dir)] == [
+        ("square", 0, True)
+    ]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # e.g. a callback writing a closed file
+
+    quick = file_completion_source({"square": [GOOD_SQUARE, GOOD_SQUARE], "add": ["    return a + b\n"]})
+    summary = evaluate([SQUARE, ADD], quick, num_samples={"square": 2, "add": 1}, limits=LIMITS, **kwargs)
+    assert summary["samples_resumed"] == 1 and summary["samples_run"] == 2
+    assert summary["pass_at_k"]["1"] == 1.0 and len(read_samples(output_dir)) == 3
 
 
 def test_a_completion_source_returning_too_few_completions_is_an_error(tmp_path: Path) -> None:

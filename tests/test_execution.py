@@ -11,6 +11,7 @@ from hrm_codegen.execution import (
     STATUSES,
     ExecResult,
     Sandbox,
+    SandboxClosedError,
     SandboxError,
     SandboxLimits,
     classify,
@@ -190,3 +191,52 @@ def test_a_runner_that_dies_is_replaced() -> None:
         assert running.result() == ExecResult("killed", "sandbox runner died", pytest.approx(0.5, abs=0.45))
         assert sandbox.submit("assert True\n").result().passed
         assert sandbox._runners and sandbox._runners[0] is not runner
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first), from /proc."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+    return [d for child in children for d in (child, *_descendants(child))]
+
+
+def _gone(pid: int) -> bool:
+    """True when the process has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_leaving_on_an_exception_kills_running_programs_at_once() -> None:
+    """Ctrl-C inside `with Sandbox()`: no wait for the programs' timeouts, no result, nothing left running."""
+    with_leftover = (
+        "import ctypes, time\n"
+        "if ctypes.CDLL(None).fork() == 0:\n"
+        "    ctypes.CDLL(None).setsid()\n"
+        "time.sleep(60)\n"
+    )
+    sandbox = Sandbox(SandboxLimits(timeout_s=60.0), workers=2)
+    with pytest.raises(KeyboardInterrupt), sandbox:
+        sandbox.info()
+        running = [sandbox.submit(with_leftover), sandbox.submit("import time\ntime.sleep(60)\n")]
+        queued = sandbox.submit("assert True\n")
+        deadline = time.monotonic() + 30
+        while len(pids := [d for r in sandbox._runners for d in _descendants(r._proc.pid)]) < 3:
+            assert time.monotonic() < deadline, "the programs did not start"
+            time.sleep(0.05)
+        runners = list(sandbox._runners)
+        stopping = time.monotonic()
+        raise KeyboardInterrupt
+    assert time.monotonic() - stopping < 5
+    for future in running:
+        with pytest.raises(SandboxClosedError):
+            future.result()
+    assert queued.cancelled()
+    assert all(runner._proc.poll() is not None for runner in runners)
+    deadline = time.monotonic() + 2  # SIGKILL is delivered asynchronously
+    while not all(map(_gone, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in pids if not _gone(pid)] == []

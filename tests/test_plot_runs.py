@@ -124,3 +124,21 @@ def test_a_bad_metrics_line_is_one_message_naming_file_and_line(tmp_path):
     assert done.returncode != 0
     assert f"{run / 'metrics.jsonl'}:2: not valid JSON" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("tables", "highest"),
+    [
+        ({"hrm": {1: 0.0, 10: 0.0}, "llama": {1: 0.0, 10: 0.0, 100: None}}, 0.0),
+        ({"hrm": {1: 0.02, 10: 0.11}, "llama": {1: 0.0, 10: 0.3}}, 30.0),
+    ],
+)
+def test_pass_at_k_bars_start_at_zero_even_when_every_rate_is_zero(plot_runs, tables, highest):
+    fig, ax = plot_runs.plt.subplots()  # the script's pyplot, with its Agg backend
+    try:
+        plot_runs._plot_pass_at_k(ax, tables)
+        bottom, top = ax.get_ylim()
+    finally:
+        plot_runs.plt.close(fig)
+    assert bottom == 0.0
+    assert top >= max(highest, 1.0)
