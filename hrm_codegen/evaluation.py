@@ -175,30 +175,47 @@ def _atomic_write_json(path: Path, value: Any) -> None:
 
 
 class _Appender:
-    """Appends finished samples to samples.jsonl (one flushed line each) from the sandbox's threads."""
+    """Appends finished samples to samples.jsonl (one flushed line each) from the sandbox's threads.
+
+    `concurrent.futures.wait` returns once the futures are done, which is before their done-callbacks have
+    run: `wait_for_callbacks` is what tells that every record of the submitted futures has been written.
+    """
 
     def __init__(self, out: IO[str], bar: tqdm) -> None:
         self.out, self.bar = out, bar
         self.records: list[dict] = []
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)
+        self._callbacks_done = 0
+
+    def wait_for_callbacks(self, count: int) -> None:
+        """Block until `count` callbacks (all of those created so far, in submission order) have finished."""
+        with self._finished:
+            self._finished.wait_for(lambda: self._callbacks_done >= count)
 
     def callback(self, task_id: str, index: int, completion: str, valid: bool) -> Callable[[Future], None]:
         """The done-callback for one sample's future."""
 
         def done(future: Future) -> None:
-            if future.cancelled():
-                return
-            error = future.exception()
-            with self._lock:
-                if error is not None:
-                    self.errors.append(error)
-                    return
-                record = _sample_record(task_id, index, completion, valid, future.result())
-                self.out.write(json.dumps(record) + "\n")
-                self.out.flush()
-                self.records.append(record)
-                self.bar.update()
+            with self._finished:
+                try:
+                    if future.cancelled():
+                        return
+                    error = future.exception()
+                    if error is not None:
+                        self.errors.append(error)
+                        return
+                    record = _sample_record(task_id, index, completion, valid, future.result())
+                    self.out.write(json.dumps(record) + "\n")
+                    self.out.flush()
+                    self.records.append(record)
+                    self.bar.update()
+                except BaseException as err:  # a failed write must reach the caller, not vanish in a thread
+                    self.errors.append(err)
+                finally:
+                    self._callbacks_done += 1
+                    self._finished.notify_all()
 
         return done
 
@@ -213,6 +230,7 @@ def _run_batches(
     """Generate and execute batch by batch (batch b runs while b+1 is generated); return generation seconds."""
     generation_seconds = 0.0
     previous: list[Future] = []
+    submitted = 0
     for start in range(0, len(work), batch_size):
         batch = work[start : start + batch_size]
         problems, indices = [p for p, _ in batch], [wanted for _, wanted in batch]
@@ -238,10 +256,12 @@ def _run_batches(
                 )
                 current.append(future)
         wait(previous)
+        appender.wait_for_callbacks(submitted)
         if appender.errors:
             raise appender.errors[0]
-        previous = current
+        previous, submitted = current, submitted + len(current)
     wait(previous)
+    appender.wait_for_callbacks(submitted)
     if appender.errors:
         raise appender.errors[0]
     return generation_seconds

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hrm_codegen import evaluation as evaluation_module
 from hrm_codegen.datasets.humaneval import humaneval_problems
 from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
 from hrm_codegen.datasets.problems import Problem
@@ -122,6 +123,43 @@ def test_evaluate_writes_samples_and_summary(tmp_path: Path) -> None:
     assert json.loads((output_dir / SUMMARY_FILE).read_text()) == summary
     table = format_summary_table(summary)
     assert "pass@1" in table and "50.00%" in table and "n/a" in table
+
+
+def test_every_record_is_written_before_the_summary_even_when_callbacks_lag(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`wait()` on futures returns before their done-callbacks run: the summary must still count every sample.
+
+    Seen on a 16-worker GPU machine: the last samples of a run were missing from samples.jsonl and summary.json.
+    Delaying every callback makes that window wide enough to hit on every run.
+    """
+    original = evaluation_module._Appender.callback
+
+    def lagging(self, *args):
+        done = original(self, *args)
+
+        def late(future):
+            time.sleep(0.3)
+            done(future)
+
+        return late
+
+    monkeypatch.setattr(evaluation_module._Appender, "callback", lagging)
+    output_dir = tmp_path / "out"
+    summary = evaluate(
+        [SQUARE, ADD],
+        file_completion_source(COMPLETIONS),
+        num_samples=3,
+        ks=[1],
+        output_dir=output_dir,
+        limits=LIMITS,
+        workers=2,
+        progress=False,
+        batch_size=1,
+    )
+    assert summary["num_samples"] == 6 and summary["samples_per_problem"] == 3
+    assert summary["samples_run"] == 6
+    assert len(read_samples(output_dir)) == 6
 
 
 def test_rerun_skips_done_samples_and_survives_a_cut_line(tmp_path: Path) -> None:
