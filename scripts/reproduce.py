@@ -415,6 +415,9 @@ def table(rows: list[dict[str, Any]], group: str) -> list[str]:
             f"| {rates(greedy, sampled, key='syntax_valid_rate')} "
             f"| {rates(greedy, sampled, key='empty_completion_rate')} | {r['val_loss']:.3f} |"
         )
+    notes = [f"- {r['label']}: {note}" for r in rows for note in r.get("notes", [])]
+    if notes:
+        lines += ["", "Notes on the measurements:", *notes]
     for r in rows:
         lines += ["", f"**{r['label']}**: `{r['reproduce']}` runs", "```"]
         lines += [*r["commands"], "```"]
