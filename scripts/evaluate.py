@@ -34,6 +34,17 @@ from hrm_codegen.tokenization import load_tokenizer
 
 RUN_CONFIG_FILE = "eval_config.json"
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+TERMINATED_STATUS = 143  # 128 + SIGTERM
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwinds like Ctrl-C, so the sandbox stops its programs and the samples file is kept."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 # Settings that change the samples: a resumed run must use the same ones.
 PROBLEM_KEYS = ("source", "dataset", "split", "few_shot")
 SAMPLING_KEYS = ("tokenizer", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
@@ -226,23 +237,26 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the evaluation; expected mistakes end with a one-line message and exit status 2, Ctrl-C with 130."""
+    """Run the evaluation; expected mistakes end with a one-line message and exit status 2, Ctrl-C with 130,
+    SIGTERM with 143 (both keep the finished samples for a resume)."""
     # A shell starting a command in the background (`evaluate.py ... &` in a script) makes it ignore SIGINT;
     # this long-running command is meant to be stopped with SIGINT and resumed, so it listens all the same.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)  # a job scheduler's stop: the same clean-up as Ctrl-C
     args = parse_args(argv)
     try:
         summary = run(args)
     except (ValueError, OSError) as err:
         fail(str(err))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
         print(
-            f"evaluate.py: interrupted; the samples finished so far are kept in {Path(args.output) / SAMPLES_FILE}"
+            f"evaluate.py: {what}; the samples finished so far are kept in {Path(args.output) / SAMPLES_FILE}"
             ": run the same command again to resume",
             file=sys.stderr,
         )
-        sys.exit(INTERRUPTED_STATUS)
+        sys.exit(TERMINATED_STATUS if isinstance(stop, Terminated) else INTERRUPTED_STATUS)
     print(format_summary_table(summary))
     print(f"samples: {Path(args.output) / SAMPLES_FILE}  summary: {Path(args.output) / SUMMARY_FILE}")
 

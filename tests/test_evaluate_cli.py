@@ -122,9 +122,15 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "started-in-background"])
-def test_sigint_stops_at_once_and_a_rerun_resumes(tmp_path, mbpp_path, sigint_ignored):
-    """Ctrl-C while two programs sleep for 30 s (60 s timeout): exit 130 within seconds, samples kept.
+@pytest.mark.parametrize(
+    ("stop", "sigint_ignored", "status"),
+    [(signal.SIGINT, False, 130), (signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
+    ids=["sigint-foreground", "sigint-started-in-background", "sigterm"],
+)
+def test_sigint_or_sigterm_stops_at_once_and_a_rerun_resumes(
+    tmp_path, mbpp_path, stop, sigint_ignored, status
+):
+    """Ctrl-C (or SIGTERM) while two programs sleep for 30 s (60 s timeout): exit within seconds, samples kept.
 
     A shell starting a command in the background (`cmd &` in a script) hands it SIGINT ignored; the CLI
     listens to SIGINT all the same.
@@ -156,13 +162,14 @@ def test_sigint_stops_at_once_and_a_rerun_resumes(tmp_path, mbpp_path, sigint_ig
         time.sleep(0.5)  # the two sleeping programs are running now
         assert _processes_mentioning(str(runner_tmp))
         interrupted = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert time.monotonic() - interrupted < 5
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert proc.returncode == status, stderr
+    assert ("terminated" if stop == signal.SIGTERM else "interrupted") in stderr
+    assert "Traceback" not in stderr
     kept = read_jsonl(out / "samples.jsonl")
     assert sorted((r["task_id"], r["passed"]) for r in kept) == [(p.task_id, True) for p in chosen[:2]]
     assert not (out / "summary.json").exists()
