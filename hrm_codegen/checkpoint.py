@@ -179,18 +179,43 @@ def read_meta(step_dir: str | Path, verify: bool = True) -> dict[str, Any]:
             f"{meta_path}: checkpoint format version {meta.get('version')}, expected {FORMAT_VERSION}"
         )
     if verify:
-        for name, info in meta["files"].items():
-            path = step_dir / name
-            if not path.is_file():
-                raise CheckpointError(f"checkpoint {step_dir} is incomplete: {name} is missing")
-            size = path.stat().st_size
-            if size != info["bytes"]:
-                raise CheckpointError(
-                    f"checkpoint {step_dir} is truncated or corrupt: {name} has {size} bytes, expected {info['bytes']}"
-                )
-            if _sha256(path) != info["sha256"]:
-                raise CheckpointError(f"checkpoint {step_dir} is corrupt: {name} does not match its sha256")
+        _verify_files(step_dir, meta["files"])
     return meta
+
+
+def _verify_files(step_dir: Path, files: dict[str, Any]) -> None:
+    """Check each listed file of a step directory for presence, size and sha256."""
+    for name, info in files.items():
+        path = step_dir / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {step_dir} is incomplete: {name} is missing")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {step_dir} is truncated or corrupt: {name} has {size} bytes, expected {info['bytes']}"
+            )
+        if _sha256(path) != info["sha256"]:
+            raise CheckpointError(f"checkpoint {step_dir} is corrupt: {name} does not match its sha256")
+
+
+def verify_export(directory: str | Path) -> bool:
+    """Verify a directory inside a step directory (the baseline's `hf/`) against the step's meta.json.
+
+    True when the step's meta.json lists the directory's files and they all match; False when the directory
+    is not part of one of our checkpoints (any save_pretrained folder); CheckpointError when a file is
+    missing, truncated or corrupt.
+    """
+    directory = Path(directory).expanduser().resolve()
+    if not (directory.parent / META_FILE).is_file():
+        return False
+    prefix = f"{directory.name}/"
+    files = {
+        k: v for k, v in read_meta(directory.parent, verify=False)["files"].items() if k.startswith(prefix)
+    }
+    if not files:
+        return False
+    _verify_files(directory.parent, files)
+    return True
 
 
 def latest_step_dir(run_dir: str | Path) -> Path | None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hrm_codegen.checkpoint import verify_export
 from hrm_codegen.datasets.mbpp import encode_prompt
 from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.generation import cut_at_stop, generate
@@ -69,6 +70,8 @@ def load_hf_model(
     if not model_path.is_dir() and str(path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"model directory {model_path} does not exist")
     tokenizer_source = Path(tokenizer).expanduser() if tokenizer is not None else model_path
+    if model_path.is_dir():
+        verify_export(model_path)  # a baseline checkpoint's hf/: checked against its step's meta.json
     try:
         model = cast(nn.Module, AutoModelForCausalLM.from_pretrained(str(path)))
     except (OSError, ValueError) as err:

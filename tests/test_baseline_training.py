@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from hrm_codegen.checkpoint import CheckpointError, load_model_for_inference, read_meta
+from hrm_codegen.checkpoint import CheckpointError, load_model_for_inference, read_meta, verify_export
 from hrm_codegen.completions import load_hf_model
 from hrm_codegen.datasets.corpus import (
     CorpusFilters,
@@ -197,3 +197,7 @@ def test_baseline_checkpoint_holds_its_hf_export_inside_the_atomic_write(paths, 
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=f"truncated or corrupt: {HF_DIR}/model.safetensors has"):
         load_model_for_inference(step)
+    # evaluate.py --model-type hf --model <step>/hf checks the export against meta.json as well
+    with pytest.raises(CheckpointError, match=f"truncated or corrupt: {HF_DIR}/model.safetensors has"):
+        load_hf_model(step / HF_DIR)
+    assert verify_export(step / HF_DIR.upper()) is False  # not listed in meta.json: a plain folder, no check
