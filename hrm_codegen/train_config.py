@@ -79,6 +79,7 @@ class DataConfig:
     cache_dir: str | None = None
     train_limit: int | None = None
     eval_limit: int | None = None
+    pack: bool = False  # MBPP only: pack the training split into seq_len blocks (validation stays unpacked)
     corpus_dir: str | None = None
     eval_blocks: int = 0
 

@@ -8,6 +8,8 @@ with deep supervision as upstream does: the ACT carry persists across optimizer 
 Model families are registered in `ARCHS` (`arch.name`): `hrm`, and `transformer`, the Llama baseline, which
 trains as a plain LM and also writes each checkpoint in the save_pretrained layout to <step dir>/hf/.
 Data (`data.name`): `mbpp`, or `corpus`, the seq_len blocks of a corpus built by scripts/build_corpus.py.
+With `data.pack` the MBPP training split is packed into seq_len blocks whose examples never attend to each
+other (`ArchSpec.check_packing` refuses a model that cannot keep them apart); validation stays unpacked.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ from transformers import GenerationConfig, LlamaForCausalLM
 from hrm_codegen import checkpoint as ckpt
 from hrm_codegen.datasets.cache import file_sha256
 from hrm_codegen.datasets.corpus import CorpusDataset
-from hrm_codegen.datasets.mbpp import MBPPDataset, collate_batch, load_mbpp
+from hrm_codegen.datasets.mbpp import MBPPDataset, PackedDataset, collate_batch, load_mbpp
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, LOSS_TYPES, LossOutput, codegen_loss
-from hrm_codegen.models.baseline import build_baseline
+from hrm_codegen.models.baseline import build_baseline, check_baseline_packing
 from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm_codegen.optim import build_optimizer, build_scheduler
 from hrm_codegen.tokenization import CodeTokenizer, check_fingerprint, load_tokenizer
@@ -66,6 +68,8 @@ class ArchSpec:
     lm_logits: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # plain LM logits [B, S, V]
     act_carry: bool  # the training forward is `model(carry, batch)` with the HRM's ACT carry
     check: Callable[[dict[str, Any]], Any]  # raises ValueError naming a bad key or value
+    # Raises ValueError (one line) when the model cannot train on packed blocks (data.pack=true).
+    check_packing: Callable[[dict[str, Any]], Any]
     # Writes (model, its full state dict, tokenizer) to a directory: <step dir>/hf/ at each checkpoint.
     export: Exporter | None = None
 
@@ -77,8 +81,25 @@ def _hrm_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     )
 
 
+def _check_hrm_packing(config: dict[str, Any]) -> None:
+    """The HRM keeps packed examples apart by `segment_ids`; its Q-head cannot (see the message)."""
+    if config.get("enable_q_head"):
+        raise ValueError(
+            "data.pack=true cannot train arch.name=hrm with arch.enable_q_head=true: the Q-head halts a whole "
+            "sequence from its last real token, which in a packed block sees only the last example; "
+            "set data.pack=false or arch.enable_q_head=false"
+        )
+
+
 def _transformer_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of a transformers causal LM (right padding is masked by the attention mask)."""
+    """Logits of a transformers causal LM (right padding is masked by the attention mask).
+
+    A packed batch (with `segment_ids`) passes its position_ids, which restart per example, no attention mask
+    and no cache: transformers then builds a block-diagonal causal mask (padding tokens, all at position 0,
+    each see only themselves and carry no labels). `check_baseline_packing` refuses set-ups where it would not.
+    """
+    if "segment_ids" in batch:
+        return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
 
 
@@ -107,12 +128,19 @@ def _export_transformer(
 
 
 ARCHS: dict[str, ArchSpec] = {
-    "hrm": ArchSpec(HierarchicalReasoningModel_ACTV1, _hrm_logits, act_carry=True, check=HRMConfig.from_dict),
+    "hrm": ArchSpec(
+        HierarchicalReasoningModel_ACTV1,
+        _hrm_logits,
+        act_carry=True,
+        check=HRMConfig.from_dict,
+        check_packing=_check_hrm_packing,
+    ),
     "transformer": ArchSpec(
         build_baseline,
         _transformer_logits,
         act_carry=False,
         check=_check_transformer,
+        check_packing=check_baseline_packing,
         export=_export_transformer,
     ),
 }
@@ -172,6 +200,14 @@ def validate_config(cfg: DictConfig) -> None:
         OmegaConf.merge(OmegaConf.structured(CodegenConfig), plain)  # rejects keys added with `+key=...`
     except OmegaConfBaseException as err:
         raise ValueError(f"config: {str(err).splitlines()[0]} (key {err.full_key})") from err
+    # Packing first: arch.check builds the model, which fails on flash_attn without the package.
+    if cfg.data.pack:
+        if cfg.data.name != "mbpp":
+            raise ValueError(
+                f"data.pack=true is for data=mbpp; data={cfg.data.name} already trains on dense seq_len blocks "
+                "of corpus tokens: leave data.pack=false"
+            )
+        arch_spec(cfg).check_packing(model_config(cfg, vocab_size=1))
     arch_spec(cfg).check(model_config(cfg, vocab_size=1))
     train = cfg.train
     if train.loss_type not in LOSS_TYPES:
@@ -196,14 +232,16 @@ class BatchOrder:
     The position in the data is the step count alone, so resuming needs no sampler state.
     """
 
-    def __init__(self, num_examples: int, global_batch_size: int, seed: int) -> None:
+    def __init__(
+        self, num_examples: int, global_batch_size: int, seed: int, unit: str = "training examples"
+    ) -> None:
         self.num_examples = num_examples
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.steps_per_epoch = num_examples // global_batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"train.global_batch_size={global_batch_size} is larger than the {num_examples} training examples"
+                f"train.global_batch_size={global_batch_size} is larger than the {num_examples} {unit}"
             )
         self._epoch = -1
         self._perm = torch.empty(0, dtype=torch.long)
@@ -232,8 +270,10 @@ def build_datasets(
 ) -> tuple[Dataset, Dataset]:
     """(train, validation) datasets of `cfg.data`; `use_cache=False` ignores `data.cache_dir` (writes nothing).
 
-    data=mbpp: the MBPP splits `data.train_split` and `data.eval_split`. data=corpus: the seq_len blocks of the
-    corpus in `data.corpus_dir`, its last `data.eval_blocks` blocks held out for validation.
+    data=mbpp: the MBPP splits `data.train_split` and `data.eval_split`; with `data.pack` the training split
+    (after `data.train_limit`) is packed into seq_len blocks, and validation stays one example per sequence so
+    its loss compares with unpacked runs. data=corpus: the seq_len blocks of the corpus in `data.corpus_dir`,
+    its last `data.eval_blocks` blocks held out for validation.
     """
     data = cfg.data
     if data.name == "mbpp":
@@ -252,6 +292,8 @@ def build_datasets(
         Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset  # type: ignore[arg-type]
         for dataset, limit in zip(splits, (data.train_limit, data.eval_limit), strict=True)
     ]
+    if data.pack:
+        return PackedDataset(limited[0], data.seq_len, tokenizer.pad_id), limited[1]
     return limited[0], limited[1]
 
 
@@ -326,7 +368,8 @@ class Trainer:
         if cfg.tokenizer.fingerprint:
             check_fingerprint(cfg.tokenizer.fingerprint, self.tokenizer, "config key tokenizer.fingerprint")
         self.train_data, self.eval_data = build_datasets(cfg, self.tokenizer, use_cache=not cfg.dry_run)
-        self.order = BatchOrder(len(self.train_data), train.global_batch_size, cfg.seed)  # type: ignore[arg-type]
+        unit = "packed training blocks" if cfg.data.pack else "training examples"
+        self.order = BatchOrder(len(self.train_data), train.global_batch_size, cfg.seed, unit)  # type: ignore[arg-type]
         self.total_steps = train.max_steps or max(1, math.ceil(train.epochs * self.order.steps_per_epoch))
 
         self.model_config = model_config(cfg, self.tokenizer.vocab_size)
@@ -705,7 +748,7 @@ class Trainer:
             [
                 f"tokenizer: {self.tokenizer.name_or_path} (vocab {self.tokenizer.vocab_size}, "
                 f"fingerprint {self.tokenizer.fingerprint[:12]})",
-                f"data: {cfg.data.name}, {len(self.train_data)} train / {len(self.eval_data)} "  # type: ignore[arg-type]
+                f"data: {cfg.data.name}, {self._train_size()} / {len(self.eval_data)} "  # type: ignore[arg-type]
                 f"{cfg.data.eval_split} examples of at most {cfg.data.seq_len} tokens; {self.total_steps} steps of "
                 f"{train.global_batch_size} sequences ({self.world} process(es) x {train.grad_accum} accumulation x "
                 f"{self.micro_batch_size})",
@@ -716,6 +759,13 @@ class Trainer:
                 f"one batch {list(batch['input_ids'].shape)}: loss {loss.item():.4f}, gradient norm {float(grad_norm):.4f}",
             ]
         )
+
+    def _train_size(self) -> str:
+        """The size of the training data for the dry-run report: examples, or packed blocks and their examples."""
+        data = self.train_data
+        if isinstance(data, PackedDataset):
+            return f"{len(data)} packed train blocks ({data.num_examples} examples)"
+        return f"{len(data)} train"  # type: ignore[arg-type]
 
     def _q_head_line(self, total: int) -> str:
         """What the enable_q_head flag adds or removes (the model rebuilt on the meta device with it flipped)."""

@@ -15,11 +15,13 @@ from safetensors.torch import load_file, save_file
 
 from hrm_codegen import training
 from hrm_codegen.checkpoint import load_model_for_inference, read_meta
+from hrm_codegen.datasets.mbpp import PackedDataset
 from hrm_codegen.logging_utils import MetricsLogger, read_metrics
-from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
+from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, baseline
 from hrm_codegen.optim import build_optimizer, build_scheduler
+from hrm_codegen.tokenization import load_tokenizer
 from hrm_codegen.train_config import compose_config
-from hrm_codegen.training import BatchOrder, TrainingStopped, run
+from hrm_codegen.training import BatchOrder, Trainer, TrainingStopped, run, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_codegen.py"
@@ -373,3 +375,135 @@ def test_two_processes_match_one_process_with_the_same_global_batch(paths, tmp_p
     assert val[0] == pytest.approx(val[1], rel=1e-5)
     w1, w2 = _weights(single_dir, 3), _weights(double_dir, 3)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
+
+
+# -- data.pack: the MBPP training split packed into seq_len blocks
+
+PACK = ["data.pack=true", "arch.seq_len=512"]  # at 512 tokens most blocks hold two or three MBPP examples
+FAST_ANY_ARCH = [o for o in FAST if o != "arch=tiny"]
+
+
+def test_pack_training_runs_the_loss_falls_and_tokens_seen_counts_real_tokens(paths):
+    """Four examples pack into two blocks; every step trains on both, and tokens_seen grows by their tokens."""
+    overrides = [*PACK, "data.train_limit=4", "train.global_batch_size=2"]
+    result = _train(paths, *overrides, "run_name=packed", "train.max_steps=8")
+    records = [r for r in read_metrics(Path(result["run_dir"])) if "loss" in r]
+    losses = [r["loss"] for r in records]
+    assert losses[-1] < 0.9 * losses[0], losses
+    cfg = compose_config([*FAST, *paths, *overrides, "data.pack=false"])
+    examples, _ = training.build_datasets(cfg, load_tokenizer(cfg.tokenizer.name_or_path), use_cache=False)
+    real_tokens = sum(len(examples[i]["input_ids"]) for i in range(len(examples)))  # type: ignore[arg-type]
+    assert real_tokens < 2 * 512  # so counting the padding of the two blocks would fail below
+    assert [r["tokens_seen"] for r in records] == [step * real_tokens for step in range(1, 9)]
+
+
+def test_pack_batches_hold_more_real_tokens_per_sequence_and_validation_stays_unpacked(paths):
+    def first_epoch(pack: str) -> tuple[Trainer, int, int]:
+        cfg = compose_config(
+            [*FAST, *paths, *PACK, f"data.pack={pack}", "data.train_limit=40", "dry_run=true"]
+        )
+        trainer = Trainer(cfg)
+        batches = [b for step in range(trainer.order.steps_per_epoch) for b in trainer._micro_batches(step)]
+        return (
+            trainer,
+            sum(int(b["attention_mask"].sum()) for b in batches),
+            sum(len(b["input_ids"]) for b in batches),
+        )
+
+    packed, packed_tokens, packed_rows = first_epoch("true")
+    plain, plain_tokens, plain_rows = first_epoch("false")
+    assert isinstance(packed.train_data, PackedDataset) and packed.train_data.num_examples == 40
+    assert len(packed.train_data) < 40 and plain.order.num_examples == 40
+    assert packed_tokens / packed_rows > 1.5 * plain_tokens / plain_rows
+    blocks = [packed.train_data[i] for i in range(len(packed.train_data))]
+    assert sum(int(b["attention_mask"].sum()) for b in blocks) == sum(
+        len(plain.train_data[i]["input_ids"])
+        for i in range(40)  # every token of every example, no more
+    )
+    assert sum(int(b["segment_ids"].max()) + 1 for b in blocks) == 40
+    for trainer in (packed, plain):  # validation: one example per sequence either way
+        assert len(trainer.eval_data) == 8 and "segment_ids" not in trainer.eval_data[0]  # type: ignore[arg-type]
+    report = packed.dry_run()
+    assert f"{len(blocks)} packed train blocks (40 examples) / 8 validation examples" in report
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [["arch=tiny"], ["arch=tiny", "arch.halt_max_steps=2"], ["arch=transformer_tiny_params"]],
+    ids=["hrm", "hrm_deep_supervision", "llama"],
+)
+def test_pack_training_step_never_attends_across_examples(paths, monkeypatch, arch):
+    """The logits the training step computes for a packed block equal each example's logits alone.
+
+    With halt_max_steps=2 the second step continues the persisted carry (segment 2 on the same blocks); lr=0
+    keeps the weights, so the references are the examples alone after one and after two segments.
+    """
+    overrides = [*FAST_ANY_ARCH, *paths, *PACK, *arch, "data.train_limit=4", "train.global_batch_size=2"]
+    trainer = Trainer(compose_config([*overrides, "train.lr=0", "dry_run=true"]))
+    batch = next(trainer._micro_batches(0))
+    assert int(batch["segment_ids"].max()) >= 1  # a block really holds several examples
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    segments = trainer.model_config["halt_max_steps"] if trainer.spec.act_carry else 1
+    logits: list[torch.Tensor] = []
+    real_loss = training.codegen_loss
+
+    def recording_loss(outputs, labels, loss_type):
+        logits.append(outputs["logits"].detach())
+        return real_loss(outputs, labels, loss_type)
+
+    monkeypatch.setattr(training, "codegen_loss", recording_loss)
+    for _ in range(segments):
+        trainer.train_step()
+    assert len(logits) == segments
+    with torch.no_grad():
+        for row in range(batch["input_ids"].shape[0]):
+            for segment in range(int(batch["segment_ids"][row].max()) + 1):
+                where = batch["segment_ids"][row] == segment
+                alone = batch["input_ids"][row, where][None]
+                for k in range(1, segments + 1):
+                    if trainer.spec.act_carry:
+                        expected = model.lm_forward(alone, num_segments=k)
+                    else:
+                        expected = model(input_ids=alone).logits
+                    torch.testing.assert_close(
+                        logits[k - 1][row, where][None], expected, atol=1e-5, rtol=1e-5
+                    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["arch=tiny", "data=corpus"],
+            r"data.pack=true is for data=mbpp; data=corpus already trains on dense",
+        ),
+        (
+            ["arch=tiny", "arch.enable_q_head=true", "arch.halt_max_steps=4"],
+            r"arch.enable_q_head=true: the Q-head",
+        ),
+        (["arch=tiny", "arch.enable_q_head=true"], r"arch.name=hrm with arch.enable_q_head=true: the Q-head"),
+    ],
+)
+def test_pack_refuses_what_it_cannot_keep_apart_with_one_line(overrides, message):
+    validate_config(compose_config(overrides))  # fine without data.pack
+    with pytest.raises(ValueError, match=message) as err:
+        validate_config(compose_config([*overrides, "data.pack=true"]))
+    assert "\n" not in str(err.value) and "data.pack=true" in str(err.value)
+
+
+def test_pack_refuses_the_baseline_where_transformers_would_not_keep_examples_apart(monkeypatch):
+    llama = ["arch=transformer_tiny_params", "data.pack=true"]
+    validate_config(compose_config(llama))  # sdpa, and the installed transformers masks packed positions
+    with pytest.raises(
+        ValueError, match=r"arch.name=transformer needs arch.attn_backend auto, sdpa or eager"
+    ):
+        validate_config(compose_config([*llama, "arch.attn_backend=flash_attn"]))
+    monkeypatch.setattr(baseline, "masks_packed_positions", lambda: False)
+    with pytest.raises(
+        ValueError, match=r"data.pack=true with arch.name=transformer: the installed transformers"
+    ):
+        validate_config(compose_config(llama))
+
+
+def test_pack_is_accepted_where_examples_stay_apart():
+    validate_config(compose_config(["arch=tiny", "arch.halt_max_steps=4", "data.pack=true"]))

@@ -1,4 +1,4 @@
-"""MBPP: reading and validating the jsonl, canonical splits, the one prompt format, and the training dataset."""
+"""MBPP: reading and validating the jsonl, canonical splits, the one prompt format, datasets and packing."""
 
 from __future__ import annotations
 
@@ -422,3 +422,22 @@ def pack_examples(items: Iterable[dict], seq_len: int, pad_id: int) -> list[dict
     if current:
         blocks.append(_pack_block(current, seq_len, pad_id))
     return blocks
+
+
+class PackedDataset(Dataset):
+    """A training dataset's examples packed in order into `seq_len` blocks (`pack_examples`); item i is block i.
+
+    Every block holds `input_ids`, `labels`, `attention_mask`, `position_ids` and `segment_ids`, which the HRM
+    uses to keep the examples of a block apart. The packing is fixed (dataset order, next fit), so the data
+    order can shuffle blocks by step count alone.
+    """
+
+    def __init__(self, examples: Dataset, seq_len: int, pad_id: int) -> None:
+        self.num_examples = len(examples)  # type: ignore[arg-type]
+        self.blocks = pack_examples((examples[i] for i in range(self.num_examples)), seq_len, pad_id)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.blocks[index]

@@ -3,7 +3,8 @@
 Two sizes: `match="params"` has H_layers + L_layers layers, about the HRM's parameter count (Llama's RMSNorms
 carry a learned scale, 2 per layer plus the final norm, which the HRM's do not: (2 * layers + 1) * hidden
 extra parameters); `match="compute"` has as many layers as the HRM evaluates per token,
-H_cycles * (L_cycles * L_layers + H_layers) * halt_max_steps.
+H_cycles * (L_cycles * L_layers + H_layers) * halt_max_steps. Packed training blocks (`data.pack`) are kept
+apart through their restarting position_ids (`check_baseline_packing` says when that cannot work).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import transformers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from hrm_codegen.models.hrm_act_v1 import HRMConfig
@@ -90,6 +92,35 @@ def llama_config_from_hrm(
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     return config
+
+
+def masks_packed_positions() -> bool:
+    """Whether the installed transformers builds block-diagonal causal masks from restarting position_ids.
+
+    transformers' mask utilities do this for the sdpa, eager and flex implementations when the model gets
+    `position_ids` and no attention mask (`masking_utils.find_packed_sequence_indices`); older releases
+    mask a plain causal triangle, so packed examples would attend to each other.
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return False
+    return hasattr(masking_utils, "find_packed_sequence_indices")
+
+
+def check_baseline_packing(cfg_dict: dict[str, Any]) -> None:
+    """Raise ValueError (one line, naming the key) when the baseline cannot train on packed blocks."""
+    backend = cfg_dict.get("attn_backend", "auto")
+    if backend == "flash_attn":
+        raise ValueError(
+            "data.pack=true with arch.name=transformer needs arch.attn_backend auto, sdpa or eager, not "
+            "flash_attn: transformers' flash_attention_2 keeps packed examples apart only in a batch of one row"
+        )
+    if not masks_packed_positions():
+        raise ValueError(
+            f"data.pack=true with arch.name=transformer: the installed transformers {transformers.__version__} "
+            "cannot mask packed examples from their position_ids; upgrade transformers or set data.pack=false"
+        )
 
 
 def build_baseline(cfg_dict: dict[str, Any]) -> LlamaForCausalLM:
