@@ -190,7 +190,8 @@ class _Appender:
         self._callbacks_done = 0
 
     def wait_for_callbacks(self, count: int) -> None:
-        """Block until `count` callbacks (all of those created so far, in submission order) have finished."""
+        """Block until at least `count` callbacks have finished; with `count` = every future submitted, every
+        record has been written (or its error recorded)."""
         with self._finished:
             self._finished.wait_for(lambda: self._callbacks_done >= count)
 

@@ -474,8 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--corpus",
         default=None,
-        help=f"corpus directory for pre-training rows (default: the row's, {CPU_CORPUS[0]} on the CPU, "
-        f"{GPU_CORPUS[0]} on a GPU)",
+        help=f"corpus directory for pre-training rows (default: the row's own, {CPU_CORPUS[0]} for the CPU "
+        f"rows, {GPU_CORPUS[0]} for the gpu_* rows)",
     )
     p.add_argument(
         "--greedy-limit", type=int, default=None, help="greedy pass@1 on the first N test problems"
