@@ -14,8 +14,9 @@ from hrm_codegen.datasets.problems import Problem
 if TYPE_CHECKING:
     from hrm_codegen.tokenization import CodeTokenizer
 
-# The stop strings of the Codex paper (Chen et al. 2021): a completion ends where the function body ends.
-HUMANEVAL_STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+# The stop strings of the Codex paper (Chen et al. 2021): a completion ends where the function body ends;
+# plus a closing markdown fence, as for MBPP.
+HUMANEVAL_STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n```")
 
 
 def humaneval_problems(path: str | Path = HUMAN_EVAL) -> list[Problem]:
