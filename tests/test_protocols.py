@@ -437,3 +437,28 @@ def test_reference_solutions_pass_in_the_sandbox(mbpp_rows, humaneval_rows):
     ]
     results = dict(run_programs(programs, workers=2, progress=False))
     assert [results[i].status for i in range(len(programs))] == ["passed"] * 4 + ["failed"] * 2
+
+
+def test_harness_test_programs_follow_their_references(mbpp_rows):
+    """bigcode runs every assert of test_list, lm-eval the first three; neither runs test_setup_code."""
+    task = dict(
+        next(r for r in mbpp_rows if r["task_id"] == 11),
+        test_list=["assert 1", "assert 2", "assert 3", "assert 4"],
+    )
+    bigcode = build_problems("mbpp", [task], "bigcode")[0]
+    lm_eval = build_problems("mbpp", [task], "lm-eval", few_shot=0)[0]
+    assert bigcode.test_program == "\nassert 1\nassert 2\nassert 3\nassert 4"
+    assert lm_eval.test_program == "\nassert 1\nassert 2\nassert 3"
+    with_setup = by_id(build_problems("mbpp", mbpp_rows, "native"))["367"]
+    assert with_setup.test_program.startswith("root = Node(1)")
+    for fmt in ("bigcode", "lm-eval"):
+        assert by_id(build_problems("mbpp", mbpp_rows, fmt))["367"].test_program.startswith(
+            "\nassert is_tree_balanced"
+        )
+    chat_plus = {"task_id": 2, "text": "t", "test_list": ["assert f()"], "test": "assert f()"}
+    with pytest.raises(
+        ValueError,
+        match=r"mbppplus row 0 \(load plus rows with hrm_codegen\.datasets\.evalplus\): missing field\(s\) 'text', 'test_list', 'test'$",
+    ):
+        build_problems("mbppplus", [{"task_id": 2}], "native")
+    assert build_problems("mbppplus", [chat_plus], "bigcode")[0].test_program == "\nassert f()"

@@ -281,14 +281,17 @@ def _lm_eval_shots(rows: Sequence[dict], count: int) -> list[dict]:
     return [by_id[i] for i in LM_EVAL_SHOT_IDS[:count]]
 
 
-def _mbpp_tests(task: dict, *, harness: bool) -> str:
-    """The test program: a plus task's extended tests, else (setup code and) the asserts."""
+def _mbpp_tests(task: dict, fmt: str) -> str:
+    """The test program: a plus task's extended tests; else the asserts (bigcode: all of `test_list`,
+    lm-eval: its first three, as its `doc_to_target`), with `test_setup_code` first in the other formats."""
     if "test" in task:
         imports = "".join(line + "\n" for line in task.get("test_imports", []))
         return imports + task["test"]
-    asserts = "\n".join(task["test_list"])
+    asserts = "\n".join(task["test_list"][:3] if fmt == "lm-eval" else task["test_list"])
     setup = task.get("test_setup_code", "")
-    return asserts if harness or not setup.strip() else setup.strip("\n") + "\n" + asserts
+    if fmt in ("bigcode", "lm-eval") or not setup.strip():
+        return asserts
+    return setup.strip("\n") + "\n" + asserts
 
 
 def _mbpp_problem(
@@ -305,7 +308,7 @@ def _mbpp_problem(
         "entry_point": mbpp_entry_point(task),
         "cut_at_stops": fmt != "native",
     }
-    tests = _mbpp_tests(task, harness=fmt in ("bigcode", "lm-eval"))
+    tests = _mbpp_tests(task, fmt)
     if fmt == "native":
         return FormattedProblem(prompt=build_prompt(task, shots), test_program=tests, **common)
     if fmt == "bigcode":
@@ -376,7 +379,10 @@ def build_problems(
         ("task_id", "text", "test_list") if family == "mbpp" else ("task_id", "prompt", "entry_point", "test")
     )
     for index, row in enumerate(rows):
-        _require(row, required + (("test",) if plus and family == "mbpp" else ()), f"{dataset} row {index}")
+        where = f"{dataset} row {index}" + (
+            " (load plus rows with hrm_codegen.datasets.evalplus)" if plus else ""
+        )
+        _require(row, required + (("test",) if plus and family == "mbpp" else ()), where)
     if (family == "humaneval" or plus) and split != "test":
         raise ValueError(f"dataset {dataset!r} has only the 'test' split, got split={split!r}")
     default_shots = 3 if (family == "mbpp" and fmt == "lm-eval") else 0
