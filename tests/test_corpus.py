@@ -100,8 +100,10 @@ def test_manifest_counts_each_drop_reason_and_the_memmap_holds_the_kept_files(
         "too_small": 1,
         "too_large": 1,
         "unreadable": 1,
+        "licence": 0,
         "duplicate": 1,
         "contaminated": 1,
+        "near_duplicate": 0,
     }
     assert manifest["contaminated_files"] == [{"name": str(root / "leak.py"), "benchmark": "mbpp/11"}]
     assert manifest["unreadable_files"] == [str(root / "latin1.py")]

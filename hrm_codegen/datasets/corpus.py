@@ -6,11 +6,16 @@ dropped and why). `CorpusDataset` cuts the array into `seq_len` blocks for next-
 
 Decontamination: a file is dropped when it shares a sequence of `ngram` words with the reference code or
 the prompt (text and test asserts) of an MBPP test/validation task, or with a HumanEval prompt plus
-canonical solution. Text is normalised to its lowercased words, identifiers and numbers (punctuation and
+canonical solution (the pair miner, `pairs_build.py`, uses the same index). Text is normalised to its lowercased words, identifiers and numbers (punctuation and
 layout ignored), so reformatting does not hide a copy. Benchmark items shorter than `ngram` words are
 matched whole. Idioms are not used: n-grams without a name or word of two or more letters that is not a
 keyword or builtin (`for j in range(n): for i in range(n)`, `[1, 2, 3, 4, ...]`), n-grams with few
 distinct words, and n-grams found in 3 or more benchmark problems.
+
+Filters, in order: unreadable, too_small, too_large, licence (a file whose distribution is not permissively
+licensed, see `licences.py`; a Hub row's own `license` field), duplicate (same bytes), contaminated,
+near_duplicate (MinHash LSH, see `dedup.py`). The manifest counts the files and the tokens each drops, and
+the tokens before and after each filter (files that cannot be decoded have no token count).
 """
 
 from __future__ import annotations
@@ -31,12 +36,23 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from hrm_codegen.datasets.dedup import DuplicateIndex
+from hrm_codegen.datasets.licences import Licence, LicenceIndex, classify_licence
 from hrm_codegen.tokenization import CodeTokenizer, check_fingerprint
 
 TOKENS_FILE = "tokens.bin"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
-DROP_REASONS = ("too_small", "too_large", "unreadable", "duplicate", "contaminated")
+DROP_REASONS = (
+    "too_small",
+    "too_large",
+    "unreadable",
+    "licence",
+    "duplicate",
+    "contaminated",
+    "near_duplicate",
+)
+TOKEN_FILTERS = ("too_small", "too_large", "licence", "duplicate", "contaminated", "near_duplicate")
 IDIOM_MIN_PROBLEMS = 3  # an n-gram found in this many benchmark problems is an idiom, not a copy
 _WORD = re.compile(r"\w+")
 _SYNTAX_WORDS = frozenset(
@@ -117,10 +133,12 @@ def benchmark_index(
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One candidate document: a name for the manifest and its raw bytes (None when it could not be read)."""
+    """One candidate document: a name for the manifest, its raw bytes (None when it could not be read) and,
+    for a Hub row that states one, its licence (else the `LicenceIndex` looks the file up by name)."""
 
     name: str
     data: bytes | None
+    licence: Licence | None = None
 
 
 def python_files(roots: Iterable[str | Path]) -> list[Path]:
@@ -165,7 +183,9 @@ def read_hub_files(
             raise ValueError(f"{name}[{split}] row {number} has no field {field!r}; fields: {sorted(row)}")
         label = "/".join(str(row[key]) for key in ("repo_name", "path") if key in row) or str(number)
         text = row[field]
-        yield SourceFile(f"{name}:{label}", text.encode("utf-8") if isinstance(text, str) else None)
+        stated = row.get("license")
+        licence = classify_licence(text=str(stated), owner=f"hub:{name}") if stated else None
+        yield SourceFile(f"{name}:{label}", text.encode("utf-8") if isinstance(text, str) else None, licence)
 
 
 @dataclass
@@ -175,43 +195,95 @@ class CorpusFilters:
     min_bytes: int = 64
     max_bytes: int = 1_000_000
     index: ContaminationIndex | None = None
+    licences: LicenceIndex | None = None  # None: no licence filter (Hub rows' own licences still apply)
+    near_duplicates: DuplicateIndex | None = None  # None: exact duplicates only
+
+
+def file_licence(source: SourceFile, licences: LicenceIndex | None) -> Licence | None:
+    """The licence of a source file: its own, else the index's; None when not checked."""
+    if source.licence is not None:
+        return source.licence
+    return licences.licence_of(source.name) if licences is not None else None
 
 
 @dataclass
 class _Report:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     contaminated: list[dict[str, str]] = field(default_factory=list)
+    near_duplicates: list[dict[str, str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
+    tokens_dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FILTERS, 0))
+    licences_kept: dict[str, int] = field(default_factory=dict)
+    licences_dropped: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def licence(self, licence: Licence | None, kept: bool) -> None:
+        """Count a file under its licence's owner."""
+        owner = licence.owner if licence is not None else "(not checked)"
+        if kept:
+            self.licences_kept[owner] = self.licences_kept.get(owner, 0) + 1
+        else:
+            assert licence is not None
+            entry = self.licences_dropped.setdefault(
+                owner, {"licence": licence.name, "verdict": licence.verdict, "files": 0}
+            )
+            entry["files"] += 1
 
 
 class _Verdict(NamedTuple):
     reason: str | None  # None: keep the file
-    text: str = ""
+    text: str | None = None  # the decoded text (None when it could not be decoded)
     sha256: str = ""
-    benchmark: str | None = None  # the matched problem of a contaminated file
+    other: str | None = None  # the matched problem of a contaminated file, the kept copy of a near duplicate
+    licence: Licence | None = None
+
+
+def _decode(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _check(source: SourceFile, filters: CorpusFilters, seen: set[str]) -> _Verdict:
-    """Whether one file is kept, and why not; `seen` holds the hashes of the files kept so far."""
+    """Whether one file is kept, and why not; `seen` holds the hashes of the files kept so far.
+
+    A kept file is added to the near-duplicate index, so this check is the last.
+    """
     data = source.data
     if data is None:
         return _Verdict("unreadable")
     if len(data) < filters.min_bytes:
-        return _Verdict("too_small")
+        return _Verdict("too_small", _decode(data))
     if len(data) > filters.max_bytes:
-        return _Verdict("too_large")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
+        return _Verdict("too_large", _decode(data))
+    text = _decode(data)
+    if text is None:
         return _Verdict("unreadable")
+    licence = file_licence(source, filters.licences)
+    if licence is not None and not licence.permissive:
+        return _Verdict("licence", text, licence=licence)
     digest = hashlib.sha256(data).hexdigest()
     if digest in seen:
-        return _Verdict("duplicate")
+        return _Verdict("duplicate", text)
     match = filters.index.match(text) if filters.index is not None else None
     if match is not None:
-        return _Verdict("contaminated", benchmark=match)
-    return _Verdict(None, text, digest)
+        return _Verdict("contaminated", text, other=match)
+    if filters.near_duplicates is not None:
+        duplicate = filters.near_duplicates.add(source.name, text)
+        if duplicate is not None:
+            return _Verdict(duplicate.kind, text, other=duplicate.of)
+    return _Verdict(None, text, digest, licence=licence)
+
+
+def token_filters(kept_tokens: int, dropped: dict[str, int]) -> list[dict[str, Any]]:
+    """Tokens before and after each filter in TOKEN_FILTERS order, from the tokens each one dropped."""
+    before = kept_tokens + sum(dropped.values())
+    stages = []
+    for name in TOKEN_FILTERS:
+        stages.append({"filter": name, "tokens_before": before, "tokens_after": before - dropped[name]})
+        before -= dropped[name]
+    return stages
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -228,10 +300,14 @@ def build_corpus(
     max_tokens: int | None = None,
     total: int | None = None,
     batch_files: int = 64,
+    count_dropped_tokens: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Filter, tokenise and write `files` to `out_dir` (tokens.bin + manifest.json); return the manifest.
 
     With `max_tokens`, stops once that many tokens are written (checked after each batch of files).
+    `count_dropped_tokens` tokenises dropped files too, for the manifest's per-filter token counts; `extra`
+    is added to the manifest as is.
     """
     filters = filters or CorpusFilters()
     out_dir = Path(out_dir)
@@ -241,15 +317,18 @@ def build_corpus(
     kept: list[dict[str, Any]] = []
     digest = hashlib.sha256()
     num_tokens = 0
-    pending: list[tuple[str, str, str]] = []  # (name, text, sha256)
+    pending: list[tuple[str, str, str, str | None]] = []  # (name, text, sha256, drop reason)
     temporary = out_dir / f".{TOKENS_FILE}.tmp"
 
     def flush(out) -> None:
         nonlocal num_tokens
         if not pending:
             return
-        encoded = tokenizer.hf([text for _, text, _ in pending], add_special_tokens=False, verbose=False)
-        for (name, _, sha256), ids in zip(pending, encoded["input_ids"], strict=True):
+        encoded = tokenizer.hf([text for _, text, _, _ in pending], add_special_tokens=False, verbose=False)
+        for (name, _, sha256, reason), ids in zip(pending, encoded["input_ids"], strict=True):
+            if reason is not None:
+                report.tokens_dropped[reason] += len(ids) + 1
+                continue
             block = np.asarray([*ids, tokenizer.eos_id], dtype=dtype)
             out.write(block.tobytes())
             digest.update(block.tobytes())
@@ -270,13 +349,19 @@ def build_corpus(
                 verdict = _check(source, filters, report.seen)
                 if verdict.reason is None:
                     report.seen.add(verdict.sha256)
-                    pending.append((source.name, verdict.text, verdict.sha256))
+                    report.licence(verdict.licence, kept=True)
                 else:
                     report.dropped[verdict.reason] += 1
                     if verdict.reason == "unreadable":
                         report.unreadable.append(source.name)
-                    elif verdict.benchmark is not None:
-                        report.contaminated.append({"name": source.name, "benchmark": verdict.benchmark})
+                    elif verdict.reason == "licence":
+                        report.licence(verdict.licence, kept=False)
+                    elif verdict.reason == "contaminated":
+                        report.contaminated.append({"name": source.name, "benchmark": str(verdict.other)})
+                    elif verdict.reason in ("near_duplicate", "duplicate") and verdict.other is not None:
+                        report.near_duplicates.append({"name": source.name, "of": verdict.other})
+                if verdict.text is not None and (verdict.reason is None or count_dropped_tokens):
+                    pending.append((source.name, verdict.text, verdict.sha256, verdict.reason))
                 if len(pending) >= batch_files:
                     flush(out)
                 if max_tokens is not None and num_tokens >= max_tokens:
@@ -304,11 +389,18 @@ def build_corpus(
             "max_bytes": filters.max_bytes,
             "contamination_ngram": filters.index.ngram if filters.index else None,
             "contamination_ngrams": len(filters.index) if filters.index else 0,
+            "licence": filters.licences is not None,
+            "near_duplicates": filters.near_duplicates.settings() if filters.near_duplicates else None,
         },
         "dropped": report.dropped,
+        "tokens_dropped": report.tokens_dropped if count_dropped_tokens else None,
+        "token_filters": token_filters(num_tokens, report.tokens_dropped) if count_dropped_tokens else None,
+        "licences": {"kept": report.licences_kept, "dropped": report.licences_dropped},
         "contaminated_files": report.contaminated,
+        "duplicate_files": report.near_duplicates,
         "unreadable_files": report.unreadable,
         "files": kept,
+        **(extra or {}),
     }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
