@@ -24,11 +24,11 @@ from hrm_codegen.datasets.corpus import (
     read_hub_files,
     read_local_files,
 )
+from hrm_codegen.datasets.corpus_sources import licence_index, python_lib_dirs
 from hrm_codegen.datasets.dedup import DuplicateIndex
 from hrm_codegen.datasets.mbpp import DEFAULT_PATH
 from hrm_codegen.datasets.pairs import load_pairs
 from hrm_codegen.datasets.pairs_build import MANIFEST_FILE, PAIRS_FILE, PairFilters, build_pairs
-from hrm_codegen.datasets.sources import licence_index, python_lib_dirs
 from hrm_codegen.execution import SandboxLimits
 
 

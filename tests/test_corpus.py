@@ -1,9 +1,11 @@
 """The pre-training corpus: filters and their manifest counts, decontamination, the memmap and the dataset."""
 
+import base64
 import hashlib
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from hrm_codegen.datasets.corpus import (
     read_local_files,
     token_dtype,
 )
+from hrm_codegen.datasets.dedup import DuplicateIndex
+from hrm_codegen.datasets.licences import LicenceIndex, classify_licence
 from hrm_codegen.datasets.mbpp import load_mbpp
 from hrm_codegen.tokenization import TokenizerMismatchError, load_tokenizer
 
@@ -206,3 +210,133 @@ def test_build_corpus_cli_end_to_end(tmp_path, gpt2_dir, mbpp_path, mbpp_rows):
     )
     assert missing.returncode != 0
     assert "nowhere does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def _fake_distribution(site: Path, name: str, classifier: str, source: str) -> None:
+    """An installed distribution in `site`: a package and its .dist-info (METADATA, RECORD)."""
+    (site / name).mkdir(parents=True)
+    (site / name / "__init__.py").write_text(source)
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\nClassifier: {classifier}\n"
+    )
+    (info / "RECORD").write_text(f"{name}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
+
+
+MIT = "License :: OSI Approved :: MIT License"
+GPL = "License :: OSI Approved :: GNU General Public License v3 (GPLv3)"
+
+
+def test_licence_and_near_duplicate_filters_count_files_and_tokens(tmp_path, tokenizer):
+    site, stdlib = tmp_path / "site-packages", tmp_path / "stdlib"
+    _fake_distribution(site, "freepkg", MIT, CLEAN_A)
+    _fake_distribution(site, "gplpkg", GPL, CLEAN_B)
+    (site / "stray.py").write_text(CLEAN_B + "\n# not listed in any RECORD\n")
+    stdlib.mkdir()
+    module = "\n\n".join(f"def scale_{i}(x, offset):\n    return x * {i} + offset\n" for i in range(40))
+    (stdlib / "lib.py").write_text(module)
+    (stdlib / "lib_copy.py").write_text(
+        module.replace("def scale_7(x, offset):", "def scale_7(x, offset):  # copied")
+    )
+    filters = CorpusFilters(
+        min_bytes=32, licences=LicenceIndex([site], [stdlib]), near_duplicates=DuplicateIndex()
+    )
+    paths = python_files([site, stdlib])
+    manifest = build_corpus(read_local_files(paths), tokenizer, tmp_path / "corpus", filters)
+
+    assert [Path(f["name"]).name for f in manifest["files"]] == ["__init__.py", "lib.py"]
+    assert manifest["dropped"]["licence"] == 2 and manifest["dropped"]["near_duplicate"] == 1
+    assert manifest["licences"] == {
+        "kept": {"freepkg": 1, "stdlib": 1},
+        "dropped": {
+            "gplpkg": {"licence": "GNU General Public License v3 (GPLv3)", "verdict": "copyleft", "files": 1},
+            "unlisted": {"licence": "", "verdict": "unknown", "files": 1},
+        },
+    }
+    assert manifest["duplicate_files"] == [
+        {"name": str(stdlib / "lib_copy.py"), "of": str(stdlib / "lib.py")}
+    ]
+    copy_tokens = len(tokenizer.encode((stdlib / "lib_copy.py").read_text())) + 1
+    assert manifest["tokens_dropped"]["near_duplicate"] == copy_tokens
+    stages = {stage["filter"]: stage for stage in manifest["token_filters"]}
+    assert stages["near_duplicate"]["tokens_after"] == manifest["num_tokens"]
+    assert stages["near_duplicate"]["tokens_before"] == manifest["num_tokens"] + copy_tokens
+    assert (
+        stages["licence"]["tokens_before"] - stages["licence"]["tokens_after"]
+        == manifest["tokens_dropped"]["licence"]
+    )
+    assert stages["too_small"]["tokens_before"] == manifest["num_tokens"] + sum(
+        manifest["tokens_dropped"].values()
+    )
+
+
+@pytest.mark.parametrize(
+    ("expression", "classifiers", "text", "verdict"),
+    [
+        ("MIT OR Apache-2.0", [], None, "permissive"),
+        ("Apache-2.0 WITH LLVM-exception AND BSD-3-Clause", [], None, "permissive"),
+        ("MPL-2.0 AND MIT", [], None, "copyleft"),
+        ("GPL-3.0-or-later", [MIT], None, "copyleft"),
+        (None, [MIT, "License :: OSI Approved :: BSD License"], None, "permissive"),
+        (
+            None,
+            ["License :: OSI Approved :: GNU Lesser General Public License v3 (LGPLv3)"],
+            "MIT",
+            "copyleft",
+        ),
+        (None, ["License :: Other/Proprietary License"], None, "unknown"),
+        (None, [], "BSD 3-Clause License\n\nCopyright (c) 2021, someone", "permissive"),
+        (None, [], "Apache 2.0", "permissive"),
+        (None, [], "UNKNOWN", "unknown"),
+        (None, [], None, "unknown"),
+    ],
+)
+def test_licence_classification(expression, classifiers, text, verdict):
+    assert classify_licence(expression, classifiers, text).verdict == verdict
+
+
+@pytest.mark.slow
+def test_build_corpus_cli_installs_requirements_and_filters_licences(tmp_path, gpt2_dir, mbpp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name, classifier, source in (("freepkg", MIT, CLEAN_A), ("gplpkg", GPL, CLEAN_B)):
+        _wheel(wheels / f"{name}-1.0-py3-none-any.whl", name, classifier, source)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("".join(f"{path}\n" for path in sorted(wheels.iterdir())))
+    out = tmp_path / "corpus"
+    command = [sys.executable, str(REPO / "scripts" / "build_corpus.py"), "--out", str(out), "--tokenizer"]
+    command += [
+        str(gpt2_dir),
+        "--mbpp",
+        str(mbpp_path),
+        "--min-bytes",
+        "32",
+        "--requirements",
+        str(requirements),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(f["name"]).parent.name for f in manifest["files"]] == ["freepkg"]
+    assert manifest["licences"]["dropped"]["gplpkg"]["files"] == 1
+    assert manifest["requirements"]["installed"] == ["freepkg==1.0", "gplpkg==1.0"]
+    assert "licence:" in done.stdout.replace(" ", "")
+
+
+def _wheel(path: Path, name: str, classifier: str, source: str) -> None:
+    """A pure-Python wheel holding one package."""
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}/__init__.py": source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\nClassifier: {classifier}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for member, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{member},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
