@@ -5,19 +5,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hrm_codegen.checkpoint import verify_export
-from hrm_codegen.datasets.mbpp import encode_prompt
+from hrm_codegen.datasets.batching import encode_prompt
 from hrm_codegen.datasets.problems import Problem
-from hrm_codegen.generation import cut_at_stop, generate
-from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
-from hrm_codegen.tokenization import FINGERPRINT_FILE, CodeTokenizer, load_tokenizer
+from hrm_codegen.families import Generated, GenerationRequest, ModelFamily
+from hrm_codegen.families.transformers_lm import PRETRAINED
+from hrm_codegen.generation import cut_at_stop
+from hrm_codegen.tokenization import CodeTokenizer
+
+if TYPE_CHECKING:
+    from hrm_codegen.inference import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -56,69 +58,48 @@ def sample_seed(seed: int, task_id: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def load_hf_model(
-    path: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Any]:
-    """(model in eval mode, tokenizer) of a local transformers causal-LM directory (or a Hub name).
-
-    A tokenizer saved by this project (with `fingerprint.txt`) loads as a `CodeTokenizer`, so prompts are
-    encoded as in training (`[BOS] prompt`); any other loads as the plain Hugging Face tokenizer.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_path = Path(path).expanduser()
-    if not model_path.is_dir() and str(path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model directory {model_path} does not exist")
-    tokenizer_source = Path(tokenizer).expanduser() if tokenizer is not None else model_path
-    if model_path.is_dir():
-        verify_export(model_path)  # a baseline checkpoint's hf/: checked against its step's meta.json
-    try:
-        model = cast(nn.Module, AutoModelForCausalLM.from_pretrained(str(path)))
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"could not load a transformers causal LM from {path}: expected config.json and model weights "
-            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
-        ) from err
-    if (tokenizer_source / FINGERPRINT_FILE).is_file():
-        hf_tokenizer: Any = load_tokenizer(tokenizer_source)
-    else:
-        try:
-            hf_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"could not load a tokenizer from {tokenizer_source}; pass --tokenizer with a tokenizer "
-                f"directory ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
-            ) from err
-    return model.to(device).eval(), hf_tokenizer
-
-
 class ModelCompletions:
-    """A completion source (`hrm_codegen.evaluation.CompletionSource`) that samples from a model.
+    """A completion source (`hrm_codegen.evaluation.CompletionSource`) that samples from a loaded model.
 
-    The HRM decodes with `hrm_codegen.generation.generate` (KV cache; one seed per sample from
-    `sample_seed`, so results do not depend on batching or resume); any other model with Hugging Face
-    `generate` (left padding, the RNG seeded per batch). A `CodeTokenizer` encodes prompts as in training,
-    `[BOS] prompt`; a plain Hugging Face tokenizer adds its own special tokens.
+    Decoding goes through the model's family (`family.generate`: prompts in, token ids and finish reasons
+    out), with one seed per sample from `sample_seed` where the family supports it, so results do not depend
+    on batching or resume. A `CodeTokenizer` encodes prompts as in training, `[BOS] prompt`; a plain Hugging
+    Face tokenizer adds its own special tokens. Stop strings are matched in the generated text only.
+    `last_records` holds, per completion of the last call, the generated token count and finish reason.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, sampling: SamplingConfig, progress: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        sampling: SamplingConfig,
+        progress: bool = True,
+        family: ModelFamily | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.progress = progress
+        self.family = family if family is not None else PRETRAINED
         self.device = next(model.parameters()).device
         hf: Any = tokenizer.hf if isinstance(tokenizer, CodeTokenizer) else tokenizer
         if hf.pad_token_id is None:
             hf.pad_token = hf.eos_token
         self.pad_id = cast(int, hf.pad_token_id)
         self.eos_id: int | None = hf.eos_token_id
+        self.last_records: list[list[dict[str, Any]]] = []
+
+    @classmethod
+    def from_loaded(
+        cls, loaded: LoadedModel, sampling: SamplingConfig, progress: bool = True
+    ) -> ModelCompletions:
+        """The completion source of a `hrm_codegen.inference.LoadedModel`."""
+        return cls(loaded.model, loaded.tokenizer, sampling, progress, loaded.family)
 
     @property
     def max_length(self) -> int | None:
         """Positions the model can take (prompt plus completion), when the model has a limit."""
-        if isinstance(self.model, HierarchicalReasoningModel_ACTV1):
-            return self.model.config.seq_len
-        return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return self.family.max_length(self.model)
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         """Prompt ids as in training (CodeTokenizer: `[BOS] prompt`) or the tokenizer's default."""
@@ -132,13 +113,23 @@ class ModelCompletions:
         limit = self.max_length
         return None if limit is None else limit - min(self.sampling.max_new_tokens, limit // 2)
 
-    def encode(self, prompt: str) -> list[int]:
-        """Prompt ids, made to fit: a prompt longer than `prompt_room` keeps its first token and its end.
+    def _special_prefix(self, ids: list[int]) -> int:
+        """How many leading ids are special tokens the tokenizer added (BOS and the like), kept when truncating."""
+        hf: Any = self.tokenizer.hf if isinstance(self.tokenizer, CodeTokenizer) else self.tokenizer
+        special = set(getattr(hf, "all_special_ids", []) or [])
+        count = 0
+        while count < len(ids) and ids[count] in special:
+            count += 1
+        return count
 
-        The end is the part next to where the code starts (for MBPP: the asserts naming the function).
-        """
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt ids, made to fit: a prompt longer than `prompt_room` keeps its leading special tokens (a BOS,
+        when the tokenizer adds one) and its end, the part next to where the code starts."""
         ids, room = self._prompt_ids(prompt), self.prompt_room
-        return ids if room is None or len(ids) <= room else [ids[0], *ids[len(ids) - room + 1 :]]
+        if room is None or len(ids) <= room:
+            return ids
+        keep = min(self._special_prefix(ids), room - 1)
+        return [*ids[:keep], *ids[len(ids) - (room - keep) :]]
 
     def truncated_prompts(self, problems: Sequence[Problem]) -> list[str]:
         """Task ids whose prompts `encode` shortens to fit the model."""
@@ -154,11 +145,12 @@ class ModelCompletions:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def __call__(self, problems: list[Problem], indices: list[list[int]]) -> list[list[str]]:
-        """One completion per requested sample index of each problem."""
+        """One completion per requested sample index of each problem (records in `last_records`)."""
         encoded = [self.encode(p.prompt) for p in problems]
         rows = [(pos, j) for pos, wanted in enumerate(indices) for j in range(len(wanted))]
         rows.sort(key=lambda row: len(encoded[row[0]]))  # similar lengths share a batch: less padding
         completions = [[""] * len(wanted) for wanted in indices]
+        self.last_records = [[{} for _ in wanted] for wanted in indices]
         size = self.sampling.batch_size
         chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
         for chunk in tqdm(chunks, desc="generate", unit="batch", leave=False, disable=not self.progress):
@@ -166,8 +158,11 @@ class ModelCompletions:
             seeds = [
                 sample_seed(self.sampling.seed, problems[pos].task_id, indices[pos][j]) for pos, j in chunk
             ]
-            for (pos, j), text in zip(chunk, self._generate(prompts, seeds), strict=True):
-                completions[pos][j] = text
+            out = self._generate(prompts, seeds)
+            for k, (pos, j) in enumerate(chunk):
+                ids = out.completion_ids[k]
+                completions[pos][j] = cut_at_stop(self.decode(ids), self.sampling.stop_strings)
+                self.last_records[pos][j] = {"num_tokens": len(ids), "finish_reason": out.finish_reasons[k]}
         return completions
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,57 +174,20 @@ class ModelCompletions:
             mask[row, width - len(ids) :] = 1
         return input_ids.to(self.device), mask.to(self.device)
 
-    def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[str]:
-        """Completion texts (cut before the first stop string) of a batch of prompts."""
+    def _generate(self, prompts: list[list[int]], seeds: list[int]) -> Generated:
+        """The family's generation of a batch of prompts."""
         s = self.sampling
         input_ids, mask = self._left_pad(prompts)
-        sampling_args: dict[str, Any] = (
-            {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k}
-            if s.do_sample
-            else {"do_sample": False}
+        request = GenerationRequest(
+            max_new_tokens=s.max_new_tokens,
+            do_sample=s.do_sample,
+            temperature=s.temperature if s.do_sample else 1.0,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            stop_strings=tuple(s.stop_strings),
+            decode=self.decode,
+            seeds=tuple(seeds),
         )
-        if isinstance(self.model, HierarchicalReasoningModel_ACTV1):
-            out = generate(
-                self.model,
-                input_ids,
-                mask,
-                max_new_tokens=s.max_new_tokens,
-                eos_token_id=self.eos_id,
-                pad_token_id=self.pad_id,
-                stop_strings=s.stop_strings,
-                tokenizer=self.decode,
-                seed=seeds if s.do_sample else None,
-                **sampling_args,
-            )
-            assert out.texts is not None
-            return out.texts
-        return self._hf_generate(input_ids, mask, seeds[0], sampling_args)
-
-    def _hf_generate(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, seed: int, sampling_args: dict[str, Any]
-    ) -> list[str]:
-        """Completion texts from Hugging Face `generate` (stop strings end a sequence early)."""
-        s = self.sampling
-        max_new_tokens = s.max_new_tokens
-        if self.max_length is not None:
-            max_new_tokens = max(1, min(max_new_tokens, self.max_length - input_ids.shape[1]))
-        hf = self.tokenizer.hf if isinstance(self.tokenizer, CodeTokenizer) else self.tokenizer
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            out = self.model.generate(  # type: ignore[operator]
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.eos_id,
-                stop_strings=list(s.stop_strings) or None,
-                tokenizer=hf if s.stop_strings else None,
-                **sampling_args,
-            )
-        new = out[:, input_ids.shape[1] :].tolist()
-        texts = []
-        for ids in new:
-            if self.eos_id is not None and self.eos_id in ids:
-                ids = ids[: ids.index(self.eos_id)]
-            texts.append(cut_at_stop(self.decode(ids), s.stop_strings))
-        return texts
+        return self.family.generate(self.model, input_ids, mask, request)

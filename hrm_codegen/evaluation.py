@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.execution import STATUSES, ExecResult, Sandbox, SandboxLimits
+from hrm_codegen.jsonl import read_jsonl
 from hrm_codegen.passk import mean_pass_at_k
 
 logger = logging.getLogger(__name__)
@@ -56,30 +57,8 @@ def syntax_valid(program: str) -> bool:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file; SamplesFileError names file:line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"samples file {path} does not exist (or is not a file)")
-    rows = []
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise SamplesFileError(
-                    f"{path}:{number}: not valid UTF-8 (at byte {err.start + 1})"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SamplesFileError(
-                    f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})"
-                ) from None
-            if not isinstance(row, dict):
-                raise SamplesFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    return rows
+    """(line number, object) for each non-blank line of a samples file; SamplesFileError names file:line."""
+    return read_jsonl(path, error=SamplesFileError, what="samples file")
 
 
 def _read_completions(path: Path) -> list[tuple[int, str, str]]:

@@ -274,7 +274,7 @@ def generate(
         for row, seq in enumerate(active.tolist()):
             if done_list[row]:
                 finish_reasons[seq] = "eos"
-            elif stops and _has_stop(decode(new_ids[seq, : step + 1].tolist()), stops):  # type: ignore[misc]
+            elif stops and tail_has_stop(new_ids[seq, : step + 1].tolist(), stops, decode):  # type: ignore[arg-type]
                 finish_reasons[seq] = "stop_string"
                 done_list[row] = True
             elif step + 1 >= budget[seq]:
@@ -303,7 +303,16 @@ def generate(
     return _finish(input_ids[expand], new_ids, lengths, finish_reasons, decode, stops, step_logits)
 
 
-def _has_stop(text: str, stops: tuple[str, ...]) -> bool:
+def tail_has_stop(ids: Sequence[int], stops: Sequence[str], decode: Decoder) -> bool:
+    """Whether the text of the last generated tokens holds a stop string.
+
+    Only a tail window is decoded (a stop string of L characters spans at most L tokens, plus two for a
+    token split across a multi-byte character), so checking every step costs O(1) in the completion length.
+    """
+    if not stops:
+        return False
+    window = max(len(s) for s in stops) + 2
+    text = decode(list(ids[-window:]))
     return any(s in text for s in stops)
 
 

@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hrm_codegen.jsonl import read_jsonl
+
+METRICS_FILE = "metrics.jsonl"
+
 LOGGERS = ("none", "jsonl", "wandb")
 
 
@@ -28,7 +32,7 @@ class MetricsLogger:
     ) -> None:
         if kind not in LOGGERS:
             raise ValueError(f"logger.name must be one of {LOGGERS}, got {kind!r}")
-        self.path = Path(run_dir) / "metrics.jsonl" if kind != "none" else None
+        self.path = Path(run_dir) / METRICS_FILE if kind != "none" else None
         self._wandb_run = None
         if kind == "wandb":
             try:
@@ -66,18 +70,4 @@ class MetricsLogger:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """All records of a run's metrics.jsonl, in order; a bad line raises ValueError naming file:line."""
-    path = Path(run_dir) / "metrics.jsonl"
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}:{number}: not valid JSON ({err.msg}); expected one object a line"
-            ) from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
+    return [record for _, record in read_jsonl(Path(run_dir) / METRICS_FILE, what="metrics file")]

@@ -6,56 +6,20 @@ or a value of the wrong type while composing, before any work starts.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from hrm_codegen.models.hrm_act_v1 import HRMConfig
+from hrm_codegen.families import FAMILIES, get_family
+from hrm_codegen.inference import model_config
+from hrm_codegen.losses_codegen import LOSS_TYPES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MIXED_PRECISION = ("no", "bf16", "fp16")
-
-
-def _hrm_arch_schema() -> type:
-    """A dataclass with exactly HRMConfig's keys plus `name`; vocab_size null means "from the tokenizer"."""
-    hints = typing.get_type_hints(HRMConfig)
-    specs: list[tuple[str, Any, Any]] = [("name", str, field(default="hrm"))]
-    for f in dataclasses.fields(HRMConfig):
-        if f.name == "vocab_size":
-            specs.append((f.name, int | None, field(default=None)))
-        else:
-            specs.append((f.name, hints[f.name], field(default=f.default)))
-    return dataclasses.make_dataclass("HRMArchConfig", specs)
-
-
-HRMArchConfig = _hrm_arch_schema()
-
-
-def _transformer_arch_schema() -> type:
-    """An overlay on HRMArchConfig adding the baseline keys (hrm_codegen/models/baseline.py).
-
-    Listed after an HRM arch in a defaults list, it leaves that arch's values as they are (its inherited keys
-    are MISSING, which a merge does not write) and makes `match`, `num_hidden_layers` and `initializer_range`
-    known keys.
-    """
-    hints = typing.get_type_hints(HRMArchConfig)
-    specs: list[tuple[str, Any, Any]] = [
-        (f.name, hints[f.name], field(default=MISSING)) for f in dataclasses.fields(HRMArchConfig)
-    ]
-    specs += [
-        ("match", str, field(default="params")),
-        ("num_hidden_layers", int | None, field(default=None)),
-        ("initializer_range", float, field(default=0.02)),
-    ]
-    return dataclasses.make_dataclass("TransformerArchConfig", specs, bases=(HRMArchConfig,))
-
-
-TransformerArchConfig = _transformer_arch_schema()
 
 
 @dataclass
@@ -142,11 +106,12 @@ class CodegenConfig:
 
 
 def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore (`codegen_schema`, `arch/hrm_schema`, `arch/transformer_schema`)."""
+    """Put the schemas into Hydra's ConfigStore: `codegen_schema`, and `arch/<schema name>` of each family."""
     store = ConfigStore.instance()
     store.store(name="codegen_schema", node=CodegenConfig)
-    store.store(group="arch", name="hrm_schema", node=HRMArchConfig)
-    store.store(group="arch", name="transformer_schema", node=TransformerArchConfig)
+    for family in FAMILIES.values():
+        for name, node in family.arch_schemas().items():
+            store.store(group="arch", name=name, node=node)
 
 
 def compose_config(
@@ -160,3 +125,35 @@ def compose_config(
     register_configs()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
         return compose(config_name, overrides=list(overrides))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the composed config against the schemas and the model family before any work (ValueError)."""
+    try:
+        plain = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        plain.pop("arch", None)
+        OmegaConf.merge(OmegaConf.structured(CodegenConfig), plain)  # rejects keys added with `+key=...`
+    except OmegaConfBaseException as err:
+        raise ValueError(f"config: {str(err).splitlines()[0]} (key {err.full_key})") from err
+    family = get_family(cfg.arch.name)
+    # Packing first: the family's check builds the model, which fails on flash_attn without the package.
+    if cfg.data.pack:
+        if cfg.data.name != "mbpp":
+            raise ValueError(
+                f"data.pack=true is for data=mbpp; data={cfg.data.name} already trains on dense seq_len blocks "
+                "of corpus tokens: leave data.pack=false"
+            )
+        family.check_packing(model_config(cfg, vocab_size=1))
+    family.check(model_config(cfg, vocab_size=1))
+    train = cfg.train
+    if train.loss_type not in LOSS_TYPES:
+        raise ValueError(f"train.loss_type must be one of {LOSS_TYPES}, got {train.loss_type!r}")
+    if train.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"train.mixed_precision must be one of {MIXED_PRECISION}, got {train.mixed_precision!r}"
+        )
+    for key in ("global_batch_size", "grad_accum", "finite_check_every", "max_nonfinite_steps", "log_every"):
+        if train[key] < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {train[key]}")
+    if len(train.betas) != 2:
+        raise ValueError(f"train.betas must be two numbers, got {list(train.betas)}")

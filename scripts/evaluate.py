@@ -1,7 +1,7 @@
 """Pass@k of a model (an HRM checkpoint or a transformers causal LM) or of a samples file on MBPP / HumanEval.
 
-    python scripts/evaluate.py --model-type hrm --ckpt checkpoints/run/latest --output outputs/eval/run
-    python scripts/evaluate.py --model-type hf --model path/to/llama --num-samples 10 --k 1,10 --output DIR
+    python scripts/evaluate.py --ckpt checkpoints/run --output outputs/eval/run     # any run trained here
+    python scripts/evaluate.py --model path/or/hub-id --num-samples 10 --k 1,10 --output DIR   # any transformers LM
     python scripts/evaluate.py --samples completions.jsonl --output DIR     # {"task_id", "completion"} lines
 
 Samples are appended to DIR/samples.jsonl as they finish; running again with the same DIR skips the samples
@@ -23,13 +23,14 @@ from typing import Any, NoReturn
 import torch
 from omegaconf import OmegaConf
 
-from hrm_codegen.checkpoint import CONFIG_FILE, load_model_for_inference, resolve_checkpoint
-from hrm_codegen.completions import ModelCompletions, SamplingConfig, load_hf_model
+from hrm_codegen.completions import ModelCompletions, SamplingConfig
 from hrm_codegen.datasets.humaneval import HUMANEVAL_STOP_STRINGS, humaneval_problems
 from hrm_codegen.datasets.mbpp import DEFAULT_PATH, MBPP_STOP_STRINGS, SPLITS, load_mbpp, mbpp_problems
 from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.evaluation import SAMPLES_FILE, SUMMARY_FILE, evaluate, evaluate_file, format_summary_table
 from hrm_codegen.execution import SandboxLimits
+from hrm_codegen.inference import load_checkpoint, load_pretrained
+from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
 from hrm_codegen.tokenization import load_tokenizer
 
 RUN_CONFIG_FILE = "eval_config.json"
@@ -63,11 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.error = fail  # type: ignore[method-assign]
     source = parser.add_argument_group("what to evaluate (one of)")
-    source.add_argument("--model-type", choices=("hrm", "hf"), help="hrm: --ckpt; hf: --model")
     source.add_argument(
-        "--ckpt", help="HRM checkpoint: a step directory, a run directory (its latest) or weights"
+        "--model-type",
+        choices=("hrm", "hf"),
+        help="optional: ckpt (any family trained here, inferred from the checkpoint) or hf (--model)",
     )
-    source.add_argument("--model", help="a transformers causal-LM directory (save_pretrained layout)")
+    source.add_argument(
+        "--ckpt",
+        help="a run of this launcher, any family: a step directory, a run directory (its latest), weights",
+    )
+    source.add_argument(
+        "--model", help="an outside transformers causal LM: a save_pretrained directory or Hub id"
+    )
     source.add_argument("--samples", help="score the completions of this jsonl file (task_id, completion)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's / model's own)")
     data = parser.add_argument_group("problems")
@@ -95,13 +103,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    modes = [args.samples is not None, args.model_type is not None]
+    modes = [args.samples is not None, args.ckpt is not None, args.model is not None]
     if sum(modes) != 1:
-        fail("give exactly one of --samples FILE or --model-type {hrm,hf}")
+        if args.model_type == "hrm" and not args.ckpt:
+            fail("--model-type hrm needs --ckpt PATH")
+        if args.model_type == "hf" and not args.model:
+            fail("--model-type hf needs --model PATH")
+        fail("give exactly one of --samples FILE, --ckpt RUN_OR_STEP or --model DIR_OR_HUB_ID")
     if args.model_type == "hrm" and not args.ckpt:
         fail("--model-type hrm needs --ckpt PATH")
     if args.model_type == "hf" and not args.model:
         fail("--model-type hf needs --model PATH")
+    if args.ckpt and args.model_type is None:
+        args.model_type = "ckpt"  # the family comes from the checkpoint's config
+    if args.model and args.model_type is None:
+        args.model_type = "hf"
     if args.dataset == "humaneval" and args.split != "test":
         fail(f"HumanEval has only the test split, got --split {args.split}")
     if args.num_samples < 1 or (args.limit is not None and args.limit < 1):
@@ -114,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         fail(f"--k values must be >= 1, got {args.k!r}")
     if args.temperature is None:
         args.temperature = 0.0 if args.num_samples == 1 else 0.8
-    if args.num_samples > 1 and args.temperature == 0 and args.model_type:
+    if args.num_samples > 1 and args.temperature == 0 and not args.samples:
         fail("--num-samples > 1 with greedy decoding gives identical samples; set --temperature > 0")
     return args
 
@@ -173,13 +189,11 @@ def run(args: argparse.Namespace) -> dict:
     """Evaluate as the arguments say and return the summary."""
     output = Path(args.output)
     if args.few_shot is None:
-        args.few_shot = checkpoint_few_shot(args.ckpt) if args.model_type == "hrm" else 0
+        args.few_shot = checkpoint_few_shot(args.ckpt) if args.ckpt else 0
     if args.samples:
         source = f"samples {Path(args.samples).resolve()} sha256 {file_digest(args.samples)}"
-    elif args.model_type == "hrm":
-        source = f"hrm {resolve_checkpoint(args.ckpt).resolve()}"
     else:
-        source = f"hf {Path(args.model).resolve() if Path(args.model).exists() else args.model}"
+        source = ""  # named by the loaded model below
     settings = {**vars(args), "source": source}
     problems = load_problems(args)
     limits = SandboxLimits(timeout_s=args.timeout)
@@ -197,11 +211,12 @@ def run(args: argparse.Namespace) -> dict:
             progress=progress,
         )
 
-    if args.model_type == "hrm":
+    if args.ckpt:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        model, tokenizer = load_model_for_inference(args.ckpt, tokenizer=tokenizer, device=args.device)
+        loaded = load_checkpoint(args.ckpt, tokenizer=tokenizer, device=args.device)
     else:
-        model, tokenizer = load_hf_model(args.model, args.tokenizer, device=args.device)
+        loaded = load_pretrained(args.model, args.tokenizer, device=args.device)
+    settings["source"] = loaded.source
     stops = HUMANEVAL_STOP_STRINGS if args.dataset == "humaneval" else MBPP_STOP_STRINGS
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
@@ -212,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         stop_strings=stops,
     )
-    completions = ModelCompletions(model, tokenizer, sampling, progress=progress)
+    completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress)
     truncated = completions.truncated_prompts(problems)
     if truncated:
         print(

@@ -29,14 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from hrm_codegen.checkpoint import load_model_for_inference
+from hrm_codegen import runs
 from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
+from hrm_codegen.inference import load_model_for_inference
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
-WALL_TIME_FILE = "wall_time.json"
 CPU_CORPUS = ("data/corpus/pylib", 2_000_000)  # directory, --max-tokens of scripts/build_corpus.py
 GPU_CORPUS = ("data/corpus/pylib25m", 25_000_000)
 
@@ -52,7 +50,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class Row:
-    """A row of the results table: a label, the training stages (the last one is evaluated), the model type.
+    """A row of the results table: a label and the training stages (the last one is evaluated, any family).
 
     `group` names the table the row belongs to (cpu or gpu: one table and one plot each), `corpus` the corpus
     directory and token count the corpus stages train on, and the batch sizes are the evaluation's sequences
@@ -61,13 +59,12 @@ class Row:
 
     label: str
     stages: tuple[Stage, ...]
-    model_type: str  # hrm: evaluate the checkpoint; hf: evaluate <step dir>/hf (save_pretrained layout)
     group: str = "cpu"
     corpus: tuple[str, int] = CPU_CORPUS
     batch_sizes: tuple[int, int] = (32, 40)
 
 
-def gpu_row(label: str, name: str, arch: tuple[str, ...], model_type: str) -> Row:
+def gpu_row(label: str, name: str, arch: tuple[str, ...]) -> Row:
     """A row of the GPU recipe: gpu_pretrain on the 25M-token corpus, then gpu_pretrain_finetune on MBPP."""
     return Row(
         label,
@@ -82,7 +79,6 @@ def gpu_row(label: str, name: str, arch: tuple[str, ...], model_type: str) -> Ro
                 ),
             ),
         ),
-        model_type,
         group="gpu",
         corpus=GPU_CORPUS,
         batch_sizes=(64, 200),
@@ -91,17 +87,15 @@ def gpu_row(label: str, name: str, arch: tuple[str, ...], model_type: str) -> Ro
 
 ROWS = {
     "mbpp_cpu_hrm": Row(
-        "HRM (arch=tiny)", (Stage("mbpp_cpu_hrm", ("experiment=mbpp_cpu_compare", "arch=tiny")),), "hrm"
+        "HRM (arch=tiny)", (Stage("mbpp_cpu_hrm", ("experiment=mbpp_cpu_compare", "arch=tiny")),)
     ),
     "mbpp_cpu_llama_params": Row(
         "Llama, parameter-matched (2 layers)",
         (Stage("mbpp_cpu_llama_params", ("experiment=mbpp_cpu_compare", "arch=transformer_tiny_params")),),
-        "hf",
     ),
     "mbpp_cpu_llama_compute": Row(
         "Llama, compute-matched (6 layers)",
         (Stage("mbpp_cpu_llama_compute", ("experiment=mbpp_cpu_compare", "arch=transformer_tiny_compute")),),
-        "hf",
     ),
     "pretrain_then_mbpp_hrm": Row(
         "HRM (arch=tiny), corpus pre-training then MBPP",
@@ -109,7 +103,6 @@ ROWS = {
             Stage("pretrain_then_mbpp", ("experiment=pretrain_then_mbpp",), corpus=True),
             Stage("pretrain_then_mbpp_finetune", ("experiment=pretrain_then_mbpp_finetune",)),
         ),
-        "hrm",
     ),
     "pretrain_then_mbpp_llama_params": Row(
         "Llama, parameter-matched (2 layers), corpus pre-training then MBPP",
@@ -128,20 +121,17 @@ ROWS = {
                 ),
             ),
         ),
-        "hf",
     ),
-    "gpu_pretrain_then_mbpp_hrm": gpu_row("HRM (hrm_v1), corpus pre-training then MBPP", "hrm", (), "hrm"),
+    "gpu_pretrain_then_mbpp_hrm": gpu_row("HRM (hrm_v1), corpus pre-training then MBPP", "hrm", ()),
     "gpu_pretrain_then_mbpp_llama_params": gpu_row(
         "Llama, parameter-matched (8 layers), corpus pre-training then MBPP",
         "llama_params",
         ("arch=transformer_params",),
-        "hf",
     ),
     "gpu_pretrain_then_mbpp_llama_compute": gpu_row(
         "Llama, compute-matched (24 layers), corpus pre-training then MBPP",
         "llama_compute",
         ("arch=transformer_compute",),
-        "hf",
     ),
 }
 GROUPS = {  # table group: (title, plot file, plot title)
@@ -179,22 +169,6 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def latest_step(run_dir: Path) -> Path | None:
-    """The step directory `latest` names, or None."""
-    latest = run_dir / "latest"
-    return run_dir / latest.read_text().strip() if latest.is_file() else None
-
-
-def finished(run_dir: Path) -> bool:
-    """True when the run has reached the last step of its config."""
-    step = latest_step(run_dir)
-    if step is None:
-        return False
-    return (
-        read_json(step / "train_state.json")["step"] == OmegaConf.load(step / "config.yaml").train.max_steps
-    )
-
-
 def corpus_dir(row: Row, args: argparse.Namespace) -> str:
     """The corpus directory of the row's corpus stages (--corpus overrides the row's own)."""
     return args.corpus or row.corpus[0]
@@ -214,25 +188,21 @@ def train_stage(stage: Stage, row: Row, args: argparse.Namespace, commands: list
     if stage.corpus:
         command.append(f"data.corpus_dir={corpus_dir(row, args)}")
     commands.append(shell(command))
-    if not finished(run_dir):
-        if latest_step(run_dir) is not None:
+    if not runs.finished(run_dir):
+        if runs.latest_step_dir(run_dir) is not None:
             command.append("resume=auto")
         wall = execute(command)
-        (run_dir / WALL_TIME_FILE).write_text(
-            json.dumps({"train_wall_s": wall, "command": shell(command)}) + "\n"
-        )
-    timing = run_dir / WALL_TIME_FILE
-    step = latest_step(run_dir)
+        runs.write_wall_time(run_dir, wall, shell(command))
+    step = runs.latest_step_dir(run_dir)
     assert step is not None
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    val = [r["val_loss"] for r in metrics if "val_loss" in r]
+    state = runs.read_train_state(step)
     return {
         "run_dir": run_dir,
         "step_dir": step,
-        "train_wall_s": read_json(timing)["train_wall_s"] if timing.is_file() else None,
-        "tokens": read_json(step / "train_state.json")["tokens_seen"],
-        "steps": read_json(step / "train_state.json")["step"],
-        "val_loss": val[-1] if val else None,
+        "train_wall_s": runs.read_wall_time(run_dir),
+        "tokens": state["tokens_seen"],
+        "steps": state["step"],
+        "val_loss": runs.last_val_loss(run_dir),
     }
 
 
@@ -240,9 +210,7 @@ def evaluate(
     row: Row, step_dir: Path, out: Path, sampled: bool, args: argparse.Namespace, commands: list[str]
 ) -> dict[str, Any]:
     """Run scripts/evaluate.py (it resumes from out/samples.jsonl); the summary."""
-    model = ["--model-type", "hrm", "--ckpt", str(step_dir.relative_to(REPO))]
-    if row.model_type == "hf":
-        model = ["--model-type", "hf", "--model", str((step_dir / "hf").relative_to(REPO))]
+    model = ["--ckpt", str(step_dir.relative_to(REPO))]
     greedy_batch, sampled_batch = row.batch_sizes
     if sampled:
         sampling = ["--num-samples", "20", "--temperature", "0.8", "--top-p", "0.95", "--k", "1,10"]

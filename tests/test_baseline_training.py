@@ -11,8 +11,8 @@ from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from hrm_codegen.checkpoint import CheckpointError, load_model_for_inference, read_meta, verify_export
-from hrm_codegen.completions import load_hf_model
+from hrm_codegen.checkpoint import CheckpointError, read_meta, verify_export
+from hrm_codegen.datasets.assembly import build_datasets
 from hrm_codegen.datasets.corpus import (
     CorpusFilters,
     build_corpus,
@@ -20,10 +20,17 @@ from hrm_codegen.datasets.corpus import (
     python_files,
     read_local_files,
 )
+from hrm_codegen.families.transformers_lm import HF_DIR
+from hrm_codegen.inference import load_model_for_inference, load_pretrained
 from hrm_codegen.logging_utils import read_metrics
 from hrm_codegen.tokenization import CodeTokenizer, load_tokenizer
-from hrm_codegen.train_config import compose_config
-from hrm_codegen.training import HF_DIR, Trainer, build_datasets, run, validate_config
+from hrm_codegen.train_config import compose_config, validate_config
+from hrm_codegen.training import Trainer, run
+
+
+def load_hf_model(path):
+    loaded = load_pretrained(path)
+    return loaded.model, loaded.tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_codegen.py"

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from hrm_codegen import checkpoint as ckpt
-from hrm_codegen.checkpoint import CheckpointError, load_model_for_inference, save_checkpoint
+from hrm_codegen.checkpoint import CheckpointError, save_checkpoint
+from hrm_codegen.inference import build_model, load_model_for_inference
 from hrm_codegen.tokenization import TokenizerMismatchError, load_tokenizer
 from hrm_codegen.train_config import compose_config
-from hrm_codegen.training import build_model
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from hrm_codegen.inference import build_model, model_config
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, HRMConfig
-from hrm_codegen.train_config import CONFIG_DIR, compose_config
-from hrm_codegen.training import build_model, model_config, validate_config
+from hrm_codegen.train_config import CONFIG_DIR, compose_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_codegen.py"

@@ -20,7 +20,8 @@ from hrm_codegen.datasets.evalplus import (
     train_overlap,
 )
 from hrm_codegen.datasets.mbpp import load_mbpp
-from hrm_codegen.datasets.protocols import DEFAULT_TIMEOUT_S, build_problems, default_timeout_s, load_rows
+from hrm_codegen.datasets.protocols import DEFAULT_TIMEOUT_S, build_problems, default_timeout_s
+from hrm_codegen.datasets.sources import load_rows
 from hrm_codegen.execution import SandboxLimits, run_programs
 
 PLUS_TEST = """def assertion(out, exp, atol):

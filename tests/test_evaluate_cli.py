@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from hrm_codegen.checkpoint import save_checkpoint
-from hrm_codegen.completions import ModelCompletions, SamplingConfig, load_hf_model, sample_seed
+from hrm_codegen.completions import ModelCompletions, SamplingConfig, sample_seed
 from hrm_codegen.datasets.humaneval import humaneval_problems
 from hrm_codegen.datasets.mbpp import MBPP_STOP_STRINGS, load_mbpp, mbpp_problems
-from hrm_codegen.generation import cut_at_stop
+from hrm_codegen.families.hrm import HRM
+from hrm_codegen.generation import cut_at_stop, generate
+from hrm_codegen.inference import load_pretrained
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
 from hrm_codegen.tokenization import load_tokenizer
 
@@ -253,7 +255,7 @@ def test_hrm_checkpoint_end_to_end_with_resume(tmp_path, mbpp_path, tokenizer, t
     )
     assert greedy.returncode == 0, greedy.stderr
     prompt = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(problems[0].prompt)]])
-    ids = model.generate(prompt, max_new_tokens=8, eos_token_id=tokenizer.eos_id).completion_ids[0]
+    ids = generate(model, prompt, max_new_tokens=8, eos_token_id=tokenizer.eos_id).completion_ids[0]
     expected = cut_at_stop(tokenizer.decode(ids), MBPP_STOP_STRINGS)
     assert read_jsonl(greedy_out / "samples.jsonl")[0]["completion"] == expected
 
@@ -308,12 +310,13 @@ def test_hf_model_end_to_end(tmp_path, mbpp_path, gpt2_dir, problems):
 def test_samples_do_not_depend_on_batching_or_resume(tokenizer, tiny_hrm_config, problems):
     model, _ = tiny_hrm(tokenizer, tiny_hrm_config)
     sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3, batch_size=4)
-    together = ModelCompletions(model, tokenizer, sampling, progress=False)(problems[:2], [[0, 1, 2], [0, 1]])
+    together = ModelCompletions(model, tokenizer, sampling, progress=False, family=HRM)(problems[:2], [[0, 1, 2], [0, 1]])
     one_by_one = ModelCompletions(
         model,
         tokenizer,
         SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3, batch_size=1),
         progress=False,
+        family=HRM,
     )
     assert one_by_one(problems[1:2], [[1]]) == [[together[1][1]]]
     assert one_by_one(problems[:1], [[2, 0]]) == [[together[0][2], together[0][0]]]
@@ -323,13 +326,13 @@ def test_samples_do_not_depend_on_batching_or_resume(tokenizer, tiny_hrm_config,
 
 def test_prompts_longer_than_the_model_keep_bos_and_their_end(tokenizer, tiny_hrm_config, problems):
     model, _ = tiny_hrm(tokenizer, tiny_hrm_config, seq_len=16)
-    completions = ModelCompletions(model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False)
+    completions = ModelCompletions(model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False, family=HRM)
     full = [tokenizer.bos_id, *tokenizer.encode(problems[0].prompt)]
     fitted = completions.encode(problems[0].prompt)
     assert len(fitted) == 12 and fitted[0] == tokenizer.bos_id and fitted[1:] == full[-11:]
     assert completions.truncated_prompts(problems) == [p.task_id for p in problems]
     assert all(len(texts) == 1 for texts in completions(problems[:2], [[0], [0]]))
-    roomy = ModelCompletions(model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False)
+    roomy = ModelCompletions(model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False, family=HRM)
     roomy.model.config.seq_len = 4096
     assert roomy.truncated_prompts(problems) == [] and roomy.encode(problems[0].prompt) == full
 
@@ -354,6 +357,7 @@ def test_hf_directory_prompt_format_follows_its_tokenizer(tmp_path, gpt2_dir, to
     tokenizer.save(project_dir)  # a CodeTokenizer writes fingerprint.txt
     prompt_ids = tokenizer.encode(problems[0].prompt)
     for directory, expected in ((plain_dir, prompt_ids), (project_dir, [tokenizer.bos_id, *prompt_ids])):
-        loaded, loaded_tokenizer = load_hf_model(directory)
+        pretrained = load_pretrained(directory)
+        loaded, loaded_tokenizer = pretrained.model, pretrained.tokenizer
         completions = ModelCompletions(loaded, loaded_tokenizer, SamplingConfig(), progress=False)
         assert completions.encode(problems[0].prompt) == expected

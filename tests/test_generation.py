@@ -36,8 +36,8 @@ def padded_prompts(lengths: list[int], vocab: int = 97, seed: int = 1) -> tuple[
 def test_cached_greedy_equals_full_recompute(tiny_hrm_config, halt_max_steps, lengths):
     model = make_model(tiny_hrm_config, halt_max_steps=halt_max_steps)
     ids, mask = padded_prompts(lengths)
-    cached = model.generate(ids, mask, max_new_tokens=12, use_cache=True, return_logits=True)
-    full = model.generate(ids, mask, max_new_tokens=12, use_cache=False, return_logits=True)
+    cached = generate(model, ids, mask, max_new_tokens=12, use_cache=True, return_logits=True)
+    full = generate(model, ids, mask, max_new_tokens=12, use_cache=False, return_logits=True)
     assert isinstance(cached, GenerationOutput)
     assert cached.sequences.shape == (len(lengths), ids.shape[1] + 12)
     assert torch.equal(cached.sequences, full.sequences)
@@ -49,8 +49,8 @@ def test_cached_greedy_equals_full_recompute(tiny_hrm_config, halt_max_steps, le
 def test_cached_equals_full_recompute_with_learned_positions_and_q_head(tiny_hrm_config):
     model = make_model(tiny_hrm_config, pos_encodings="learned", enable_q_head=True, halt_max_steps=2)
     ids, mask = padded_prompts([9, 4, 1])
-    cached = model.generate(ids, mask, max_new_tokens=12, return_logits=True)
-    full = model.generate(ids, mask, max_new_tokens=12, use_cache=False, return_logits=True)
+    cached = generate(model, ids, mask, max_new_tokens=12, return_logits=True)
+    full = generate(model, ids, mask, max_new_tokens=12, use_cache=False, return_logits=True)
     assert torch.equal(cached.sequences, full.sequences)
     assert cached.logits is not None and full.logits is not None
     torch.testing.assert_close(cached.logits, full.logits, atol=1e-4, rtol=0)
@@ -60,8 +60,8 @@ def test_non_causal_model_refuses_the_cache(tiny_hrm_config):
     model = make_model(tiny_hrm_config, causal=False)
     ids, mask = padded_prompts([4, 2])
     with pytest.raises(ValueError, match="causal"):
-        model.generate(ids, mask, max_new_tokens=4)
-    assert len(model.generate(ids, mask, max_new_tokens=4, use_cache=False).completion_ids[0]) == 4
+        generate(model, ids, mask, max_new_tokens=4)
+    assert len(generate(model, ids, mask, max_new_tokens=4, use_cache=False).completion_ids[0]) == 4
 
 
 @pytest.mark.parametrize("halt_max_steps", [1, 2])
@@ -69,8 +69,8 @@ def test_cached_sampling_equals_full_recompute(tiny_hrm_config, halt_max_steps):
     model = make_model(tiny_hrm_config, halt_max_steps=halt_max_steps)
     ids, mask = padded_prompts([5, 2])
     kwargs = dict(max_new_tokens=10, do_sample=True, temperature=1.5, num_return_sequences=3, seed=7)
-    cached = model.generate(ids, mask, use_cache=True, **kwargs)
-    full = model.generate(ids, mask, use_cache=False, **kwargs)
+    cached = generate(model, ids, mask, use_cache=True, **kwargs)
+    full = generate(model, ids, mask, use_cache=False, **kwargs)
     assert cached.sequences.shape == (6, ids.shape[1] + 10)
     assert torch.equal(cached.sequences, full.sequences)
     assert len({tuple(c) for c in cached.completion_ids}) > 1  # the samples differ
@@ -79,8 +79,8 @@ def test_cached_sampling_equals_full_recompute(tiny_hrm_config, halt_max_steps):
 def test_left_padding_does_not_change_a_prompts_continuation(tiny_hrm_config):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([8, 3])
-    batched = model.generate(ids, mask, max_new_tokens=10)
-    alone = model.generate(ids[1:, -3:], max_new_tokens=10)
+    batched = generate(model, ids, mask, max_new_tokens=10)
+    alone = generate(model, ids[1:, -3:], max_new_tokens=10)
     assert batched.completion_ids[1] == alone.completion_ids[0]
 
 
@@ -105,10 +105,10 @@ def test_cache_prefill_logits_match_lm_forward(tiny_hrm_config):
 def test_stops_at_eos_and_trims(tiny_hrm_config):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([5, 3, 4])
-    free = model.generate(ids, mask, max_new_tokens=12)
+    free = generate(model, ids, mask, max_new_tokens=12)
     eos = free.completion_ids[0][3]
     first_eos = [c.index(eos) if eos in c else None for c in free.completion_ids]
-    out = model.generate(ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
+    out = generate(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
     for row, cut in enumerate(first_eos):
         if cut is None:
             assert out.finish_reasons[row] == "length"
@@ -126,10 +126,10 @@ def test_stops_at_eos_and_trims(tiny_hrm_config):
 def test_stops_at_stop_string_and_trims_text(tiny_hrm_config):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([6, 4])
-    free = model.generate(ids, mask, max_new_tokens=16, tokenizer=decode)
+    free = generate(model, ids, mask, max_new_tokens=16, tokenizer=decode)
     assert free.texts == [decode(c) for c in free.completion_ids]
     stop = free.texts[1][4:6]
-    out = model.generate(ids, mask, max_new_tokens=16, tokenizer=decode, stop_strings=[stop])
+    out = generate(model, ids, mask, max_new_tokens=16, tokenizer=decode, stop_strings=[stop])
     assert out.texts is not None
     for row, text in enumerate(free.texts):
         if stop in text:
@@ -152,7 +152,7 @@ def test_cut_at_stop_uses_earliest_stop():
 def test_stops_at_model_seq_len(tiny_hrm_config):
     model = make_model(tiny_hrm_config, seq_len=16)
     ids, mask = padded_prompts([10, 5])
-    out = model.generate(ids, mask, max_new_tokens=50)
+    out = generate(model, ids, mask, max_new_tokens=50)
     assert [len(c) for c in out.completion_ids] == [6, 11]
     assert out.finish_reasons == ["length", "length"]
 
@@ -161,13 +161,13 @@ def test_input_errors(tiny_hrm_config):
     model = make_model(tiny_hrm_config, seq_len=16)
     ids, mask = padded_prompts([4, 2])
     with pytest.raises(ValueError, match="left-padded"):
-        model.generate(ids, mask.flip(1))
+        generate(model, ids, mask.flip(1))
     with pytest.raises(ValueError, match="no room"):
-        model.generate(torch.ones(1, 16, dtype=torch.long))
+        generate(model, torch.ones(1, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="tokenizer"):
-        model.generate(ids, mask, stop_strings=["\n"])
+        generate(model, ids, mask, stop_strings=["\n"])
     with pytest.raises(ValueError, match="temperature"):
-        model.generate(ids, mask, do_sample=True, temperature=0.0)
+        generate(model, ids, mask, do_sample=True, temperature=0.0)
 
 
 def test_filter_logits_top_k_top_p_temperature():
@@ -188,8 +188,8 @@ def test_filter_logits_top_k_top_p_temperature():
 def test_degenerate_sampling_equals_greedy(tiny_hrm_config, controls):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([5, 3])
-    greedy = model.generate(ids, mask, max_new_tokens=10)
-    sampled = model.generate(
+    greedy = generate(model, ids, mask, max_new_tokens=10)
+    sampled = generate(model,
         ids, mask, max_new_tokens=10, do_sample=True, temperature=2.0, seed=3, **controls
     )
     assert torch.equal(sampled.sequences, greedy.sequences)
@@ -198,7 +198,7 @@ def test_degenerate_sampling_equals_greedy(tiny_hrm_config, controls):
 def test_top_k_sampling_draws_only_from_top_k(tiny_hrm_config):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([5, 3])
-    out = model.generate(
+    out = generate(model,
         ids, mask, max_new_tokens=12, do_sample=True, temperature=5.0, top_k=3, seed=0, return_logits=True
     )
     assert out.logits is not None
@@ -222,8 +222,8 @@ def test_sampling_is_reproducible_with_a_seed(tiny_hrm_config):
 def test_num_return_sequences_expands_prompts(tiny_hrm_config):
     model = make_model(tiny_hrm_config)
     ids, mask = padded_prompts([4, 6])
-    single = model.generate(ids, mask, max_new_tokens=8)
-    out = model.generate(ids, mask, max_new_tokens=8, num_return_sequences=3)
+    single = generate(model, ids, mask, max_new_tokens=8)
+    out = generate(model, ids, mask, max_new_tokens=8, num_return_sequences=3)
     assert out.sequences.shape[0] == 6
     assert torch.equal(out.sequences[:, : ids.shape[1]], ids.repeat_interleave(3, 0))
     assert out.completion_ids == [c for c in single.completion_ids for _ in range(3)]
@@ -233,10 +233,10 @@ def test_per_sequence_seeds_make_samples_independent_of_the_batch(tiny_hrm_confi
     model = make_model(tiny_hrm_config)
     ids, mask = padded_prompts([7, 3])
     kwargs = dict(max_new_tokens=12, do_sample=True, temperature=2.0)
-    batched = model.generate(ids, mask, seed=[21, 22], **kwargs)
-    alone = model.generate(ids[1:, -3:], seed=[22], **kwargs)
+    batched = generate(model, ids, mask, seed=[21, 22], **kwargs)
+    alone = generate(model, ids[1:, -3:], seed=[22], **kwargs)
     assert batched.completion_ids[1] == alone.completion_ids[0]
-    swapped = model.generate(ids, mask, seed=[22, 21], **kwargs)
+    swapped = generate(model, ids, mask, seed=[22, 21], **kwargs)
     assert swapped.completion_ids[1] != batched.completion_ids[1]
     with pytest.raises(ValueError, match="seeds"):
-        model.generate(ids, mask, seed=[1, 2, 3], **kwargs)
+        generate(model, ids, mask, seed=[1, 2, 3], **kwargs)

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from hrm_codegen.checkpoint import load_model_for_inference
+from hrm_codegen.generation import generate
+from hrm_codegen.inference import load_model_for_inference
 from hrm_codegen.logging_utils import read_metrics
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
 from hrm_codegen.models import layers as hrm_layers
@@ -69,8 +70,8 @@ def test_cuda_cached_greedy_equals_full_recompute(tiny_hrm_config, dtype):
     mask = torch.ones_like(ids)
     mask[1, :5], mask[2, :8] = 0, 0
     ids, mask = ids.cuda(), mask.cuda()
-    cached = model.generate(ids, mask, max_new_tokens=16, use_cache=True, return_logits=True)
-    full = model.generate(ids, mask, max_new_tokens=16, use_cache=False, return_logits=True)
+    cached = generate(model, ids, mask, max_new_tokens=16, use_cache=True, return_logits=True)
+    full = generate(model, ids, mask, max_new_tokens=16, use_cache=False, return_logits=True)
     assert cached.sequences.is_cuda
     assert cached.logits is not None and full.logits is not None
     if dtype == "float32":

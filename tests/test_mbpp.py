@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hrm_codegen.datasets import mbpp
+from hrm_codegen.datasets.batching import collate_batch, pack_examples
 from hrm_codegen.datasets.cache import cache_path, file_sha256, load_or_build
 from hrm_codegen.datasets.mbpp import (
     MBPP_STOP_STRINGS,
@@ -17,12 +18,10 @@ from hrm_codegen.datasets.mbpp import (
     SPLITS,
     MBPPDataset,
     build_prompt,
-    collate_batch,
     few_shot_tasks,
     load_mbpp,
     mbpp_problems,
     normalize_code,
-    pack_examples,
     split_tasks,
 )
 from hrm_codegen.tokenization import CodeTokenizer, load_tokenizer

@@ -16,12 +16,12 @@ from hrm_codegen.datasets.protocols import (
     build_problems,
     default_timeout_s,
     extract_code,
-    load_rows,
     mbpp_entry_point,
     raw_format_notice,
     stop_sequences,
     write_prompts,
 )
+from hrm_codegen.datasets.sources import load_rows
 from hrm_codegen.execution import run_programs
 
 CHAT_TEMPLATE = (

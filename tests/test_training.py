@@ -13,15 +13,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hrm_codegen import training
-from hrm_codegen.checkpoint import load_model_for_inference, read_meta
-from hrm_codegen.datasets.mbpp import PackedDataset
+from hrm_codegen import families
+from hrm_codegen.checkpoint import read_meta
+from hrm_codegen.datasets.assembly import build_datasets
+from hrm_codegen.datasets.batching import BatchOrder, PackedDataset
+from hrm_codegen.inference import load_model_for_inference
 from hrm_codegen.logging_utils import MetricsLogger, read_metrics
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, baseline
 from hrm_codegen.optim import build_optimizer, build_scheduler
 from hrm_codegen.tokenization import load_tokenizer
-from hrm_codegen.train_config import compose_config
-from hrm_codegen.training import BatchOrder, Trainer, TrainingStopped, run, validate_config
+from hrm_codegen.train_config import compose_config, validate_config
+from hrm_codegen.training import Trainer, TrainingStopped, run
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_codegen.py"
@@ -134,7 +136,7 @@ def test_gradient_accumulation_matches_one_big_batch(paths):
 def _nan_after(monkeypatch, good_calls: int):
     """Make every loss after the first `good_calls` forward passes NaN."""
     calls = {"n": 0}
-    real = training.codegen_loss
+    real = families.hrm.codegen_loss
 
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -143,7 +145,7 @@ def _nan_after(monkeypatch, good_calls: int):
             out.lm_sum = out.lm_sum * float("nan")
         return out
 
-    monkeypatch.setattr(training, "codegen_loss", poisoned)
+    monkeypatch.setattr(families.hrm, "codegen_loss", poisoned)  # the HRM family's training loss
 
 
 def test_nonfinite_steps_are_skipped(paths, monkeypatch, caplog):
@@ -179,7 +181,7 @@ def test_deep_supervision_carry_persists_and_resumes_exactly(paths, tmp_path):
     act = ["arch.halt_max_steps=2", "arch.enable_q_head=true", "train.max_steps=4", "train.ckpt_every=2"]
     full = _train(paths, "run_name=full", *act)
     full_dir = Path(full["run_dir"])
-    assert (full_dir / "step_2" / "act_carry.safetensors").is_file()
+    assert (full_dir / "step_2" / "family_state.safetensors").is_file()
     records = [r for r in read_metrics(full_dir) if "loss" in r]
     assert all("q_halt_loss" in r and "q_continue_loss" in r for r in records)
     resumed_dir = tmp_path / "ck" / "resumed"
@@ -391,7 +393,7 @@ def test_pack_training_runs_the_loss_falls_and_tokens_seen_counts_real_tokens(pa
     losses = [r["loss"] for r in records]
     assert losses[-1] < 0.9 * losses[0], losses
     cfg = compose_config([*FAST, *paths, *overrides, "data.pack=false"])
-    examples, _ = training.build_datasets(cfg, load_tokenizer(cfg.tokenizer.name_or_path), use_cache=False)
+    examples, _ = build_datasets(cfg, load_tokenizer(cfg.tokenizer.name_or_path), use_cache=False)
     real_tokens = sum(len(examples[i]["input_ids"]) for i in range(len(examples)))  # type: ignore[arg-type]
     assert real_tokens < 2 * 512  # so counting the padding of the two blocks would fail below
     assert [r["tokens_seen"] for r in records] == [step * real_tokens for step in range(1, 9)]
@@ -443,15 +445,16 @@ def test_pack_training_step_never_attends_across_examples(paths, monkeypatch, ar
     batch = next(trainer._micro_batches(0))
     assert int(batch["segment_ids"].max()) >= 1  # a block really holds several examples
     model = trainer.accelerator.unwrap_model(trainer.model)
-    segments = trainer.model_config["halt_max_steps"] if trainer.spec.act_carry else 1
+    segments = trainer.model_config["halt_max_steps"] if trainer.family.name == "hrm" else 1
     logits: list[torch.Tensor] = []
-    real_loss = training.codegen_loss
+    real_loss = families.base.codegen_loss
 
     def recording_loss(outputs, labels, loss_type):
         logits.append(outputs["logits"].detach())
         return real_loss(outputs, labels, loss_type)
 
-    monkeypatch.setattr(training, "codegen_loss", recording_loss)
+    monkeypatch.setattr(families.hrm, "codegen_loss", recording_loss)
+    monkeypatch.setattr(families.base, "codegen_loss", recording_loss)
     for _ in range(segments):
         trainer.train_step()
     assert len(logits) == segments
@@ -461,7 +464,7 @@ def test_pack_training_step_never_attends_across_examples(paths, monkeypatch, ar
                 where = batch["segment_ids"][row] == segment
                 alone = batch["input_ids"][row, where][None]
                 for k in range(1, segments + 1):
-                    if trainer.spec.act_carry:
+                    if trainer.family.name == "hrm":
                         expected = model.lm_forward(alone, num_segments=k)
                     else:
                         expected = model(input_ids=alone).logits

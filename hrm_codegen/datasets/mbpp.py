@@ -1,4 +1,4 @@
-"""MBPP: reading and validating the jsonl, canonical splits, the one prompt format, datasets and packing."""
+"""MBPP: reading and validating the jsonl, canonical splits, the one prompt format, the MBPP dataset and problems."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
-
+from hrm_codegen.datasets.batching import EncodedDataset, encode_pairs
 from hrm_codegen.datasets.cache import atomic_write_bytes, load_or_build
 from hrm_codegen.datasets.problems import Problem
+from hrm_codegen.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     from hrm_codegen.tokenization import CodeTokenizer
@@ -81,31 +79,11 @@ def validate_task(row: Any, where: str) -> dict:
 
 def read_mbpp_jsonl(path: str | Path) -> list[dict]:
     """Read and validate an MBPP jsonl file (one task per line); raise MBPPFormatError naming file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MBPP file {path} does not exist (or is not a file)")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise MBPPFormatError(f"{path}:1: file is empty; expected one JSON object per line")
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
     rows: list[dict] = []
     first_line: dict[int, int] = {}
-    for number, line in enumerate(lines, start=1):
+    for number, raw in read_jsonl(path, error=MBPPFormatError, blank_lines=False, what="MBPP file"):
         where = f"{path}:{number}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise MBPPFormatError(
-                f"{where}: not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1})"
-            ) from None
-        if not text.strip():
-            raise MBPPFormatError(f"{where}: blank line; expected one JSON object per line")
-        try:
-            row = validate_task(json.loads(text), where)
-        except json.JSONDecodeError as err:
-            raise MBPPFormatError(f"{where}: not valid JSON at column {err.colno}: {err.msg}") from None
+        row = validate_task(raw, where)
         if row["task_id"] in first_line:
             raise MBPPFormatError(
                 f"{where}: duplicate task_id {row['task_id']} (first on line {first_line[row['task_id']]})"
@@ -227,67 +205,6 @@ def mbpp_problems(rows: Sequence[dict], split: str, few_shot: int = 0) -> list[P
     return problems
 
 
-def encode_prompt(tokenizer: CodeTokenizer, prompt: str) -> list[int]:
-    """Token ids `[BOS] prompt`: what a model is given at generation time."""
-    return [tokenizer.bos_id, *tokenizer.encode(prompt)]
-
-
-def encode_example(tokenizer: CodeTokenizer, prompt: str, target: str) -> tuple[list[int], int]:
-    """Token ids `[BOS] prompt target [EOS]` and the prompt length (BOS included).
-
-    Prompt and target are encoded separately, as at generation time, where the prompt is encoded alone.
-    """
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    return [*prompt_ids, *tokenizer.encode(target), tokenizer.eos_id], len(prompt_ids)
-
-
-def shifted_labels(input_ids: Sequence[int], prompt_length: int) -> list[int]:
-    """Next-token labels: labels[i] = input_ids[i+1] when that token is target or EOS, else -100."""
-    return [-100] * (prompt_length - 1) + list(input_ids[prompt_length:]) + [-100]
-
-
-class EncodedDataset(Dataset):
-    """Encoded prompt/target examples; item i is `{input_ids, labels}` (1-D LongTensors, equal length).
-
-    The dataset does the shifting: `labels[i] == input_ids[i+1]` on target and EOS positions and -100
-    elsewhere (every prompt target and the last position), so the loss compares logits[i] with labels[i].
-    """
-
-    def __init__(self, input_ids: list[list[int]], prompt_lengths: list[int], num_dropped: int = 0) -> None:
-        self.input_ids = input_ids
-        self.prompt_lengths = prompt_lengths
-        self.num_dropped = num_dropped
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        ids = self.input_ids[index]
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long),
-            "labels": torch.tensor(shifted_labels(ids, self.prompt_lengths[index]), dtype=torch.long),
-        }
-
-
-def encode_pairs(
-    tokenizer: CodeTokenizer, pairs: Sequence[tuple[str, str]], seq_len: int, desc: str = "encoding"
-) -> dict[str, list]:
-    """Encode (prompt, target) pairs, dropping (never cutting) those longer than `seq_len` tokens.
-
-    Returns plain lists: `input_ids`, `prompt_lengths`, `kept` and `dropped` (indices into `pairs`).
-    """
-    encoded: dict[str, list] = {"input_ids": [], "prompt_lengths": [], "kept": [], "dropped": []}
-    for index, (prompt, target) in enumerate(tqdm(pairs, desc=desc, leave=False)):
-        ids, prompt_length = encode_example(tokenizer, prompt, target)
-        if len(ids) > seq_len:
-            encoded["dropped"].append(index)
-            continue
-        encoded["input_ids"].append(ids)
-        encoded["prompt_lengths"].append(prompt_length)
-        encoded["kept"].append(index)
-    return encoded
-
-
 def rows_sha256(rows: Iterable[dict]) -> str:
     """Sha256 hex digest of the tasks' content (used as the data key when no file hash is given)."""
     return hashlib.sha256(mbpp_jsonl_bytes(rows)).hexdigest()
@@ -348,96 +265,3 @@ class MBPPDataset(EncodedDataset):
                 seq_len,
                 shown,
             )
-
-
-_PAD_VALUES = {"labels": -100, "attention_mask": 0, "position_ids": 0, "segment_ids": -1}
-
-
-def collate_batch(items: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad items into LongTensors `input_ids`, `attention_mask`, `labels` (-100 on padding).
-
-    `position_ids` and `segment_ids` (from pack_examples) are padded too when the items carry them.
-    """
-    length = max(len(item["input_ids"]) for item in items)
-    if pad_to is not None:
-        if pad_to < length:
-            raise ValueError(f"pad_to={pad_to} is shorter than the longest item ({length} tokens)")
-        length = pad_to
-    keys = ["input_ids", "attention_mask", "labels"]
-    keys += [key for key in ("position_ids", "segment_ids") if key in items[0]]
-    batch = {
-        key: torch.full(
-            (len(items), length), pad_id if key == "input_ids" else _PAD_VALUES[key], dtype=torch.long
-        )
-        for key in keys
-    }
-    for row, item in enumerate(items):
-        size = len(item["input_ids"])
-        for key in keys:
-            value = (
-                item.get(key, torch.ones(size, dtype=torch.long)) if key == "attention_mask" else item[key]
-            )
-            batch[key][row, :size] = torch.as_tensor(value, dtype=torch.long)
-    return batch
-
-
-def _pack_block(items: Sequence[dict], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Concatenate items into one block of `seq_len` tokens with per-example positions and segments."""
-    block = {
-        "input_ids": torch.full((seq_len,), pad_id, dtype=torch.long),
-        **{key: torch.full((seq_len,), value, dtype=torch.long) for key, value in _PAD_VALUES.items()},
-    }
-    start = 0
-    for segment, item in enumerate(items):
-        size = len(item["input_ids"])
-        end = start + size
-        block["input_ids"][start:end] = torch.as_tensor(item["input_ids"], dtype=torch.long)
-        block["labels"][start:end] = torch.as_tensor(item["labels"], dtype=torch.long)
-        block["attention_mask"][start:end] = 1
-        block["position_ids"][start:end] = torch.arange(size)
-        block["segment_ids"][start:end] = segment
-        start = end
-    return block
-
-
-def pack_examples(items: Iterable[dict], seq_len: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
-    """Pack items in order into `seq_len` blocks (a new block when the next item does not fit).
-
-    Each block has `input_ids`, `labels`, `attention_mask`, `position_ids` (restarting at 0 per example)
-    and `segment_ids` (example index within the block, -1 on padding). An example's last label is -100,
-    so no example predicts the next one's BOS.
-    """
-    blocks: list[dict[str, torch.Tensor]] = []
-    current: list[dict] = []
-    used = 0
-    for item in items:
-        size = len(item["input_ids"])
-        if size > seq_len:
-            raise ValueError(f"an example of {size} tokens does not fit in seq_len={seq_len}")
-        if used + size > seq_len:
-            blocks.append(_pack_block(current, seq_len, pad_id))
-            current, used = [], 0
-        current.append(item)
-        used += size
-    if current:
-        blocks.append(_pack_block(current, seq_len, pad_id))
-    return blocks
-
-
-class PackedDataset(Dataset):
-    """A training dataset's examples packed in order into `seq_len` blocks (`pack_examples`); item i is block i.
-
-    Every block holds `input_ids`, `labels`, `attention_mask`, `position_ids` and `segment_ids`, which the HRM
-    uses to keep the examples of a block apart. The packing is fixed (dataset order, next fit), so the data
-    order can shuffle blocks by step count alone.
-    """
-
-    def __init__(self, examples: Dataset, seq_len: int, pad_id: int) -> None:
-        self.num_examples = len(examples)  # type: ignore[arg-type]
-        self.blocks = pack_examples((examples[i] for i in range(self.num_examples)), seq_len, pad_id)
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.blocks[index]

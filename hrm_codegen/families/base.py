@@ -1,0 +1,210 @@
+"""What a model family is: one object that builds, trains, saves, loads and decodes one kind of model.
+
+Everything outside `hrm_codegen/families/` (the Trainer, checkpoints, inference loading, the evaluator) talks
+to a model only through its family, found by name (`arch.name`) in the registry. Adding a family is adding
+one module that defines a `ModelFamily` subclass and calls `register_family`, plus its `configs/arch/` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrm_codegen.generation import tail_has_stop
+from hrm_codegen.losses_codegen import LossOutput, codegen_loss
+
+__all__ = ["tail_has_stop"]
+
+WEIGHTS_FILE = "model.safetensors"  # a step's weights, for families without a transformers layout
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """How to decode: greedy unless `do_sample`; stop at EOS, at a stop string or after `max_new_tokens`.
+
+    Stop strings are matched in the generated text only (never across the prompt boundary); `decode`
+    turns generated ids into text for that. `seeds`: one seed per row (sampling independent of batching),
+    or one for the batch, or none (torch's global RNG).
+    """
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
+    stop_strings: tuple[str, ...] = ()
+    decode: Callable[[list[int]], str] | None = None
+    seeds: tuple[int, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)  # family-specific (e.g. cache, compile)
+
+
+@dataclass
+class Generated:
+    """The one generation contract: per row, the new token ids (up to the one that stopped it, EOS left
+    out) and why it stopped: "eos", "stop_string" or "length" (max_new_tokens or the model's positions)."""
+
+    completion_ids: list[list[int]]
+    finish_reasons: list[str]
+
+
+class TrainState:
+    """Training-time state a family keeps between optimizer steps for one micro-batch slot.
+
+    Stateless families use this base class as is. A stateful one (the HRM's ACT carry) overrides all four
+    methods; the Trainer and the checkpoint code only call them and save `state_dict()` as tensors.
+    `fixed_shape`: batches must keep one [B, seq_len] shape (a state carried across steps needs it).
+    """
+
+    fixed_shape: bool = False
+
+    def prepare(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+        """Get ready for the next forward on `batch` (e.g. start a fresh carry for halted sequences)."""
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The labels the next forward trains on."""
+        return batch["labels"]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What must be checkpointed to resume bit-exactly (empty: nothing)."""
+        return {}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], device: torch.device | str) -> None:
+        """Put back what `state_dict` returned."""
+
+
+class ModelFamily:
+    """Base class of the model families; subclasses override what differs. See the module docstring."""
+
+    name: str = ""
+    description: str = ""
+
+    # -- config and model
+    def arch_schemas(self) -> dict[str, type]:
+        """Structured schemas of the family's `configs/arch/` files, by ConfigStore name (`arch/<name>`)."""
+        return {}
+
+    def check(self, config: dict[str, Any]) -> None:
+        """Raise ValueError naming a bad key or value of the family's config (`arch` without `name`)."""
+        with torch.device("meta"):
+            self.build(config)
+
+    def check_packing(self, config: dict[str, Any]) -> None:
+        """Raise ValueError (one line) when the model cannot keep packed examples apart (data.pack=true)."""
+
+    def build(self, config: dict[str, Any]) -> nn.Module:
+        """The model, freshly initialised, from its config mapping (vocab_size filled in)."""
+        raise NotImplementedError
+
+    def init_from_pretrained(self, source: str, config: dict[str, Any]) -> nn.Module:
+        """The model with the weights of a pretrained `source` (train.init_from for families that can)."""
+        raise ValueError(
+            f"arch.name={self.name} cannot start from a pretrained model directory or Hub id ({source}); "
+            "train.init_from takes a checkpoint of this launcher for this family"
+        )
+
+    # -- training
+    def lm_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Plain next-token logits [B, S, V] of a batch (validation loss)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+
+    def new_train_state(self, config: dict[str, Any]) -> TrainState:
+        """A fresh training-time state for one micro-batch slot."""
+        return TrainState()
+
+    def forward_loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str
+    ) -> LossOutput:
+        """One training forward and its loss terms (after `state.prepare(model, batch)`)."""
+        return codegen_loss({"logits": self.lm_logits(model, batch)}, batch["labels"], loss_type)
+
+    def report_lines(self, config: dict[str, Any], total_params: int) -> list[str]:
+        """Extra lines for the dry-run report."""
+        return []
+
+    def flops_per_token(self, config: dict[str, Any], seq_len: int) -> dict[str, float]:
+        """Analytic training FLOPs per token (`forward`, `train`), for equal-compute comparisons."""
+        raise NotImplementedError(f"arch.name={self.name} has no FLOPs model")
+
+    # -- saving and loading
+    def save_weights(
+        self, model: nn.Module, state: Mapping[str, torch.Tensor], tokenizer: Any, directory: Path
+    ) -> None:
+        """Write the weights (from the full `state`, also under FSDP) into a step directory, once."""
+        from safetensors.torch import save_file
+
+        tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        """Load weights saved by `save_weights` (a step directory) or a bare weights file into `model`."""
+        from hrm_codegen.checkpoint import load_model_weights
+
+        load_model_weights(model, path)
+
+    # -- inference
+    def max_length(self, model: nn.Module) -> int | None:
+        """Positions the model can take (prompt plus completion), when it has a limit."""
+        return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+    def generate(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        request: GenerationRequest,
+    ) -> Generated:
+        """Decode left-padded prompts [B, P]; one `Generated` row per prompt row."""
+        raise NotImplementedError(f"arch.name={self.name} cannot generate")
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Make `family` available under `family.name` (as `arch.name`); a second family of one name is refused."""
+    if not family.name:
+        raise ValueError(f"{type(family).__name__} has no name")
+    existing = FAMILIES.get(family.name)
+    if existing is not None and type(existing) is not type(family):
+        raise ValueError(
+            f"a model family named {family.name!r} is already registered ({type(existing).__name__})"
+        )
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> ModelFamily:
+    """The registered family `name`, or a ValueError listing the known ones."""
+    if name not in FAMILIES:
+        raise ValueError(
+            f"arch.name={name!r} is not a known model family; expected one of {sorted(FAMILIES)}"
+        )
+    return FAMILIES[name]
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters by top-level component (wrapper prefixes `inner.` / `model.` skipped), plus `total`."""
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        component = parts[1] if parts[0] in ("inner", "model") and len(parts) > 2 else parts[0]
+        counts[component] = counts.get(component, 0) + param.numel()
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def params_sha256(model: nn.Module) -> str:
+    """Sha256 over a model's state dict (names and fp32 values): equal on data-parallel replicas in sync."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

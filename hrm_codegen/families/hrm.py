@@ -1,0 +1,179 @@
+"""The HRM family (`arch.name=hrm`): our port of Sapient's HRM, with its ACT carry as the family's train state."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import field
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from hrm_codegen.families.base import Generated, GenerationRequest, ModelFamily, TrainState, register_family
+from hrm_codegen.flops import hrm_flops_per_token
+from hrm_codegen.generation import generate
+from hrm_codegen.losses_codegen import LossOutput, codegen_loss
+from hrm_codegen.models.hrm_act_v1 import (
+    HierarchicalReasoningModel_ACTV1,
+    HierarchicalReasoningModel_ACTV1Carry,
+    HierarchicalReasoningModel_ACTV1InnerCarry,
+    HRMConfig,
+)
+
+
+def _hrm_arch_schema() -> type:
+    """A dataclass with exactly HRMConfig's keys plus `name`; vocab_size null means "from the tokenizer"."""
+    hints = typing.get_type_hints(HRMConfig)
+    specs: list[tuple[str, Any, Any]] = [("name", str, field(default="hrm"))]
+    for f in dataclasses.fields(HRMConfig):
+        if f.name == "vocab_size":
+            specs.append((f.name, int | None, field(default=None)))
+        else:
+            specs.append((f.name, hints[f.name], field(default=f.default)))
+    return dataclasses.make_dataclass("HRMArchConfig", specs)
+
+
+HRMArchConfig = _hrm_arch_schema()
+
+
+class ActCarryState(TrainState):
+    """The HRM's ACT carry for one micro-batch slot (deep supervision, upstream's training scheme).
+
+    With `persist` (halt_max_steps > 1) the carry survives optimizer steps: unhalted sequences keep their
+    data and hidden state, halted ones take the next batch. Without it every step starts fresh.
+    """
+
+    def __init__(self, persist: bool) -> None:
+        self.persist = persist
+        self.fixed_shape = persist
+        self.carry: HierarchicalReasoningModel_ACTV1Carry | None = (
+            None  # the one the next forward starts from
+        )
+
+    def prepare(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+        if not (self.persist and self.carry is not None):
+            self.carry = cast(HierarchicalReasoningModel_ACTV1, model).initial_carry(batch)
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        assert self.carry is not None, "prepare() first"
+        return torch.where(self.carry.halted[:, None], batch["labels"], self.carry.current_data["labels"])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        carry = self.carry
+        if not self.persist or carry is None:
+            return {}
+        tensors = {
+            "z_H": carry.inner_carry.z_H,
+            "z_L": carry.inner_carry.z_L,
+            "steps": carry.steps,
+            "halted": carry.halted,
+            **{f"data.{k}": v for k, v in carry.current_data.items()},
+        }
+        return {k: v.detach().cpu() for k, v in tensors.items()}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], device: torch.device | str) -> None:
+        if not self.persist or not tensors:
+            self.carry = None
+            return
+        t = {k: v.to(device) for k, v in tensors.items()}
+        self.carry = HierarchicalReasoningModel_ACTV1Carry(
+            inner_carry=HierarchicalReasoningModel_ACTV1InnerCarry(z_H=t["z_H"], z_L=t["z_L"]),
+            steps=t["steps"],
+            halted=t["halted"],
+            current_data={k[len("data.") :]: v for k, v in t.items() if k.startswith("data.")},
+        )
+
+
+class HrmFamily(ModelFamily):
+    """Our HRM port (`models/hrm_act_v1.py`): trains with the ACT carry, decodes with its own KV cache."""
+
+    name = "hrm"
+    description = "HRM port (Sapient, July 2025): H/L recurrent modules, 1-step gradient, ACT"
+
+    def arch_schemas(self) -> dict[str, type]:
+        return {"hrm_schema": HRMArchConfig}
+
+    def check(self, config: dict[str, Any]) -> None:
+        HRMConfig.from_dict(config).validate()
+
+    def check_packing(self, config: dict[str, Any]) -> None:
+        """The HRM keeps packed examples apart by `segment_ids`; its Q-head cannot (see the message)."""
+        if config.get("enable_q_head"):
+            raise ValueError(
+                "data.pack=true cannot train arch.name=hrm with arch.enable_q_head=true: the Q-head halts a whole "
+                "sequence from its last real token, which in a packed block sees only the last example; "
+                "set data.pack=false or arch.enable_q_head=false"
+            )
+
+    def build(self, config: dict[str, Any]) -> nn.Module:
+        return HierarchicalReasoningModel_ACTV1(config)
+
+    def lm_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Plain LM logits: halt_max_steps fresh segments."""
+        return cast(HierarchicalReasoningModel_ACTV1, model).lm_forward(
+            batch["input_ids"], batch.get("attention_mask")
+        )
+
+    def new_train_state(self, config: dict[str, Any]) -> TrainState:
+        return ActCarryState(persist=config.get("halt_max_steps", 1) > 1)
+
+    def forward_loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str
+    ) -> LossOutput:
+        """One ACT segment from the state's carry; the loss is on the carry's current data."""
+        act = cast(ActCarryState, state)
+        new_carry, outputs = model(act.carry, batch)
+        if act.persist:
+            act.carry = new_carry
+        return codegen_loss(outputs, new_carry.current_data["labels"], loss_type)
+
+    def report_lines(self, config: dict[str, Any], total_params: int) -> list[str]:
+        """What the enable_q_head flag adds or removes (the model rebuilt on the meta device with it flipped)."""
+        flag = bool(config.get("enable_q_head"))
+        with torch.device("meta"):
+            other = sum(p.numel() for p in self.build({**config, "enable_q_head": not flag}).parameters())
+        if flag:
+            return [
+                f"  enable_q_head=true: the Q-head adds {total_params - other:,} parameters ({other:,} without it)"
+            ]
+        return [f"  enable_q_head=false: no Q-head; turning it on adds {other - total_params:,} parameters"]
+
+    def flops_per_token(self, config: dict[str, Any], seq_len: int) -> dict[str, float]:
+        flops = hrm_flops_per_token(HRMConfig.from_dict(config), seq_len)
+        return {"train": flops["total"], **flops}
+
+    def max_length(self, model: nn.Module) -> int | None:
+        return cast(HierarchicalReasoningModel_ACTV1, model).config.seq_len
+
+    def generate(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        request: GenerationRequest,
+    ) -> Generated:
+        """KV-cached decoding (`hrm_codegen.generation.generate`), one seed per row when given."""
+        r = request
+        seeds: Any = list(r.seeds) if len(r.seeds) > 1 else (r.seeds[0] if r.seeds else None)
+        out = generate(
+            cast(HierarchicalReasoningModel_ACTV1, model),
+            input_ids,
+            attention_mask,
+            max_new_tokens=r.max_new_tokens,
+            do_sample=r.do_sample,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            eos_token_id=r.eos_token_id,
+            pad_token_id=r.pad_token_id,
+            stop_strings=r.stop_strings,
+            tokenizer=r.decode,
+            seed=seeds if r.do_sample else None,
+            **dict(r.options),
+        )
+        return Generated(out.completion_ids, out.finish_reasons)
+
+
+HRM = register_family(HrmFamily())

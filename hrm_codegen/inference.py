@@ -1,0 +1,165 @@
+"""Loading a model for inference: any step or run directory written by this launcher, or an outside
+transformers causal LM, to (model, tokenizer, family) without importing the training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hrm_codegen.checkpoint import TOKENIZER_DIR, WEIGHTS_FILE, read_meta, verify_export
+from hrm_codegen.families import ModelFamily, get_family
+from hrm_codegen.families.transformers_lm import PRETRAINED
+from hrm_codegen.runs import CONFIG_FILE, META_FILE, CheckpointError, resolve_checkpoint
+from hrm_codegen.tokenization import FINGERPRINT_FILE, check_fingerprint, load_tokenizer
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer and family; `config` is the training config (ours only)."""
+
+    model: nn.Module
+    tokenizer: Any
+    family: ModelFamily
+    config: DictConfig | None
+    source: str  # what was loaded, for records: "hrm <step dir>", "pretrained <dir or Hub id>"
+
+
+def model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
+    """The model's config mapping: `cfg.arch` without `name`, vocab_size from the tokenizer when null."""
+    arch = cast(dict[str, Any], OmegaConf.to_container(cfg.arch, resolve=True))
+    arch.pop("name", None)
+    configured = arch.get("vocab_size")
+    if configured is not None and configured < vocab_size:
+        raise ValueError(f"arch.vocab_size={configured} is smaller than the tokenizer's {vocab_size} tokens")
+    arch["vocab_size"] = configured or vocab_size
+    return arch
+
+
+def build_model(cfg: DictConfig, vocab_size: int) -> nn.Module:
+    """The model of `cfg.arch` (its family by `cfg.arch.name`) for a tokenizer of `vocab_size` tokens."""
+    return get_family(cfg.arch.name).build(model_config(cfg, vocab_size))
+
+
+def _load_config(config: str | Path | DictConfig | Mapping[str, Any] | None, weights: Path) -> DictConfig:
+    if config is None:
+        beside = weights.parent / CONFIG_FILE
+        if not beside.is_file():
+            raise CheckpointError(
+                f"{weights} is a bare weights file and no {CONFIG_FILE} lies next to it: pass config=<config.yaml>"
+            )
+        config = beside
+    if isinstance(config, DictConfig):
+        return config
+    if isinstance(config, Mapping):
+        return OmegaConf.create(dict(config))
+    config = Path(config)
+    if not config.is_file():
+        raise CheckpointError(f"config file {config} does not exist")
+    loaded = OmegaConf.load(config)
+    if not isinstance(loaded, DictConfig) or "arch" not in loaded:
+        raise CheckpointError(f"{config}: expected a training config with an `arch` section")
+    return loaded
+
+
+def load_checkpoint(
+    path: str | Path,
+    tokenizer: Any = None,
+    config: str | Path | DictConfig | Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """A model of any family from a step directory, a run directory (its latest step) or a weights file.
+
+    A step directory supplies its config.yaml and tokenizer/ (fingerprint verified). A bare weights file needs
+    `config` (a config.yaml path or mapping) or a config.yaml next to it, and `tokenizer` or a tokenizer/ next
+    to it (else the config's `tokenizer.name_or_path`).
+    """
+    resolved = resolve_checkpoint(path)
+    if resolved.is_dir():
+        meta = read_meta(resolved)
+        cfg = _load_config(config if config is not None else resolved / CONFIG_FILE, resolved / WEIGHTS_FILE)
+        expected_fingerprint = meta["tokenizer_fingerprint"]
+        where = str(resolved / META_FILE)
+        tokenizer_dir = resolved / TOKENIZER_DIR
+    else:
+        cfg = _load_config(config, resolved)
+        expected_fingerprint = OmegaConf.select(cfg, "tokenizer.fingerprint")
+        where = "the config's tokenizer.fingerprint"
+        tokenizer_dir = resolved.parent / TOKENIZER_DIR
+    if tokenizer is None:
+        source = tokenizer_dir if tokenizer_dir.is_dir() else OmegaConf.select(cfg, "tokenizer.name_or_path")
+        if source is None:
+            raise CheckpointError(
+                f"no tokenizer for {resolved}: pass tokenizer= or add a {TOKENIZER_DIR}/ next to it"
+            )
+        tokenizer = load_tokenizer(source)
+    if expected_fingerprint:
+        check_fingerprint(expected_fingerprint, tokenizer, where)
+    family = get_family(cfg.arch.name)
+    vocab_size = OmegaConf.select(cfg, "arch.vocab_size") or tokenizer.vocab_size
+    model = family.build(model_config(cfg, vocab_size))
+    family.load_weights(model, resolved)
+    return LoadedModel(model.to(device).eval(), tokenizer, family, cfg, f"{family.name} {resolved.resolve()}")
+
+
+def load_model_for_inference(
+    path: str | Path,
+    tokenizer: Any = None,
+    config: str | Path | DictConfig | Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer) of `load_checkpoint`."""
+    loaded = load_checkpoint(path, tokenizer, config, device)
+    return loaded.model, loaded.tokenizer
+
+
+def load_pretrained(
+    path: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """An outside transformers causal LM: a local save_pretrained directory or a Hub id.
+
+    A tokenizer saved by this project (with `fingerprint.txt`) loads as a `CodeTokenizer`, so prompts are
+    encoded as in training (`[BOS] prompt`); any other loads as the plain Hugging Face tokenizer. A step's
+    `hf/` directory is verified against the step's meta.json first.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_path = Path(path).expanduser()
+    if not model_path.is_dir() and str(path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model directory {model_path} does not exist")
+    tokenizer_source = Path(tokenizer).expanduser() if tokenizer is not None else model_path
+    if model_path.is_dir():
+        verify_export(model_path)
+    try:
+        model = cast(nn.Module, AutoModelForCausalLM.from_pretrained(str(path)))
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load a transformers causal LM from {path}: expected config.json and model weights "
+            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+        ) from err
+    if (tokenizer_source / FINGERPRINT_FILE).is_file():
+        hf_tokenizer: Any = load_tokenizer(tokenizer_source)
+    else:
+        try:
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"could not load a tokenizer from {tokenizer_source}; pass --tokenizer with a tokenizer "
+                f"directory ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+            ) from err
+    source = model_path.resolve() if model_path.exists() else path
+    return LoadedModel(model.to(device).eval(), hf_tokenizer, PRETRAINED, None, f"pretrained {source}")
+
+
+def checkpoint_family(path: str | Path) -> str:
+    """The family name (`arch.name`) of a checkpoint of this launcher, read from its config.yaml."""
+    resolved = resolve_checkpoint(path)
+    config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
+    if not config.is_file():
+        raise CheckpointError(f"{resolved}: no {CONFIG_FILE} beside it to tell its model family")
+    return str(OmegaConf.select(OmegaConf.load(config), "arch.name"))
