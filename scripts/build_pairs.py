@@ -60,6 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def local_files(root: str) -> Iterator[tuple[str, str | None, SourceFile]]:
+    """(label, root, file) for each .py file under a directory (its label and root: the directory).
+
+    The directory is listed at once, so that a missing one fails before any work."""
+    paths = python_files([root])
+    return ((root, root, source) for source in read_local_files(paths))
+
+
 def count_tokens(path: str, tokenizer_name: str) -> dict[str, int]:
     """GPT-2 (or other) tokens of the pairs, as text + code + test lines, verified and unverified."""
     from hrm_codegen.tokenization import load_tokenizer
@@ -86,9 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         roots += [stdlib, *site_dirs]
         stdlib_dirs.append(stdlib)
     try:
-        streams: list[Iterator[tuple[str, str | None, SourceFile]]] = [
-            ((root, root, f) for f in read_local_files(python_files([root]))) for root in roots
-        ]
+        streams: list[Iterator[tuple[str, str | None, SourceFile]]] = [local_files(root) for root in roots]
         if args.hub:
             rows = read_hub_files(args.hub, args.hub_split, args.hub_field, args.hub_config)
             streams.append((f"hub:{args.hub}", None, f) for f in itertools.islice(rows, args.hub_limit))

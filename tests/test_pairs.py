@@ -248,17 +248,26 @@ def test_load_pairs_names_file_and_line_of_a_bad_row(tmp_path):
 @pytest.mark.slow
 def test_build_pairs_cli(tmp_path, mbpp_path, gpt2_dir):
     root = _tree(tmp_path / "src", {"text_tools.py": TEXT_TOOLS})
+    other = _tree(
+        tmp_path / "other",
+        {
+            "more.py": 'def twice(x):\n    """Double x.\n\n    >>> twice(2)\n    4\n    """\n    return 2 * x\n'
+        },
+    )
     command = [
         sys.executable,
         str(REPO / "scripts" / "build_pairs.py"),
         str(root),
+        str(other),
         "--out",
         str(tmp_path / "out"),
     ]
     command += ["--mbpp", str(mbpp_path), "--tokenizer", str(gpt2_dir), "--workers", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "1 verified, 1 unverified pairs from 7 functions" in done.stdout
+    assert "2 verified, 1 unverified pairs from 8 functions" in done.stdout
+    ids = [row["task_id"] for row in load_pairs(tmp_path / "out" / "pairs.jsonl")]
+    assert ids == [f"{root}:text_tools.squash", f"{other}:more.twice", f"{root}:text_tools.stem"]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["tokens"]["verified"] > 0 and manifest["tokens"]["unverified"] > 0
     missing = subprocess.run(

@@ -164,7 +164,8 @@ class _Module:
     def resolve(self, names: set[str]) -> tuple[list[str], set[str]] | None:
         """Source lines (in module order) providing `names`, and the modules imported; None if impossible."""
         needed: dict[int, tuple[ast.stmt, list[ast.alias]]] = {}
-        pending, done = sorted(names - MODULE_NAMES), set()
+        pending = sorted(n for n in names if n not in MODULE_NAMES or n in self.bindings)  # shadowed builtins
+        done: set[str] = set()
         while pending:
             name = pending.pop()
             if name in done:
@@ -181,11 +182,16 @@ class _Module:
             elif _is_constant(stmt):
                 assert isinstance(stmt, (ast.Assign, ast.AnnAssign))
                 needed[id(stmt)] = (stmt, [])
-                pending.extend(self._constant_names(stmt) - MODULE_NAMES - done)
+                pending.extend(
+                    n
+                    for n in self._constant_names(stmt) - done
+                    if n not in MODULE_NAMES or n in self.bindings
+                )
             else:
                 return None
         lines, modules = [], set()
-        for stmt, aliases in sorted(needed.values(), key=lambda item: item[0].lineno):
+        for stmt, used in sorted(needed.values(), key=lambda item: item[0].lineno):
+            aliases = [a for a in getattr(stmt, "names", []) if any(a is u for u in used)]  # in source order
             if isinstance(stmt, ast.Import):
                 lines.extend(ast.unparse(ast.Import(names=[a])) for a in aliases)
                 modules.update(a.name.split(".")[0] for a in aliases)
@@ -205,15 +211,18 @@ def _global_names(table: symtable.SymbolTable) -> set[str]:
     return names
 
 
-def _def_time_names(node: ast.FunctionDef | ast.AsyncFunctionDef, lazy_annotations: bool) -> set[str]:
-    """Names evaluated in the module when the `def` runs: decorators, defaults, annotations."""
+def _def_time_names(node: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[set[str], set[str]]:
+    """Names the module provides to the `def` statement: in decorators and defaults, and in annotations."""
     args = node.args
     parts: list[ast.AST] = [*node.decorator_list, *args.defaults, *(d for d in args.kw_defaults if d)]
-    if not lazy_annotations:
-        every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
-        parts += [a.annotation for a in every if a is not None and a.annotation is not None]
-        parts += [node.returns] if node.returns is not None else []
-    return {n.id for part in parts for n in ast.walk(part) if isinstance(n, ast.Name)}
+    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    notes = [a.annotation for a in every if a is not None and a.annotation is not None]
+    notes += [node.returns] if node.returns is not None else []
+
+    def names(nodes: list[ast.AST]) -> set[str]:
+        return {n.id for part in nodes for n in ast.walk(part) if isinstance(n, ast.Name)}
+
+    return names(parts), names(notes)
 
 
 def _annotated(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -291,8 +300,12 @@ def extract_candidates(source: str, filename: str = "<module>") -> tuple[list[Ca
         if table is None:
             dropped["not_self_contained"] += 1
             continue
-        names = _global_names(table) | _def_time_names(node, module.lazy_annotations)
-        resolved = module.resolve(names)
+        evaluated, annotations = _def_time_names(node)
+        names = _global_names(table) | evaluated
+        # Annotations are needed unless lazy (`from __future__ import annotations`); then only when available.
+        resolved = module.resolve(names | annotations)
+        if resolved is None and module.lazy_annotations:
+            resolved = module.resolve(names)
         if resolved is None:
             dropped["not_self_contained"] += 1
             continue

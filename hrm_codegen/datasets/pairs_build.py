@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from hrm_codegen.datasets.corpus import ContaminationIndex, SourceFile, file_licence
 from hrm_codegen.datasets.dedup import DuplicateIndex
 from hrm_codegen.datasets.licences import LicenceIndex
@@ -248,7 +250,7 @@ def build_pairs(
 ) -> dict:
     """Mine, filter, verify and write the pairs of `files` ((label, root, file) triples); return the manifest."""
     builder = PairBuilder(filters or PairFilters())
-    for label, root, source in files:
+    for label, root, source in tqdm(files, desc="mine files", unit="file", disable=not progress):
         builder.add_file(source, label, root)
     builder.verify(progress)
     return builder.write(out_dir, sources or [], extra)
