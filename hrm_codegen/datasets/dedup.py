@@ -12,7 +12,7 @@ import hashlib
 import re
 from typing import NamedTuple
 
-from rensa import RMinHash, RMinHashDeduplicator
+from rensa.rensa import RMinHash, RMinHashDeduplicator  # the compiled module (rensa re-exports it)
 
 _WORD = re.compile(r"\w+")
 BAND_ROWS = 8

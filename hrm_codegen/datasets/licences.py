@@ -133,9 +133,16 @@ def classify_licence(
 def distribution_licence(dist: importlib.metadata.Distribution) -> Licence:
     """The licence a distribution's metadata declares (see `classify_licence`)."""
     meta = dist.metadata
-    name = meta["Name"] or "unnamed distribution"
+
+    def first(field: str) -> str | None:
+        values = meta.get_all(field)
+        return str(values[0]) if values else None
+
     return classify_licence(
-        meta.get("License-Expression"), meta.get_all("Classifier") or [], meta.get("License"), owner=name
+        first("License-Expression"),
+        meta.get_all("Classifier") or [],
+        first("License"),
+        owner=first("Name") or "unnamed distribution",
     )
 
 
@@ -170,7 +177,7 @@ class LicenceIndex:
             licence = distribution_licence(dist)
             self.distributions.setdefault(licence.owner, licence)
             for file in dist.files or []:
-                self.files.setdefault(_key(dist.locate_file(file)), licence)
+                self.files.setdefault(_key(str(dist.locate_file(file))), licence)
 
     def licence_of(self, path: str | Path) -> Licence | None:
         """The licence of the file at `path`; None for a file outside every site and stdlib directory."""
