@@ -1,0 +1,217 @@
+"""scripts/export_hf.py: an HRM checkpoint becomes a directory that plain transformers loads with
+`trust_remote_code=True` where hrm_codegen cannot be imported, with the project's logits and greedy tokens;
+a transformers-family checkpoint is copied; the shipped model code is generated from the package's own."""
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrm_codegen import hf_export
+from hrm_codegen.checkpoint import save_checkpoint
+from hrm_codegen.families import get_family
+from hrm_codegen.generation import generate
+from hrm_codegen.hf_export import ExportError, export_hf, model_source
+from hrm_codegen.inference import build_model, load_checkpoint
+from hrm_codegen.tokenization import load_tokenizer
+from hrm_codegen.train_config import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORT = REPO / "scripts" / "export_hf.py"
+TINY = ["arch.hidden_size=32", "arch.seq_len=64", "arch.H_layers=1", "arch.L_layers=1"]
+PROMPTS = ["def add(a, b):", "# Write a function that returns the largest of three numbers.\ndef"]
+NEW_TOKENS = 16
+
+# Runs with hrm_codegen made unimportable: the editable install's finder and the repository leave sys.path.
+ISOLATED = textwrap.dedent(
+    """
+    import importlib.util, sys
+    repo, export_dir, inputs, output = sys.argv[1:]
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path[:] = [p for p in sys.path if "__editable__" not in p and p.rstrip("/") != repo.rstrip("/")]
+    importlib.invalidate_caches()
+    try:
+        import hrm_codegen  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("hrm_codegen is still importable: " + str(hrm_codegen.__file__))
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)
+    data = torch.load(inputs)
+    result = {"encoded": tokenizer(data["text"], add_special_tokens=False)["input_ids"]}
+    with torch.no_grad():
+        for name in ("plain", "padded"):
+            ids, mask = data[name]
+            result[name + "_logits"] = model(input_ids=ids, attention_mask=mask).logits
+        ids, mask = data["padded"]
+        kwargs = {"attention_mask": mask, "max_new_tokens": data["new_tokens"], "do_sample": False}
+        result["generated"] = model.generate(ids, **kwargs)
+        result["generated_no_cache"] = model.generate(ids, use_cache=False, **kwargs)
+    result["modules"] = sorted(m for m in sys.modules if m.startswith("hrm_codegen"))
+    torch.save(result, output)
+    """
+)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "hf_modules"),
+        "PYTHONPATH": "",
+    }
+
+
+@pytest.fixture(scope="module")
+def tokenizer(gpt2_dir):
+    return load_tokenizer(gpt2_dir)
+
+
+@pytest.fixture(scope="module")
+def hrm_run(tmp_path_factory, gpt2_dir, tokenizer):
+    """A launcher checkpoint of a tiny HRM (GPT-2 vocabulary, hidden 32, one layer per level, 2x2 cycles)."""
+    cfg = compose_config(
+        ["arch=tiny", *TINY, "arch.H_cycles=2", "arch.L_cycles=2", f"tokenizer.name_or_path={gpt2_dir}"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, tokenizer.vocab_size)
+    run_dir = tmp_path_factory.mktemp("ck") / "hrm"
+    save_checkpoint(run_dir, 1, model_state=model.state_dict(), config=cfg, tokenizer=tokenizer)
+    return run_dir
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def test_export_loads_in_plain_transformers_with_the_projects_logits_and_tokens(hrm_run, tokenizer, tmp_path):
+    out = tmp_path / "export"
+    done = subprocess.run(
+        [sys.executable, str(EXPORT), "--ckpt", str(hrm_run), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "logits match" in done.stdout
+    names = {p.name for p in out.iterdir()}
+    expected = {"config.json", "configuration_hrm_codegen.py", "modeling_hrm_codegen.py", "model.safetensors"}
+    assert expected | {"generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    modeling = (out / "modeling_hrm_codegen.py").read_text()
+    assert "import hrm_codegen" not in modeling and "from hrm_codegen" not in modeling
+
+    loaded = load_checkpoint(hrm_run)
+    model = loaded.model
+    bos = tokenizer.bos_id
+    rows = [[bos, *tokenizer.encode(p)] for p in PROMPTS]
+    plain = torch.tensor([rows[1][:10], rows[1][-10:]])
+    plain_inputs = (plain, torch.ones_like(plain))
+    padded_inputs = _left_pad(rows, tokenizer.pad_id)
+    inputs = tmp_path / "inputs.pt"
+    torch.save(
+        {"plain": plain_inputs, "padded": padded_inputs, "text": PROMPTS, "new_tokens": NEW_TOKENS}, inputs
+    )
+
+    result_file = tmp_path / "result.pt"
+    script = tmp_path / "isolated.py"
+    script.write_text(ISOLATED)
+    done = subprocess.run(
+        [sys.executable, "-I", str(script), str(REPO), str(out), str(inputs), str(result_file)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = torch.load(result_file)
+    assert result["modules"] == []
+    assert result["encoded"] == [tokenizer.encode(p) for p in PROMPTS]
+
+    with torch.no_grad():
+        for name, (ids, mask) in (("plain", plain_inputs), ("padded", padded_inputs)):
+            expected_logits = model.lm_forward(ids, mask)
+            real = mask.bool()
+            torch.testing.assert_close(
+                result[f"{name}_logits"][real], expected_logits[real], atol=1e-5, rtol=0, msg=name
+            )
+    ids, mask = padded_inputs
+    reference = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=NEW_TOKENS,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+    )
+    assert reference.sequences.shape[1] > ids.shape[1]
+    assert torch.equal(result["generated"], reference.sequences)
+    assert torch.equal(result["generated_no_cache"], reference.sequences)
+
+
+def test_transformers_family_checkpoint_is_copied(tmp_path, gpt2_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    cfg = compose_config(["arch=transformer_tiny_params", *TINY, f"tokenizer.name_or_path={gpt2_dir}"])
+    model = build_model(cfg, tokenizer.vocab_size)
+    family = get_family(cfg.arch.name)
+    run_dir = tmp_path / "llama"
+    save_checkpoint(
+        run_dir,
+        1,
+        model_state=None,
+        config=cfg,
+        tokenizer=tokenizer,
+        extra_files=lambda d: family.save_weights(model, model.state_dict(), tokenizer, d),
+    )
+    result = export_hf(run_dir, tmp_path / "out")
+    assert result.family == "transformer"
+    source = run_dir / "step_1" / "hf"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in source.iterdir())
+    copy = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(copy(ids).logits, model.eval()(ids).logits)
+    with pytest.raises(FileExistsError):
+        export_hf(run_dir, tmp_path / "out")
+
+
+def test_model_source_is_generated_from_the_package_modules():
+    source = model_source()
+    tree = ast.parse(source)
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    ]
+    assert not [m for m in imported if m and m.startswith("hrm_codegen")]
+    defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"HierarchicalReasoningModel_ACTV1", "HRMConfig", "KVCache", "HrmCodegenForCausalLM"} <= defined
+    for module in ("hrm_codegen/models/layers.py", "hrm_codegen/models/hrm_act_v1.py"):
+        body = (REPO / module).read_text()
+        first_def = next(line for line in body.splitlines() if line.startswith(("def ", "class ")))
+        assert first_def in source, module
+
+
+def test_a_model_module_importing_outside_packages_fails_loudly(monkeypatch):
+    from hrm_codegen.inference import LoadedModel  # its module imports omegaconf
+
+    monkeypatch.setitem(hf_export.REQUIRED, "LoadedModel", LoadedModel)
+    with pytest.raises(ExportError, match=r"hrm_codegen\.\w+.* imports"):
+        model_source()
