@@ -12,6 +12,7 @@ killed and left out of the file (they run again on resume). `summary.json` is wr
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import os
@@ -95,12 +96,20 @@ def file_completion_source(completions: Mapping[str, Sequence[str]]) -> Completi
     return source
 
 
-def _sample_record(task_id: str, index: int, completion: str, valid: bool, result: ExecResult) -> dict:
-    """One samples.jsonl line."""
+def prompt_sha256(prompt: str) -> str:
+    """The hash a sample record names its prompt by (the prompt itself is in prompts.jsonl)."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def _sample_record(
+    task_id: str, index: int, completion: str, valid: bool, result: ExecResult, extra: Mapping[str, Any]
+) -> dict:
+    """One samples.jsonl line; `extra`: the prompt's hash and, from a model, generated tokens and finish reason."""
     return {
         "task_id": task_id,
         "sample_index": index,
         "completion": completion,
+        **extra,
         "passed": result.passed,
         "result": result.status,
         "detail": result.detail,
@@ -174,7 +183,9 @@ class _Appender:
         with self._finished:
             self._finished.wait_for(lambda: self._callbacks_done >= count)
 
-    def callback(self, task_id: str, index: int, completion: str, valid: bool) -> Callable[[Future], None]:
+    def callback(
+        self, task_id: str, index: int, completion: str, valid: bool, extra: Mapping[str, Any]
+    ) -> Callable[[Future], None]:
         """The done-callback for one sample's future."""
 
         def done(future: Future) -> None:
@@ -186,7 +197,7 @@ class _Appender:
                     if error is not None:
                         self.errors.append(error)
                         return
-                    record = _sample_record(task_id, index, completion, valid, future.result())
+                    record = _sample_record(task_id, index, completion, valid, future.result(), extra)
                     self.out.write(json.dumps(record) + "\n")
                     self.out.flush()
                     self.records.append(record)
@@ -222,17 +233,19 @@ def _run_batches(
                 f"the completion source returned {len(completions)} lists for {len(batch)} problems"
             )
         current: list[Future] = []
-        for problem, wanted, texts in zip(problems, indices, completions, strict=True):
+        records = getattr(completion_source, "last_records", None) or [[{}] * len(w) for w in indices]
+        for problem, wanted, texts, infos in zip(problems, indices, completions, records, strict=True):
             if len(texts) != len(wanted):
                 raise ValueError(
                     f"the completion source returned {len(texts)} completions for {problem.task_id}, "
                     f"expected {len(wanted)}"
                 )
-            for index, completion in zip(wanted, texts, strict=True):
+            for index, completion, info in zip(wanted, texts, infos, strict=True):
                 program = problem.program(completion)
                 future = sandbox.submit(program)
+                extra = {"prompt_sha256": prompt_sha256(problem.prompt), **info}
                 future.add_done_callback(
-                    appender.callback(problem.task_id, index, completion, syntax_valid(program))
+                    appender.callback(problem.task_id, index, completion, syntax_valid(program), extra)
                 )
                 current.append(future)
         wait(previous)
@@ -275,6 +288,12 @@ def summarize(
         "results": {status: sum(r["result"] == status for r in records) for status in STATUSES},
         "error_types": dict(Counter(r["detail"] for r in records if r["result"] == "error").most_common()),
         "syntax_valid_rate": sum(r["syntax_valid"] for r in records) / len(records) if records else None,
+        # the share of model samples that stopped at the token cap (None for samples without the record)
+        "length_capped_rate": (
+            sum(r.get("finish_reason") == "length" for r in records) / len(records)
+            if records and all("finish_reason" in r for r in records)
+            else None
+        ),
     }
 
 

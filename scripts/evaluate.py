@@ -3,6 +3,11 @@
     python scripts/evaluate.py --ckpt checkpoints/run --output outputs/eval/run     # any run trained here
     python scripts/evaluate.py --model path/or/hub-id --num-samples 10 --k 1,10 --output DIR   # any transformers LM
     python scripts/evaluate.py --samples completions.jsonl --output DIR     # {"task_id", "completion"} lines
+    python scripts/evaluate.py --prompt-format bigcode --write-prompts prompts.jsonl   # the prompts, no model
+
+--prompt-format picks the protocol: native (this project's), bigcode (bigcode-evaluation-harness), lm-eval
+(lm-evaluation-harness 0.4), chat (the tokenizer's chat template, EvalPlus's instruct prompt). The datasets
+mbppplus / humanevalplus are EvalPlus's (Hub, or --data-file with a local jsonl/parquet copy).
 
 Samples are appended to DIR/samples.jsonl as they finish; running again with the same DIR skips the samples
 already there (DIR/eval_config.json must match), and DIR/summary.json holds the result. Ctrl-C (SIGINT) stops
@@ -24,9 +29,19 @@ import torch
 from omegaconf import OmegaConf
 
 from hrm_codegen.completions import ModelCompletions, SamplingConfig
-from hrm_codegen.datasets.humaneval import HUMANEVAL_STOP_STRINGS, humaneval_problems
-from hrm_codegen.datasets.mbpp import DEFAULT_PATH, MBPP_STOP_STRINGS, SPLITS, load_mbpp, mbpp_problems
+from hrm_codegen.datasets.evalplus import exclude_train_overlap, train_overlap
+from hrm_codegen.datasets.mbpp import DEFAULT_PATH, SPLITS, load_mbpp
 from hrm_codegen.datasets.problems import Problem
+from hrm_codegen.datasets.protocols import (
+    DATASETS,
+    FORMATS,
+    SanitizedProblem,
+    build_problems,
+    default_timeout_s,
+    raw_format_notice,
+    write_prompts,
+)
+from hrm_codegen.datasets.sources import load_rows
 from hrm_codegen.evaluation import SAMPLES_FILE, SUMMARY_FILE, evaluate, evaluate_file, format_summary_table
 from hrm_codegen.execution import SandboxLimits
 from hrm_codegen.inference import load_checkpoint, load_pretrained
@@ -34,6 +49,7 @@ from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
 from hrm_codegen.tokenization import load_tokenizer
 
 RUN_CONFIG_FILE = "eval_config.json"
+PROMPTS_FILE = "prompts.jsonl"
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 TERMINATED_STATUS = 143  # 128 + SIGTERM
 
@@ -47,7 +63,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 # Settings that change the samples: a resumed run must use the same ones.
-PROBLEM_KEYS = ("source", "dataset", "split", "few_shot")
+PROBLEM_KEYS = ("source", "dataset", "split", "few_shot", "prompt_format", "data_file", "sanitize")
 SAMPLING_KEYS = ("tokenizer", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
 
 
@@ -79,7 +95,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--samples", help="score the completions of this jsonl file (task_id, completion)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's / model's own)")
     data = parser.add_argument_group("problems")
-    data.add_argument("--dataset", choices=("mbpp", "humaneval"), default="mbpp")
+    data.add_argument("--dataset", choices=DATASETS, default="mbpp")
+    data.add_argument(
+        "--prompt-format", choices=tuple(FORMATS), default="native", help="prompt protocol (default native)"
+    )
+    data.add_argument(
+        "--data-file", help="mbppplus / humanevalplus: a local jsonl or parquet (default: the Hub)"
+    )
+    data.add_argument(
+        "--exclude-train-overlap", action="store_true", help="mbppplus: drop tasks from MBPP's training split"
+    )
+    data.add_argument("--write-prompts", help="write the prompts (one JSON line each) to this file and exit")
     data.add_argument("--split", choices=tuple(SPLITS), default="test", help="MBPP split (HumanEval: test)")
     data.add_argument("--mbpp", default=str(DEFAULT_PATH), help=f"MBPP jsonl (default {DEFAULT_PATH})")
     data.add_argument(
@@ -98,11 +124,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run = parser.add_argument_group("execution and output")
     run.add_argument("--workers", type=int, help="parallel sandboxes (default: CPU count)")
-    run.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default 10)")
-    run.add_argument("--output", required=True, help="output directory (samples.jsonl, summary.json)")
+    run.add_argument("--timeout", type=float, help="seconds per program (default 10; EvalPlus datasets 30)")
+    run.add_argument(
+        "--sanitize",
+        action="store_true",
+        help="EvalPlus-style: keep the longest parsing prefix and needed defs",
+    )
+    run.add_argument("--output", help="output directory (samples.jsonl, summary.json)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-
+    if args.dataset != "mbpp" and args.few_shot:
+        fail(f"--few-shot applies to MBPP only, not --dataset {args.dataset}")
+    if args.data_file and not args.dataset.endswith("plus"):
+        fail("--data-file is for --dataset mbppplus or humanevalplus (MBPP: --mbpp)")
+    if args.exclude_train_overlap and args.dataset != "mbppplus":
+        fail("--exclude-train-overlap applies to --dataset mbppplus only")
+    if args.write_prompts:
+        if args.prompt_format == "chat" and not args.tokenizer:
+            fail("--write-prompts with --prompt-format chat needs --tokenizer (its chat template)")
+        return args
+    if not args.output:
+        fail("--output DIR is required")
     modes = [args.samples is not None, args.ckpt is not None, args.model is not None]
     if sum(modes) != 1:
         if args.model_type == "hrm" and not args.ckpt:
@@ -118,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model_type = "ckpt"  # the family comes from the checkpoint's config
     if args.model and args.model_type is None:
         args.model_type = "hf"
-    if args.dataset == "humaneval" and args.split != "test":
+    if args.dataset != "mbpp" and args.split != "test":
         fail(f"HumanEval has only the test split, got --split {args.split}")
     if args.num_samples < 1 or (args.limit is not None and args.limit < 1):
         fail("--num-samples and --limit must be >= 1")
@@ -144,16 +186,38 @@ def checkpoint_few_shot(ckpt: str) -> int:
     return int(OmegaConf.select(OmegaConf.load(config), "data.few_shot", default=0) or 0)
 
 
-def load_problems(args: argparse.Namespace) -> list[Problem]:
-    """The problems of the dataset and split, the first --limit of them."""
-    if args.dataset == "humaneval":
-        problems = humaneval_problems()
-    else:
+def load_problems(args: argparse.Namespace, tokenizer: object = None) -> list[Problem]:
+    """The problems of the dataset, split and prompt format, the first --limit of them."""
+    if args.dataset == "mbpp":
         if not Path(args.mbpp).is_file():
             raise FileNotFoundError(
                 f"MBPP file {args.mbpp} does not exist: run scripts/prepare_data.py or pass --mbpp PATH"
             )
-        problems = mbpp_problems(load_mbpp(args.mbpp), args.split, few_shot=args.few_shot)
+        rows = load_mbpp(args.mbpp)
+    elif args.dataset == "humaneval":
+        rows = load_rows("humaneval")
+    else:
+        rows = load_rows(args.dataset, args.data_file)
+    shot_rows = (
+        load_mbpp(args.mbpp) if args.dataset == "mbppplus" and args.prompt_format == "lm-eval" else None
+    )
+    few_shot = args.few_shot if args.prompt_format == "native" else None
+    problems: list[Problem] = list(
+        build_problems(
+            args.dataset,
+            rows,
+            args.prompt_format,
+            split=args.split,
+            tokenizer=tokenizer,
+            few_shot=few_shot,
+            shot_rows=shot_rows,
+        )
+    )
+    args.train_overlap = train_overlap(problems) if args.dataset == "mbppplus" else []
+    if args.exclude_train_overlap:
+        problems = exclude_train_overlap(problems)
+    if args.sanitize:
+        problems = [SanitizedProblem.of(p) for p in problems]  # type: ignore[arg-type]
     return problems[: args.limit] if args.limit else problems
 
 
@@ -186,19 +250,29 @@ def file_digest(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate as the arguments say and return the summary."""
-    output = Path(args.output)
+    """Evaluate as the arguments say and return the summary (with --write-prompts: {"prompts_written": N})."""
     if args.few_shot is None:
-        args.few_shot = checkpoint_few_shot(args.ckpt) if args.ckpt else 0
+        args.few_shot = checkpoint_few_shot(args.ckpt) if args.ckpt and args.dataset == "mbpp" else 0
+    if args.timeout is None:
+        args.timeout = default_timeout_s(args.dataset)
+    if args.write_prompts:
+        tokenizer = None
+        if args.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        return {"prompts_written": write_prompts(args.write_prompts, load_problems(args, tokenizer))}
+    output = Path(args.output)
     if args.samples:
         source = f"samples {Path(args.samples).resolve()} sha256 {file_digest(args.samples)}"
     else:
         source = ""  # named by the loaded model below
     settings = {**vars(args), "source": source}
-    problems = load_problems(args)
     limits = SandboxLimits(timeout_s=args.timeout)
     progress = not args.no_progress
     if args.samples:
+        problems = load_problems(args)
+        settings["train_overlap"] = len(args.train_overlap)
         check_run_config(output, settings)
         return evaluate_file(
             problems,
@@ -217,7 +291,12 @@ def run(args: argparse.Namespace) -> dict:
     else:
         loaded = load_pretrained(args.model, args.tokenizer, device=args.device)
     settings["source"] = loaded.source
-    stops = HUMANEVAL_STOP_STRINGS if args.dataset == "humaneval" else MBPP_STOP_STRINGS
+    notice = raw_format_notice(loaded.tokenizer, args.prompt_format)
+    if notice:
+        print(f"notice: {notice}", file=sys.stderr)
+    problems = load_problems(args, loaded.tokenizer)
+    settings["train_overlap"] = len(args.train_overlap)
+    stops = tuple(getattr(problems[0], "stop_sequences", ())) if problems else ()
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -237,6 +316,7 @@ def run(args: argparse.Namespace) -> dict:
         )
     settings["truncated_prompts"] = truncated
     check_run_config(output, settings)
+    write_prompts(output / PROMPTS_FILE, problems)  # samples name their prompt by sha256
     return evaluate(
         problems,
         completions,
@@ -272,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(TERMINATED_STATUS if isinstance(stop, Terminated) else INTERRUPTED_STATUS)
+    if "prompts_written" in summary:
+        print(f"wrote {summary['prompts_written']} prompts to {args.write_prompts}")
+        return
     print(format_summary_table(summary))
     print(f"samples: {Path(args.output) / SAMPLES_FILE}  summary: {Path(args.output) / SUMMARY_FILE}")
 

@@ -144,6 +144,24 @@ class FormattedProblem(Problem):
         return self.setup_code + (self.prompt if self.include_prompt else "") + code + self.test_program
 
 
+@dataclass(frozen=True)
+class SanitizedProblem(FormattedProblem):
+    """A problem whose code is sanitized before it runs (`evaluate.py --sanitize`, EvalPlus-style): the longest
+    prefix that parses, keeping the definitions the entry point needs (`hrm_codegen.sanitize.sanitize`)."""
+
+    @classmethod
+    def of(cls, problem: FormattedProblem) -> SanitizedProblem:
+        return cls(**asdict(problem))
+
+    def program(self, completion: str) -> str:
+        code = self.code(completion)
+        body = sanitize((self.prompt if self.include_prompt else "") + code, self.entry_point or None)
+        plain = FormattedProblem(
+            **{**asdict(self), "include_prompt": False, "cut_at_stops": False, "chat_code": False}
+        )
+        return plain.program(body)
+
+
 def check_format(dataset: str, fmt: str) -> str:
     """The dataset's family ('mbpp' or 'humaneval'); ValueError for an unknown dataset or format."""
     if dataset not in FAMILY:
