@@ -2,7 +2,8 @@
 
 Conventions: a matmul with N weights costs 2N FLOPs per token forward and 4N backward; causal attention over a
 sequence of S tokens costs 2 * 2 * hidden * (S + 1) / 2 per token per layer forward (QK^T and AV over the
-average context). The HRM runs most of its layer evaluations under `no_grad`, so those count forward only.
+average context). The HRM runs most of its layer evaluations under `no_grad`, so those count forward only: only
+the `arch.bp_steps` level evaluations that carry gradient (the last H and L steps, `gradient_steps`) count backward.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from transformers import LlamaConfig
 
 from hrm_codegen.models.baseline import swiglu_intermediate_size
-from hrm_codegen.models.hrm_act_v1 import HRMConfig
+from hrm_codegen.models.hrm_act_v1 import HRMConfig, gradient_steps
 
 
 def block_params(hidden_size: int, intermediate_size: int) -> int:
@@ -24,12 +25,16 @@ def attention_flops(hidden_size: int, seq_len: int) -> float:
 
 
 def hrm_flops_per_token(cfg: HRMConfig, seq_len: int | None = None) -> dict[str, float]:
-    """Training FLOPs per token of one ACT segment, split into the no-grad (forward-only) and trained parts."""
+    """Training FLOPs per token of one ACT segment, split into the no-grad (forward-only) and trained parts.
+
+    The trained part is the level evaluations within `cfg.bp_steps` (forward and backward) plus the LM head.
+    """
     seq_len = seq_len or cfg.seq_len
     hidden = cfg.hidden_size
     layer_forward = 2.0 * block_params(hidden, swiglu_intermediate_size(hidden, cfg.expansion))
     layer_forward += attention_flops(hidden, seq_len)
-    trained_layers = cfg.L_layers + cfg.H_layers
+    h_grad, l_grad = gradient_steps(cfg.bp_steps, cfg.H_cycles)
+    trained_layers = l_grad * cfg.L_layers + h_grad * cfg.H_layers
     no_grad_layers = cfg.layer_evals_per_segment - trained_layers
     no_grad = no_grad_layers * layer_forward
     trained = 3.0 * trained_layers * layer_forward + 6.0 * cfg.vocab_size * hidden

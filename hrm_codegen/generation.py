@@ -198,6 +198,7 @@ def generate(
     use_cache: bool = True,
     seed: int | Sequence[int] | None = None,
     return_logits: bool = False,
+    token_type_ids: torch.Tensor | None = None,
 ) -> GenerationOutput:
     """Decode continuations of left-padded prompts [B, P] with the HRM (every ACT segment per token).
 
@@ -207,6 +208,8 @@ def generate(
     `use_cache=False` recomputes the whole sequence at every step (the reference the cache must match).
     `seed` seeds one RNG for the batch, or one RNG per returned sequence when it is a list of N seeds, which
     makes each sequence's sample independent of what else is in the batch.
+    `token_type_ids` [B, P] (1 = prompt token; used when the model's config has prefix_lm) makes the prompt
+    bidirectional: the cache is prefilled with the prefix mask and the new tokens (type 0) decode causally.
     """
     decode = _decoder(tokenizer)
     mask = _check_inputs(
@@ -248,16 +251,17 @@ def generate(
     lengths = [0] * total  # new tokens of each sequence, including the one that stopped it
 
     cache: StaticKVCache | None = None
-    ids, ids_mask = input_ids, mask
+    ids, ids_mask, ids_types = input_ids, mask, token_type_ids
     if use_cache:
         cache = StaticKVCache(input_ids.shape[1] + max_steps)
-        logits = model.lm_forward(input_ids, mask, kv_cache=cache, logits_to_keep=1)[:, -1]
+        logits = model.lm_forward(input_ids, mask, token_type_ids, kv_cache=cache, logits_to_keep=1)[:, -1]
         if n > 1:
             cache.reorder(expand)
             logits = logits[expand]
     else:
         ids, ids_mask = input_ids[expand], mask[expand]
-        logits = model.lm_forward(ids, ids_mask, logits_to_keep=1)[:, -1]
+        ids_types = token_type_ids[expand] if token_type_ids is not None else None
+        logits = model.lm_forward(ids, ids_mask, ids_types, logits_to_keep=1)[:, -1]
 
     active = torch.arange(total, device=device)  # returned-sequence index of each row still decoding
     for step in range(max_steps):
@@ -291,6 +295,7 @@ def generate(
                 cache.reorder(rows)
             else:
                 ids, ids_mask = ids[rows], ids_mask[rows]
+                ids_types = ids_types[rows] if ids_types is not None else None
         new_mask = torch.ones(len(active), 1, dtype=torch.bool, device=device)
         if cache is not None:
             positions = (prompt_len[active] + step)[:, None]  # real tokens before the new one
@@ -298,7 +303,9 @@ def generate(
             logits = logits[:, -1]
         else:
             ids, ids_mask = torch.cat([ids, tokens[:, None]], 1), torch.cat([ids_mask, new_mask], 1)
-            logits = model.lm_forward(ids, ids_mask, logits_to_keep=1)[:, -1]
+            if ids_types is not None:  # generated tokens are not prefix
+                ids_types = torch.cat([ids_types, torch.zeros_like(tokens)[:, None]], 1)
+            logits = model.lm_forward(ids, ids_mask, ids_types, logits_to_keep=1)[:, -1]
 
     return _finish(input_ids[expand], new_ids, lengths, finish_reasons, decode, stops, step_logits)
 

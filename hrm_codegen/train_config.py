@@ -75,6 +75,7 @@ class TrainConfig:
     decay_embeddings: bool = False
     decay_norms_and_biases: bool = False
     grad_clip: float = 1.0
+    bp_warmup_ratio: float = 0.0  # HRM: bp_steps from 2 up to arch.bp_steps over this fraction of the steps
     loss_type: str = "softmax"
     mixed_precision: str = "no"
     finite_check_every: int = 1
@@ -155,5 +156,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("global_batch_size", "grad_accum", "finite_check_every", "max_nonfinite_steps", "log_every"):
         if train[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {train[key]}")
+    if not 0.0 <= train.bp_warmup_ratio <= 1.0:
+        raise ValueError(f"train.bp_warmup_ratio must be between 0 and 1, got {train.bp_warmup_ratio}")
     if len(train.betas) != 2:
         raise ValueError(f"train.betas must be two numbers, got {list(train.betas)}")

@@ -185,6 +185,7 @@ class Trainer:
         self.model.train()
         batches = list(self._micro_batches(self.state.step))
         unwrapped = acc.unwrap_model(self.model)
+        self.family.before_step(unwrapped, self.state.step, self.total_steps, self.cfg)  # e.g. bp warm-up
         for batch, state in zip(batches, self.states, strict=True):
             state.prepare(unwrapped, batch)
         local_tokens = sum(
@@ -375,13 +376,7 @@ class Trainer:
                     summary.update(metrics)
                 if train.eval_every and (step % train.eval_every == 0 or final):
                     summary.update(self.evaluate())
-                    self._log(
-                        {
-                            "step": step,
-                            "val_loss": summary["val_loss"],
-                            "val_token_acc": summary["val_token_acc"],
-                        }
-                    )
+                    self._log({"step": step, **{k: summary[k] for k in ("val_loss", "val_token_acc")}})
                 # No periodic checkpoint in the middle of a non-finite streak; the final one is always written.
                 if final or (step % train.ckpt_every == 0 and self.state.nonfinite_streak == 0):
                     self.save()

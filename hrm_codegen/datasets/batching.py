@@ -33,11 +33,19 @@ def shifted_labels(input_ids: Sequence[int], prompt_length: int) -> list[int]:
     return [-100] * (prompt_length - 1) + list(input_ids[prompt_length:]) + [-100]
 
 
+def prompt_token_types(length: int, prompt_length: int) -> list[int]:
+    """`token_type_ids` of an example: 1 on the prompt (BOS included), 0 on the target and EOS (PrefixLM)."""
+    return [1] * prompt_length + [0] * (length - prompt_length)
+
+
 class EncodedDataset(Dataset):
-    """Encoded prompt/target examples; item i is `{input_ids, labels}` (1-D LongTensors, equal length).
+    """Encoded prompt/target examples; item i is `{input_ids, labels, token_type_ids}` (1-D LongTensors,
+    equal length).
 
     The dataset does the shifting: `labels[i] == input_ids[i+1]` on target and EOS positions and -100
     elsewhere (every prompt target and the last position), so the loss compares logits[i] with labels[i].
+    `token_type_ids` is 1 on the prompt tokens (BOS and the prompt) and 0 elsewhere, as PrefixLM models
+    (`arch.prefix_lm`, transformers' HrmText) expect; a model without PrefixLM ignores it.
     """
 
     def __init__(self, input_ids: list[list[int]], prompt_lengths: list[int], num_dropped: int = 0) -> None:
@@ -50,9 +58,11 @@ class EncodedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ids = self.input_ids[index]
+        prompt_length = self.prompt_lengths[index]
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
-            "labels": torch.tensor(shifted_labels(ids, self.prompt_lengths[index]), dtype=torch.long),
+            "labels": torch.tensor(shifted_labels(ids, prompt_length), dtype=torch.long),
+            "token_type_ids": torch.tensor(prompt_token_types(len(ids), prompt_length), dtype=torch.long),
         }
 
 
@@ -75,13 +85,15 @@ def encode_pairs(
     return encoded
 
 
-_PAD_VALUES = {"labels": -100, "attention_mask": 0, "position_ids": 0, "segment_ids": -1}
+_PAD_VALUES = {"labels": -100, "attention_mask": 0, "position_ids": 0, "segment_ids": -1, "token_type_ids": 0}
+_OPTIONAL_KEYS = ("position_ids", "segment_ids", "token_type_ids")
 
 
 def collate_batch(items: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad items into LongTensors `input_ids`, `attention_mask`, `labels` (-100 on padding).
 
-    `position_ids` and `segment_ids` (from pack_examples) are padded too when the items carry them.
+    `position_ids`, `segment_ids` (from pack_examples) and `token_type_ids` (prompt tokens) are padded
+    too when the items carry them (`token_type_ids` with 0, also for an item without it).
     """
     length = max(len(item["input_ids"]) for item in items)
     if pad_to is not None:
@@ -89,7 +101,11 @@ def collate_batch(items: Sequence[dict], pad_id: int, pad_to: int | None = None)
             raise ValueError(f"pad_to={pad_to} is shorter than the longest item ({length} tokens)")
         length = pad_to
     keys = ["input_ids", "attention_mask", "labels"]
-    keys += [key for key in ("position_ids", "segment_ids") if key in items[0]]
+    keys += [
+        key
+        for key in _OPTIONAL_KEYS
+        if key in items[0] or (key == "token_type_ids" and any(key in item for item in items))
+    ]
     batch = {
         key: torch.full(
             (len(items), length), pad_id if key == "input_ids" else _PAD_VALUES[key], dtype=torch.long
@@ -99,9 +115,12 @@ def collate_batch(items: Sequence[dict], pad_id: int, pad_to: int | None = None)
     for row, item in enumerate(items):
         size = len(item["input_ids"])
         for key in keys:
-            value = (
-                item.get(key, torch.ones(size, dtype=torch.long)) if key == "attention_mask" else item[key]
-            )
+            if key == "attention_mask":
+                value = item.get(key, torch.ones(size, dtype=torch.long))
+            elif key == "token_type_ids":
+                value = item.get(key, torch.zeros(size, dtype=torch.long))
+            else:
+                value = item[key]
             batch[key][row, :size] = torch.as_tensor(value, dtype=torch.long)
     return batch
 
@@ -118,6 +137,8 @@ def _pack_block(items: Sequence[dict], seq_len: int, pad_id: int) -> dict[str, t
         end = start + size
         block["input_ids"][start:end] = torch.as_tensor(item["input_ids"], dtype=torch.long)
         block["labels"][start:end] = torch.as_tensor(item["labels"], dtype=torch.long)
+        if "token_type_ids" in item:
+            block["token_type_ids"][start:end] = torch.as_tensor(item["token_type_ids"], dtype=torch.long)
         block["attention_mask"][start:end] = 1
         block["position_ids"][start:end] = torch.arange(size)
         block["segment_ids"][start:end] = segment
@@ -128,8 +149,9 @@ def _pack_block(items: Sequence[dict], seq_len: int, pad_id: int) -> dict[str, t
 def pack_examples(items: Iterable[dict], seq_len: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Pack items in order into `seq_len` blocks (a new block when the next item does not fit).
 
-    Each block has `input_ids`, `labels`, `attention_mask`, `position_ids` (restarting at 0 per example)
-    and `segment_ids` (example index within the block, -1 on padding). An example's last label is -100,
+    Each block has `input_ids`, `labels`, `attention_mask`, `position_ids` (restarting at 0 per example),
+    `segment_ids` (example index within the block, -1 on padding) and `token_type_ids` (the items' prompt
+    tokens, 0 where an item has none). An example's last label is -100,
     so no example predicts the next one's BOS.
     """
     blocks: list[dict[str, torch.Tensor]] = []
@@ -152,8 +174,8 @@ def pack_examples(items: Iterable[dict], seq_len: int, pad_id: int) -> list[dict
 class PackedDataset(Dataset):
     """A training dataset's examples packed in order into `seq_len` blocks (`pack_examples`); item i is block i.
 
-    Every block holds `input_ids`, `labels`, `attention_mask`, `position_ids` and `segment_ids`, which the HRM
-    uses to keep the examples of a block apart. The packing is fixed (dataset order, next fit), so the data
+    Every block holds `input_ids`, `labels`, `attention_mask`, `position_ids`, `segment_ids`, which the HRM
+    uses to keep the examples of a block apart, and `token_type_ids` (prompt tokens, for PrefixLM). The packing is fixed (dataset order, next fit), so the data
     order can shuffle blocks by step count alone.
     """
 

@@ -119,6 +119,10 @@ class ModelFamily:
         """A fresh training-time state for one micro-batch slot."""
         return TrainState()
 
+    def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> None:
+        """Called by the Trainer before optimizer step `step` (0-based) of `total_steps`, with the unwrapped
+        model and the whole run config: a family's schedules (e.g. the HRM's bp_steps warm-up). No-op here."""
+
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str
     ) -> LossOutput:

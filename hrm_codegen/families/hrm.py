@@ -38,6 +38,18 @@ def _hrm_arch_schema() -> type:
 HRMArchConfig = _hrm_arch_schema()
 
 
+def bp_steps_at(step: int, total_steps: int, target: int, warmup_ratio: float) -> int:
+    """bp_steps for optimizer step `step` (0-based) under a linear warm-up from 2 to `target`.
+
+    The warm-up lasts `round(warmup_ratio * total_steps)` steps: step s of it uses
+    `2 + floor((target - 2) * s / warmup_steps)`, so each value gets an equal share; from its end on, `target`.
+    """
+    warmup_steps = round(warmup_ratio * total_steps)
+    if target <= 2 or step >= warmup_steps:
+        return target
+    return 2 + (target - 2) * step // warmup_steps
+
+
 class ActCarryState(TrainState):
     """The HRM's ACT carry for one micro-batch slot (deep supervision, upstream's training scheme).
 
@@ -111,13 +123,22 @@ class HrmFamily(ModelFamily):
         return HierarchicalReasoningModel_ACTV1(config)
 
     def lm_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Plain LM logits: halt_max_steps fresh segments."""
+        """Plain LM logits: halt_max_steps fresh segments (the prompt bidirectional with arch.prefix_lm)."""
         return cast(HierarchicalReasoningModel_ACTV1, model).lm_forward(
-            batch["input_ids"], batch.get("attention_mask")
+            batch["input_ids"],
+            batch.get("attention_mask"),
+            token_type_ids=batch.get("token_type_ids"),
         )
 
     def new_train_state(self, config: dict[str, Any]) -> TrainState:
         return ActCarryState(persist=config.get("halt_max_steps", 1) > 1)
+
+    def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> None:
+        """The bp_steps warm-up (train.bp_warmup_ratio > 0): from 2 up to arch.bp_steps (`bp_steps_at`)."""
+        ratio = float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0)
+        if ratio > 0:
+            hrm = cast(HierarchicalReasoningModel_ACTV1, model)
+            hrm.bp_steps = bp_steps_at(step, total_steps, hrm.config.bp_steps, ratio)
 
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str
@@ -154,13 +175,18 @@ class HrmFamily(ModelFamily):
         attention_mask: torch.Tensor,
         request: GenerationRequest,
     ) -> Generated:
-        """KV-cached decoding (`hrm_codegen.generation.generate`), one seed per row when given."""
+        """KV-cached decoding (`hrm_codegen.generation.generate`), one seed per row when given; with
+        arch.prefix_lm the prompt is prefilled with the prefix mask and the new tokens decode causally."""
         r = request
         seeds: Any = list(r.seeds) if len(r.seeds) > 1 else (r.seeds[0] if r.seeds else None)
+        hrm = cast(HierarchicalReasoningModel_ACTV1, model)
+        # PrefixLM: every real prompt token is prefix (bidirectional), as in training.
+        token_type_ids = attention_mask.long() if hrm.config.prefix_lm else None
         out = generate(
-            cast(HierarchicalReasoningModel_ACTV1, model),
+            hrm,
             input_ids,
             attention_mask,
+            token_type_ids=token_type_ids,
             max_new_tokens=r.max_new_tokens,
             do_sample=r.do_sample,
             temperature=r.temperature,

@@ -8,6 +8,7 @@ halting behind `enable_q_head`, 1-D RoPE (or learned positions), and a KV cache 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -56,6 +57,11 @@ class HRMConfig:
     causal: bool = True
     enable_q_head: bool = False
     attn_backend: str = "auto"
+    # PrefixLM: tokens with token_type_ids == 1 (BOS and the prompt) attend bidirectionally within their prompt.
+    prefix_lm: bool = False
+    # Level evaluations (H and L steps together) that carry gradient; 2 = upstream's 1-step gradient.
+    bp_steps: int = 2
+    norm_type: str = "post"  # post (upstream) or pre (HRM-Text: pre-norm blocks, each level ends with a norm)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> HRMConfig:
@@ -90,6 +96,14 @@ class HRMConfig:
         for key in ("H_cycles", "L_cycles", "H_layers", "L_layers", "vocab_size", "seq_len"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.norm_type not in ("post", "pre"):
+            raise ValueError(f"norm_type must be 'post' or 'pre', got {self.norm_type!r}")
+        check_bp_steps(self.bp_steps, self.H_cycles, self.L_cycles)
+        if self.prefix_lm and self.attn_backend == "flash_attn":
+            raise ValueError(
+                "prefix_lm=true needs an explicit attention mask, which FlashAttention cannot take; "
+                "set attn_backend to auto or sdpa (SDPA with the prefix mask) or prefix_lm=false"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (what `HierarchicalReasoningModel_ACTV1(config_dict)` accepts)."""
@@ -104,6 +118,31 @@ class HRMConfig:
     def layer_evals_per_segment(self) -> int:
         """Transformer-block evaluations per token in one ACT segment."""
         return self.H_cycles * (self.L_cycles * self.L_layers + self.H_layers)
+
+    @property
+    def max_bp_steps(self) -> int:
+        """The bp_steps of full backpropagation through a segment: every H and L step."""
+        return self.H_cycles * (self.L_cycles + 1)
+
+
+def check_bp_steps(bp_steps: int, h_cycles: int, l_cycles: int) -> None:
+    """Raise ValueError unless 2 <= bp_steps <= H_cycles * (L_cycles + 1)."""
+    most = h_cycles * (l_cycles + 1)
+    if not 2 <= bp_steps <= most:
+        raise ValueError(
+            f"bp_steps must be between 2 (the 1-step gradient) and H_cycles * (L_cycles + 1) = {most} "
+            f"(full backpropagation), got {bp_steps}"
+        )
+
+
+def gradient_steps(bp_steps: int, h_cycles: int) -> tuple[int, int]:
+    """(H steps, L steps) that carry gradient, the last ones of each level (HRM-Text's bp_steps).
+
+    H takes min(H_cycles, bp_steps - 1) of its last steps and L the rest of its last steps, so 2 is the
+    last H and the last L step (upstream's 1-step gradient).
+    """
+    h_steps = min(h_cycles, bp_steps - 1)
+    return h_steps, bp_steps - h_steps
 
 
 @dataclass
@@ -125,7 +164,8 @@ class HierarchicalReasoningModel_ACTV1Carry:
 
 
 class HierarchicalReasoningModel_ACTV1Block(nn.Module):
-    """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
+    """Post-norm block h = norm(h + attn(h)); h = norm(h + mlp(h)), or with norm_type=pre (HRM-Text)
+    h = h + attn(norm(h)); h = h + mlp(norm(h)). The norm is scale-free either way (no parameters)."""
 
     def __init__(self, config: HRMConfig):
         super().__init__()
@@ -139,18 +179,30 @@ class HierarchicalReasoningModel_ACTV1Block(nn.Module):
         )
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
         self.norm_eps = config.rms_norm_eps
+        self.pre_norm = config.norm_type == "pre"
 
     def forward(self, hidden_states: torch.Tensor, **attn_kwargs) -> torch.Tensor:
-        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, **attn_kwargs), self.norm_eps)
-        return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+        eps = self.norm_eps
+        if self.pre_norm:
+            hidden_states = hidden_states + self.self_attn(rms_norm(hidden_states, eps), **attn_kwargs)
+            return hidden_states + self.mlp(rms_norm(hidden_states, eps))
+        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, **attn_kwargs), eps)
+        return rms_norm(hidden_states + self.mlp(hidden_states), eps)
 
 
 class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
-    """A stack of blocks that first adds its input injection to its state."""
+    """A stack of blocks that first adds its input injection to its state.
 
-    def __init__(self, layers: list[HierarchicalReasoningModel_ACTV1Block]):
+    `final_norm_eps` (pre-norm models): end with a scale-free RMSNorm, as HRM-Text's stacks do, so the
+    states the levels pass on, and what the LM head reads, are normalised.
+    """
+
+    def __init__(
+        self, layers: list[HierarchicalReasoningModel_ACTV1Block], final_norm_eps: float | None = None
+    ):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.final_norm_eps = final_norm_eps
 
     def forward(
         self, hidden_states: torch.Tensor, input_injection: torch.Tensor, **attn_kwargs
@@ -158,11 +210,13 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
         hidden_states = hidden_states + input_injection
         for layer in self.layers:
             hidden_states = layer(hidden_states, **attn_kwargs)
+        if self.final_norm_eps is not None:
+            hidden_states = rms_norm(hidden_states, self.final_norm_eps)
         return hidden_states
 
 
 class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
-    """One ACT segment: H_cycles x (L_cycles L-steps + one H-step), gradient only through the last of each."""
+    """One ACT segment: H_cycles x (L_cycles L-steps + one H-step), gradient through the last bp_steps."""
 
     def __init__(self, config: HRMConfig):
         super().__init__()
@@ -185,12 +239,15 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         else:
             self.embed_pos = CastedEmbedding(config.seq_len, config.hidden_size, embed_init_std, dtype)
 
+        final_norm_eps = config.rms_norm_eps if config.norm_type == "pre" else None
         self.H_level = HierarchicalReasoningModel_ACTV1ReasoningModule(
-            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.H_layers)]
+            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.H_layers)], final_norm_eps
         )
         self.L_level = HierarchicalReasoningModel_ACTV1ReasoningModule(
-            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.L_layers)]
+            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.L_layers)], final_norm_eps
         )
+        # Gradient-carrying level evaluations; config.bp_steps, changed at run time by the bp warm-up.
+        self.bp_steps = config.bp_steps
         self.H_init: torch.Tensor
         self.L_init: torch.Tensor
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size), std=1.0))
@@ -242,16 +299,16 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         h_cycles, l_cycles = self.config.H_cycles, self.config.L_cycles
 
         z_H, z_L = carry.z_H, carry.z_L
-        with torch.no_grad():
-            for h_step in range(h_cycles):
-                for l_step in range(l_cycles):
-                    if not (h_step == h_cycles - 1 and l_step == l_cycles - 1):
-                        z_L = self.L_level(z_L, z_H + x, **attn_kwargs)
-                if h_step != h_cycles - 1:
-                    z_H = self.H_level(z_H, z_L, **attn_kwargs)
-        # 1-step gradient: only the last L step and the last H step are differentiated.
-        z_L = self.L_level(z_L, z_H + x, **attn_kwargs)
-        z_H = self.H_level(z_H, z_L, **attn_kwargs)
+        # Gradient only through the last `h_grad` H steps and the last `l_grad` L steps (bp_steps in all);
+        # the default bp_steps=2 is upstream's 1-step gradient: the last L step and the last H step.
+        h_grad, l_grad = gradient_steps(self.bp_steps, h_cycles)
+        first_l_grad = h_cycles * l_cycles - l_grad
+        for h_step in range(h_cycles):
+            for l_step in range(l_cycles):
+                with _grad_if(h_step * l_cycles + l_step >= first_l_grad):
+                    z_L = self.L_level(z_L, z_H + x, **attn_kwargs)
+            with _grad_if(h_step >= h_cycles - h_grad):
+                z_H = self.H_level(z_H, z_L, **attn_kwargs)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
         logits = self.lm_head(z_H[:, -logits_to_keep:] if logits_to_keep else z_H)
@@ -264,6 +321,11 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             q_logits = self.q_head(summary).to(torch.float32)
             q = (q_logits[..., 0], q_logits[..., 1])
         return new_carry, logits, q
+
+
+def _grad_if(enabled: bool) -> contextlib.AbstractContextManager:
+    """No change where a level evaluation carries gradient, `no_grad` where it does not."""
+    return contextlib.nullcontext() if enabled else torch.no_grad()
 
 
 def default_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -290,13 +352,28 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         self.config.validate()
         self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
 
+    @property
+    def bp_steps(self) -> int:
+        """Gradient-carrying level evaluations now: config.bp_steps unless the bp warm-up set another."""
+        return self.inner.bp_steps
+
+    @bp_steps.setter
+    def bp_steps(self, value: int) -> None:
+        check_bp_steps(value, self.config.H_cycles, self.config.L_cycles)
+        self.inner.bp_steps = int(value)
+
     def _batch_views(self, data: dict[str, torch.Tensor], kv_cache: KVCache | None = None):
         """(input_ids, position_ids, attn_mask, last_index) for a batch dict.
 
-        Optional keys: `attention_mask` [B, S] (1 = real token), `position_ids`, and `segment_ids`
-        (packed batches: example index per token; attention never crosses examples).
+        Optional keys: `attention_mask` [B, S] (1 = real token), `position_ids`, `segment_ids`
+        (packed batches: example index per token; attention never crosses examples) and `token_type_ids`
+        (1 on prompt tokens: bidirectional among themselves when config.prefix_lm, ignored otherwise).
         """
         input_ids = data["input_ids"]
+        token_type_ids = data.get("token_type_ids") if self.config.prefix_lm else None
+        prefix = (
+            token_type_ids == 1 if token_type_ids is not None and bool((token_type_ids == 1).any()) else None
+        )
         mask = data.get("attention_mask")
         segment_ids = data.get("segment_ids")
         position_ids = data.get("position_ids")
@@ -307,9 +384,15 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             kv_cache.begin_step(key_mask)
             key_mask = kv_cache.key_mask
             assert key_mask is not None
-        needs_mask = kv_cache is not None or segment_ids is not None or not bool(key_mask.all())
+        if prefix is not None and prefix.shape[1] < key_mask.shape[1]:  # cached keys: earlier calls' prompt
+            prefix = torch.cat(
+                [prefix.new_zeros(prefix.shape[0], key_mask.shape[1] - prefix.shape[1]), prefix], 1
+            )
+        needs_mask = (
+            kv_cache is not None or segment_ids is not None or prefix is not None or not bool(key_mask.all())
+        )
         attn_mask = (
-            build_attn_mask(key_mask, input_ids.shape[1], self.config.causal, segment_ids)
+            build_attn_mask(key_mask, input_ids.shape[1], self.config.causal, segment_ids, prefix)
             if needs_mask
             else None
         )
@@ -364,6 +447,7 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         num_segments: int | None = None,
         kv_cache: KVCache | None = None,
@@ -372,11 +456,15 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         """Plain LM use: logits [B, S, vocab] after `num_segments` (default halt_max_steps) fresh segments.
 
         With `kv_cache`, `input_ids` are only the new positions; their keys/values are appended to the cache.
+        `token_type_ids` (1 = prompt token) makes the prompt bidirectional when config.prefix_lm (ignored
+        otherwise); with a cache, prefill the prompt with it and decode the new tokens without it.
         `logits_to_keep` > 0 returns logits for the last that many positions only (generation needs one).
         """
         batch = {"input_ids": input_ids}
         if attention_mask is not None:
             batch["attention_mask"] = attention_mask
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
         if position_ids is not None:
             batch["position_ids"] = position_ids
         ids, pos, attn_mask, last_index = self._batch_views(batch, kv_cache)

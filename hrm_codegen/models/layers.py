@@ -157,19 +157,29 @@ class KVCache:
 
 
 def build_attn_mask(
-    key_mask: torch.Tensor, query_len: int, causal: bool, segment_ids: torch.Tensor | None = None
+    key_mask: torch.Tensor,
+    query_len: int,
+    causal: bool,
+    segment_ids: torch.Tensor | None = None,
+    prefix_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean [B, 1, Q, K] mask (True = attend) for the last `query_len` of K key positions.
 
     `key_mask` [B, K] hides padding keys; `segment_ids` [B, K] (packed batches) hides keys of other
-    examples. A query always sees itself, so no row is empty and padding rows stay finite.
+    examples. `prefix_mask` [B, K] (PrefixLM, True on prompt tokens) lets a prompt query also see the
+    later prompt keys of its own example: the prompt is bidirectional, everything else stays causal.
+    A query always sees itself, so no row is empty and padding rows stay finite.
     """
     k_len = key_mask.shape[1]
     q_pos = torch.arange(k_len - query_len, k_len, device=key_mask.device)[:, None]
     k_pos = torch.arange(k_len, device=key_mask.device)[None, :]
     allowed = key_mask.bool()[:, None, :]
     if causal:
-        allowed = allowed & (k_pos <= q_pos)[None]
+        visible = (k_pos <= q_pos)[None]
+        if prefix_mask is not None:
+            prefix = prefix_mask.bool()
+            visible = visible | (prefix[:, -query_len:, None] & prefix[:, None, :])
+        allowed = allowed & visible
     if segment_ids is not None:
         allowed = allowed & (segment_ids[:, -query_len:, None] == segment_ids[:, None, :])
     allowed = allowed | (k_pos == q_pos)[None]
