@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from hrm_codegen.models.layers import KVCache
+from hrm_codegen.models.layers import KVCache, StaticKVCache
 
 if TYPE_CHECKING:
     from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
@@ -32,59 +33,62 @@ class GenerationOutput:
     finish_reasons: list[str]
     texts: list[str] | None = None
     logits: torch.Tensor | None = None
+    compile_seconds: float | None = None  # wall time of this call's first compiled step (None: none compiled)
 
 
-class StaticKVCache(KVCache):
-    """A `KVCache` with buffers preallocated for `max_len` positions, so a step writes in place.
+class StaticDecoder:
+    """A `StaticKVCache` of `rows` x `max_len` positions and the one-token decoding step over it.
 
-    Drop-in for `KVCache` in `lm_forward`. Buffers are head-major ([B, H, max_len, D]), so the keys and
-    values that attention reads after its transpose to [B, H, T, D] have contiguous rows per head.
+    With `compile`, the step is `torch.compile`d on its first call (inductor on the CPU,
+    `mode="reduce-overhead"` (CUDA graphs) on CUDA) and its wall time, compilation included, is kept in
+    `compile_seconds` (and `last_compile_seconds` until `generate` reads it). Every step has the same shapes
+    (tokens [rows, 1], positions [rows, 1], keys over the whole buffer), so it compiles once per decoder.
     """
 
-    def __init__(self, max_len: int):
-        super().__init__()
-        self.max_len = max_len
-        self.length = 0  # positions filled, including the ones of the current step
-        self._mask_buffer: torch.Tensor | None = None
+    def __init__(
+        self, model: HierarchicalReasoningModel_ACTV1, rows: int, max_len: int, compile: bool
+    ) -> None:
+        self.model = model
+        self.cache = StaticKVCache(max_len)
+        self.compile = compile
+        self.compile_seconds: float | None = None
+        self.last_compile_seconds: float | None = None
+        self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._new_mask = torch.ones(rows, 1, dtype=torch.bool, device=model.inner.H_init.device)
 
-    def begin_step(self, new_key_mask: torch.Tensor) -> None:
-        """Rewind to the first slot and append the mask of the new positions."""
-        start, stop = self.length, self.length + new_key_mask.shape[1]
-        if stop > self.max_len:
-            raise ValueError(f"StaticKVCache holds {self.max_len} positions; step needs {stop}")
-        if self._mask_buffer is None:
-            self._mask_buffer = new_key_mask.new_zeros(new_key_mask.shape[0], self.max_len)
-        self._mask_buffer[:, start:stop] = new_key_mask
-        self.length, self.cursor = stop, 0
-        self.key_mask = self._mask_buffer[:, :stop]
+    def _eager_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        logits = self.model.lm_forward(tokens, self._new_mask, position_ids=positions, kv_cache=self.cache)
+        return logits[:, -1]
 
-    @property
-    def seq_len(self) -> int:
-        """Number of positions cached so far (including the ones of the current step)."""
-        return self.length
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [rows, V] for one new token per row ([rows, 1] ids and positions)."""
+        if not self.compile:
+            return self._eager_step(tokens, positions)
+        if self._compiled is None:
+            on_cuda = tokens.is_cuda
+            if on_cuda:  # CUDA graphs replay fixed addresses: the buffers the step writes must not move
+                for tensor in self.cache.tensors():
+                    torch._dynamo.mark_static_address(tensor)
+            compiled = torch.compile(
+                self._eager_step, mode="reduce-overhead" if on_cuda else None, dynamic=False
+            )
+            start = time.perf_counter()
+            logits = compiled(tokens, positions).clone()
+            self.compile_seconds = self.last_compile_seconds = time.perf_counter() - start
+            self._compiled = compiled
+            return logits
+        return self._compiled(tokens, positions).clone()  # CUDA graphs overwrite their outputs on replay
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v ([B, S, H, D]) at the current positions of the next slot; return [B, T, H, D] views."""
-        slot = self.cursor
-        self.cursor += 1
-        if slot == len(self.keys):
-            shape = (k.shape[0], k.shape[2], self.max_len, k.shape[3])
-            self.keys.append(k.new_empty(shape))
-            self.values.append(v.new_empty(shape))
-        start = self.length - k.shape[1]
-        self.keys[slot][:, :, start : self.length] = k.transpose(1, 2)
-        self.values[slot][:, :, start : self.length] = v.transpose(1, 2)
-        return (
-            self.keys[slot][:, :, : self.length].transpose(1, 2),
-            self.values[slot][:, :, : self.length].transpose(1, 2),
-        )
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (expand prompts for several samples, or drop finished sequences)."""
-        super().reorder(index)
-        if self._mask_buffer is not None:
-            self._mask_buffer = self._mask_buffer.index_select(0, index)
-            self.key_mask = self._mask_buffer[:, : self.length]
+def static_decoder(
+    model: HierarchicalReasoningModel_ACTV1, rows: int, max_len: int, device: torch.device
+) -> StaticDecoder:
+    """The model's compiled decoder for `rows` x `max_len` (kept on the model, so later calls reuse it)."""
+    decoders: dict[tuple[int, int, str], StaticDecoder] = model.__dict__.setdefault("_static_decoders", {})
+    key = (rows, max_len, str(device))
+    if key not in decoders:
+        decoders[key] = StaticDecoder(model, rows, max_len, compile=True)
+    return decoders[key]
 
 
 def filter_logits(
@@ -174,6 +178,15 @@ def _check_inputs(
             raise ValueError(f"top_k must be >= 0, got {args['top_k']}")
     if args["use_cache"] and not model.config.causal:
         raise ValueError("the KV cache needs causal attention (causal=true); pass use_cache=False")
+    if args["cache_implementation"] not in ("static", "dynamic"):
+        raise ValueError(
+            f"cache_implementation must be 'static' or 'dynamic', got {args['cache_implementation']!r}"
+        )
+    if args["compile"] and not (args["use_cache"] and args["cache_implementation"] == "static"):
+        raise ValueError(
+            "compile=True compiles the one-token step over the static cache: needs use_cache=True "
+            "and cache_implementation='static'"
+        )
     if args["stop_strings"] and args["decode"] is None:
         raise ValueError("stop_strings need a tokenizer (or a decode callable) to decode the new tokens")
     return mask
@@ -199,6 +212,8 @@ def generate(
     seed: int | Sequence[int] | None = None,
     return_logits: bool = False,
     token_type_ids: torch.Tensor | None = None,
+    cache_implementation: str = "static",
+    compile: bool = False,
 ) -> GenerationOutput:
     """Decode continuations of left-padded prompts [B, P] with the HRM (every ACT segment per token).
 
@@ -208,6 +223,10 @@ def generate(
     `use_cache=False` recomputes the whole sequence at every step (the reference the cache must match).
     `seed` seeds one RNG for the batch, or one RNG per returned sequence when it is a list of N seeds, which
     makes each sequence's sample independent of what else is in the batch.
+    `cache_implementation` (transformers' word): "static" (default), a preallocated cache over which every
+    one-token step has the same shapes, or "dynamic", the growing reference cache. `compile=True` (static
+    cache only) decodes with a `torch.compile`d step, compiled on first use and kept on the model for later
+    calls of the same batch size; `GenerationOutput.compile_seconds` reports that first call's wall time.
     `token_type_ids` [B, P] (1 = prompt token; used when the model's config has prefix_lm) makes the prompt
     bidirectional: the cache is prefilled with the prefix mask and the new tokens (type 0) decode causally.
     """
@@ -225,6 +244,8 @@ def generate(
         num_return_sequences=num_return_sequences,
         use_cache=use_cache,
         decode=decode,
+        cache_implementation=cache_implementation,
+        compile=compile,
     )
     if eos_token_id is None:
         eos_token_id = getattr(tokenizer, "eos_id", None)
@@ -250,10 +271,25 @@ def generate(
     finish_reasons = ["length"] * total
     lengths = [0] * total  # new tokens of each sequence, including the one that stopped it
 
-    cache: StaticKVCache | None = None
     ids, ids_mask, ids_types = input_ids, mask, token_type_ids
-    if use_cache:
-        cache = StaticKVCache(input_ids.shape[1] + max_steps)
+    cache: KVCache | None = None
+    decoder: StaticDecoder | None = None
+    compile_seconds = None
+    if use_cache and cache_implementation == "static":
+        # Fixed rows (finished ones keep stepping on pad tokens) so each step has the same shapes.
+        width = input_ids.shape[1] + max_steps
+        decoder = (
+            static_decoder(model, total, max(width, model.config.seq_len), device)
+            if compile
+            else StaticDecoder(model, total, width, compile=False)
+        )
+        decoder.cache.reset()
+        cache = decoder.cache
+        types = token_type_ids[expand] if token_type_ids is not None else None
+        logits = model.lm_forward(input_ids[expand], mask[expand], types, kv_cache=cache, logits_to_keep=1)
+        logits = logits[:, -1]
+    elif use_cache:
+        cache = KVCache()
         logits = model.lm_forward(input_ids, mask, token_type_ids, kv_cache=cache, logits_to_keep=1)[:, -1]
         if n > 1:
             cache.reorder(expand)
@@ -264,6 +300,9 @@ def generate(
         logits = model.lm_forward(ids, ids_mask, ids_types, logits_to_keep=1)[:, -1]
 
     active = torch.arange(total, device=device)  # returned-sequence index of each row still decoding
+    all_tokens = torch.full(
+        (total,), pad_token_id, dtype=torch.long, device=device
+    )  # static: every row's input
     for step in range(max_steps):
         if return_logits:
             full = logits.new_zeros(total, logits.shape[-1])
@@ -288,14 +327,25 @@ def generate(
         keep = ~torch.tensor(done_list, dtype=torch.bool, device=device)
         if not bool(keep.any()):
             break
+        if decoder is not None:
+            all_tokens[active] = tokens
         if not bool(keep.all()):
             rows = keep.nonzero().squeeze(-1)
             active, tokens = active[rows], tokens[rows]
-            if cache is not None:
+            if decoder is not None:
+                pass  # the static cache keeps every row
+            elif cache is not None:
                 cache.reorder(rows)
             else:
                 ids, ids_mask = ids[rows], ids_mask[rows]
                 ids_types = ids_types[rows] if ids_types is not None else None
+        if decoder is not None:
+            # Real tokens before the new one; rows that finished may run past the model's positions: clamp.
+            positions = (prompt_len + step).clamp(max=model.config.seq_len - 1)[:, None]
+            logits = decoder.step(all_tokens[:, None], positions)[active]
+            if decoder.last_compile_seconds is not None:
+                compile_seconds, decoder.last_compile_seconds = decoder.last_compile_seconds, None
+            continue
         new_mask = torch.ones(len(active), 1, dtype=torch.bool, device=device)
         if cache is not None:
             positions = (prompt_len[active] + step)[:, None]  # real tokens before the new one
@@ -307,7 +357,9 @@ def generate(
                 ids_types = torch.cat([ids_types, torch.zeros_like(tokens)[:, None]], 1)
             logits = model.lm_forward(ids, ids_mask, ids_types, logits_to_keep=1)[:, -1]
 
-    return _finish(input_ids[expand], new_ids, lengths, finish_reasons, decode, stops, step_logits)
+    out = _finish(input_ids[expand], new_ids, lengths, finish_reasons, decode, stops, step_logits)
+    out.compile_seconds = compile_seconds
+    return out
 
 
 def tail_has_stop(ids: Sequence[int], stops: Sequence[str], decode: Decoder) -> bool:

@@ -205,11 +205,17 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
         self.final_norm_eps = final_norm_eps
 
     def forward(
-        self, hidden_states: torch.Tensor, input_injection: torch.Tensor, **attn_kwargs
+        self,
+        hidden_states: torch.Tensor,
+        input_injection: torch.Tensor,
+        cache_key: tuple | None = None,
+        **attn_kwargs,
     ) -> torch.Tensor:
+        """`cache_key` (segment, H cycle, L cycle, level): the KV-cache slot of layer i is (*cache_key, i)."""
         hidden_states = hidden_states + input_injection
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, **attn_kwargs)
+        for i, layer in enumerate(self.layers):
+            layer_key = None if cache_key is None else (*cache_key, i)
+            hidden_states = layer(hidden_states, cache_key=layer_key, **attn_kwargs)
         if self.final_norm_eps is not None:
             hidden_states = rms_norm(hidden_states, self.final_norm_eps)
         return hidden_states
@@ -286,6 +292,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         last_index: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        segment: int = 0,
     ):
         """Run one segment; returns (detached new carry, logits [B, S, vocab], (q_halt, q_continue) or None).
 
@@ -306,9 +313,9 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         for h_step in range(h_cycles):
             for l_step in range(l_cycles):
                 with _grad_if(h_step * l_cycles + l_step >= first_l_grad):
-                    z_L = self.L_level(z_L, z_H + x, **attn_kwargs)
+                    z_L = self.L_level(z_L, z_H + x, (segment, h_step, l_step, "L"), **attn_kwargs)
             with _grad_if(h_step >= h_cycles - h_grad):
-                z_H = self.H_level(z_H, z_L, **attn_kwargs)
+                z_H = self.H_level(z_H, z_L, (segment, h_step, None, "H"), **attn_kwargs)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
         logits = self.lm_head(z_H[:, -logits_to_keep:] if logits_to_keep else z_H)
@@ -380,10 +387,9 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         if position_ids is None:
             position_ids = default_position_ids(input_ids, mask)
         key_mask = mask.bool() if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        if kv_cache is not None:
-            kv_cache.begin_step(key_mask)
+        if kv_cache is not None:  # the caller (lm_forward) began the step: the mask covers the cache
             key_mask = kv_cache.key_mask
-            assert key_mask is not None
+            assert key_mask is not None, "begin the cache step before _batch_views"
         if prefix is not None and prefix.shape[1] < key_mask.shape[1]:  # cached keys: earlier calls' prompt
             prefix = torch.cat(
                 [prefix.new_zeros(prefix.shape[0], key_mask.shape[1] - prefix.shape[1]), prefix], 1
@@ -396,6 +402,8 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             if needs_mask
             else None
         )
+        if kv_cache is not None:  # over the cache's key layout (a static cache: its whole buffer)
+            attn_mask = kv_cache.widen_mask(attn_mask)
         last_index = last_real_index(mask) if mask is not None else None
         return input_ids, position_ids, attn_mask, last_index
 
@@ -467,6 +475,9 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             batch["token_type_ids"] = token_type_ids
         if position_ids is not None:
             batch["position_ids"] = position_ids
+        if kv_cache is not None:  # a new step: its positions' mask joins the cache's
+            new_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            kv_cache.begin_step(new_mask.bool())
         ids, pos, attn_mask, last_index = self._batch_views(batch, kv_cache)
         batch_size, seq_len = ids.shape
         carry = self.inner.reset_carry(
@@ -474,11 +485,11 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             self.inner.empty_carry(batch_size, seq_len, ids.device),
         )
         segments = num_segments or self.config.halt_max_steps
-        for _ in range(segments - 1):  # earlier segments only feed the carry: skip most of their LM head
-            carry, _, _ = self.inner(carry, ids, pos, attn_mask, last_index, kv_cache, logits_to_keep=1)
-        _, logits, _ = self.inner(
-            carry, ids, pos, attn_mask, last_index, kv_cache, logits_to_keep=logits_to_keep
-        )
+        views = (ids, pos, attn_mask, last_index, kv_cache)
+        # Earlier segments only feed the carry: skip most of their LM head.
+        for segment in range(segments - 1):
+            carry, _, _ = self.inner(carry, *views, logits_to_keep=1, segment=segment)
+        _, logits, _ = self.inner(carry, *views, logits_to_keep=logits_to_keep, segment=segments - 1)
         return logits
 
     def num_parameters(self) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +91,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (cos, sin) of shape [B, S, head_dim] for integer `position_ids` [B, S]."""
-        if int(position_ids.max()) >= self.cos_cached.shape[0]:
+        # (checked in eager mode only: a compiled decode step must not read a tensor back)
+        if not torch.compiler.is_compiling() and int(position_ids.max()) >= self.cos_cached.shape[0]:
             raise ValueError(
                 f"position {int(position_ids.max())} exceeds the RoPE table of {self.cos_cached.shape[0]} "
                 "positions; raise `seq_len` in the model config"
@@ -112,48 +112,194 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
     return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
 
-@dataclass
-class KVCache:
-    """Key/value cache for every attention call of a forward pass, addressed by call order.
+CacheKey = tuple  # (segment, H cycle, L cycle or None, level "H"/"L", layer): one attention call of a step
 
-    With causal attention each (segment, cycle, level, layer) call sees only earlier positions, so each
-    call keeps its own cache slot. `begin_step()` rewinds the cursor before each decoding step; each
-    attention call then appends its new keys/values to the next slot.
+
+class KVCache:
+    """Dynamic (growing) key/value cache: one slot per attention call of a step, keyed explicitly.
+
+    With causal attention each (segment, H cycle, L cycle, level, layer) call sees only earlier positions, so
+    each call keeps its own slot, addressed by the key the model passes (`cache_key`). The first step
+    (prefill) records the order of the keys; every later step must call the same keys in the same order, or
+    `update` raises (a model that skipped or reordered a call would otherwise read another call's keys).
+    `begin_step()` starts a step (the model's `lm_forward` calls it); each call appends its new keys and
+    values to its slot with `torch.cat`. This is the reference the `StaticKVCache` must match.
     """
 
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-    key_mask: torch.Tensor | None = None  # [B, T] bool, True where the cached position is a real token
-    cursor: int = 0
+    def __init__(self) -> None:
+        self.slots: dict[CacheKey, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.order: list[CacheKey] = []  # the keys of a step, in call order (fixed by the first step)
+        self._key_mask: torch.Tensor | None = None  # [B, T] bool, True where the cached position is real
+        self.cursor = 0  # calls made in the current step
+        self._frozen = False  # True once a step has run: the key order is fixed
+
+    def _begin(self) -> None:
+        if self.order:  # a step has run (Python state only, so a compiled step keeps constant guards)
+            if self.cursor != len(self.order):
+                raise RuntimeError(
+                    f"KV cache: the previous step made {self.cursor} attention calls, the prefill made "
+                    f"{len(self.order)}; every step must call the same (segment, cycle, level, layer) keys"
+                )
+            self._frozen = True
+        self.cursor = 0
+
+    def _check_key(self, key: CacheKey | None) -> None:
+        """Record `key` (first step) or check it is the next one of the first step's order."""
+        if key is None:
+            raise ValueError("a cached attention call needs its cache_key (segment, H, L, level, layer)")
+        if not self._frozen:
+            if key in self.order:
+                raise RuntimeError(f"KV cache: key {key} called twice in one step")
+            self.order.append(key)
+        else:
+            expected = self.order[self.cursor] if self.cursor < len(self.order) else None
+            if key != expected:
+                raise RuntimeError(
+                    f"KV cache: attention call {self.cursor} of this step has key {key}, but the prefill "
+                    f"{'called ' + str(expected) if expected is not None else 'made no such call'} there; "
+                    "a step must call the layers in the prefill's order"
+                )
+        self.cursor += 1
 
     def begin_step(self, new_key_mask: torch.Tensor) -> None:
-        """Rewind to the first slot and record which of the new positions are real tokens."""
-        self.cursor = 0
-        self.key_mask = new_key_mask if self.key_mask is None else torch.cat([self.key_mask, new_key_mask], 1)
+        """Start a step: record which of the new positions [B, S] are real tokens."""
+        self._begin()
+        old = self._key_mask
+        self._key_mask = new_key_mask if old is None else torch.cat([old, new_key_mask], 1)
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """[B, T] bool over the cached positions (including the current step's), True on real tokens."""
+        return self._key_mask
 
     @property
     def seq_len(self) -> int:
         """Number of positions cached so far (including the ones of the current step)."""
         return 0 if self.key_mask is None else self.key_mask.shape[1]
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append k, v ([B, S, H, D]) to the current slot and return the full keys and values."""
-        slot = self.cursor
-        self.cursor += 1
-        if slot == len(self.keys):
-            self.keys.append(k)
-            self.values.append(v)
-        else:
-            self.keys[slot] = torch.cat([self.keys[slot], k], dim=1)
-            self.values[slot] = torch.cat([self.values[slot], v], dim=1)
-        return self.keys[slot], self.values[slot]
+    def widen_mask(self, attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The step's attention mask over the keys `update` returns (here: the cached positions, as is)."""
+        return attn_mask
+
+    def update(
+        self, key: CacheKey | None, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v ([B, S, H, D]) to slot `key`; return its full keys and values [B, T, H, D]."""
+        self._check_key(key)
+        assert key is not None
+        if key in self.slots:
+            old_k, old_v = self.slots[key]
+            k, v = torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)
+        self.slots[key] = (k, v)
+        return k, v
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (e.g. to expand prompts for several samples)."""
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
-        if self.key_mask is not None:
-            self.key_mask = self.key_mask.index_select(0, index)
+        """Select batch rows (e.g. to expand prompts for several samples, or drop finished ones)."""
+        self.slots = {
+            key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.slots.items()
+        }
+        if self._key_mask is not None:
+            self._key_mask = self._key_mask.index_select(0, index)
+
+
+class StaticKVCache(KVCache):
+    """Preallocated cache of `max_len` positions: slots are allocated at prefill, later steps write in place.
+
+    Every attention call attends over the whole buffer ([B, H, max_len, D], zero-initialised) with a mask
+    that hides the positions not written yet, so a one-token step has the same shapes at every position:
+    that step keeps its state in tensors (the next column to write, `position`) and can be compiled once
+    (`torch.compile`, CUDA graphs). Slots are keyed like `KVCache`'s; a step that calls a key the prefill did
+    not allocate, or calls the keys in another order, raises. `reset()` empties it for the next prompts
+    (same batch size), keeping its buffers (and their addresses) and its key order.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.buffers: dict[CacheKey, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mask_buffer: torch.Tensor | None = None  # [B, max_len] bool
+        self.position: torch.Tensor | None = None  # 0-d long: the next column to write
+        self.columns: torch.Tensor | None = None  # [S] long: the columns of the current step
+        self.length = 0  # columns written, as a Python int (kept by multi-token steps only)
+        self._one_token = False
+
+    def begin_step(self, new_key_mask: torch.Tensor) -> None:
+        """Start a step: write the new positions' mask at the next columns (tensor-only for one token)."""
+        self._begin()
+        batch, width = new_key_mask.shape
+        if self.mask_buffer is None:
+            self.mask_buffer = torch.zeros(batch, self.max_len, dtype=torch.bool, device=new_key_mask.device)
+            self.position = torch.zeros((), dtype=torch.long, device=new_key_mask.device)
+        assert self.position is not None
+        if not torch.compiler.is_compiling():
+            start = int(self.position)
+            if start + width > self.max_len:
+                raise ValueError(f"StaticKVCache holds {self.max_len} positions; step needs {start + width}")
+            if batch != self.mask_buffer.shape[0]:
+                raise ValueError(f"StaticKVCache holds {self.mask_buffer.shape[0]} rows; step has {batch}")
+            self.length = start + width
+        self._one_token = width == 1
+        self.columns = self.position + torch.arange(width, device=new_key_mask.device)
+        self.mask_buffer.index_copy_(1, self.columns, new_key_mask.bool())
+        self.position.add_(width)
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """The mask of the written positions (multi-token steps), or of the whole buffer (one-token steps)."""
+        if self.mask_buffer is None:
+            return None
+        return self.mask_buffer if self._one_token else self.mask_buffer[:, : self.length]
+
+    @property
+    def seq_len(self) -> int:
+        return self.length
+
+    def widen_mask(self, attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The mask over the whole buffer: a one-token step (a decoded token, causal) sees every written real
+        position and itself; a multi-token step's mask over the written positions is padded with False."""
+        assert self.mask_buffer is not None and self.columns is not None
+        if self._one_token:
+            own = torch.arange(self.max_len, device=self.mask_buffer.device) == self.columns
+            return (self.mask_buffer | own)[:, None, None, :]
+        assert attn_mask is not None, "a cached step always has a mask"
+        return F.pad(attn_mask, (0, self.max_len - attn_mask.shape[-1]), value=False)
+
+    def update(
+        self, key: CacheKey | None, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v ([B, S, H, D]) at the step's columns of slot `key`; return the buffers as [B, max_len, H, D]."""
+        self._check_key(key)
+        assert key is not None and self.columns is not None
+        if key not in self.buffers:
+            shape = (k.shape[0], k.shape[2], self.max_len, k.shape[3])
+            self.buffers[key] = (k.new_zeros(shape), v.new_zeros(shape))
+        key_buf, value_buf = self.buffers[key]
+        key_buf.index_copy_(2, self.columns, k.transpose(1, 2))
+        value_buf.index_copy_(2, self.columns, v.transpose(1, 2))
+        return key_buf.transpose(1, 2), value_buf.transpose(1, 2)
+
+    def reset(self) -> None:
+        """Empty the cache for new prompts of the same batch size (buffers, their addresses and key order kept)."""
+        for key_buf, value_buf in self.buffers.values():
+            key_buf.zero_()
+            value_buf.zero_()
+        if self.mask_buffer is not None and self.position is not None:
+            self.mask_buffer.zero_()
+            self.position.zero_()
+        self.length, self.cursor = 0, len(self.order)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every buffer the steps write in place (for `torch._dynamo.mark_static_address`)."""
+        out = [t for pair in self.buffers.values() for t in pair]
+        return out + [t for t in (self.mask_buffer, self.position) if t is not None]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (new buffers: do it before compiling a step over the cache)."""
+        self.buffers = {
+            key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.buffers.items()
+        }
+        if self.mask_buffer is not None:
+            self.mask_buffer = self.mask_buffer.index_select(0, index)
 
 
 def build_attn_mask(
@@ -233,11 +379,13 @@ class Attention(nn.Module):
         cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
         attn_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        cache_key: CacheKey | None = None,
     ) -> torch.Tensor:
         """Attend over `hidden_states` [B, S, hidden].
 
         `attn_mask` is a boolean [B, 1, S, K] mask from `build_attn_mask` (None = plain causal or full
-        attention over S); with `kv_cache` the new keys/values are appended and K covers the cache.
+        attention over S); with `kv_cache` the new keys/values go to its slot `cache_key` (this call's
+        (segment, H cycle, L cycle, level, layer)) and K covers the cache.
         """
         batch, seq, _ = hidden_states.shape
         n_q, n_kv = self.num_heads, self.num_key_value_heads
@@ -246,7 +394,7 @@ class Attention(nn.Module):
         if cos_sin is not None:
             q, k = apply_rotary_pos_emb(q, k, *cos_sin)
         if kv_cache is not None:
-            k, v = kv_cache.update(k, v)
+            k, v = kv_cache.update(cache_key, k, v)
         if self._use_flash(q, attn_mask is None and kv_cache is None):
             out = flash_attn_func(q, k, v, causal=self.causal)  # type: ignore[misc]
         else:
