@@ -45,6 +45,7 @@ class DataConfig:
     eval_limit: int | None = None
     pack: bool = False  # MBPP only: pack the training split into seq_len blocks (validation stays unpacked)
     corpus_dir: str | None = None
+    pairs_path: str | None = None  # data=pairs: a pairs.jsonl from scripts/build_pairs.py
     eval_blocks: int = 0
 
 
@@ -139,10 +140,10 @@ def validate_config(cfg: DictConfig) -> None:
     family = get_family(cfg.arch.name)
     # Packing first: the family's check builds the model, which fails on flash_attn without the package.
     if cfg.data.pack:
-        if cfg.data.name != "mbpp":
+        if cfg.data.name not in ("mbpp", "pairs"):
             raise ValueError(
-                f"data.pack=true is for data=mbpp; data={cfg.data.name} already trains on dense seq_len blocks "
-                "of corpus tokens: leave data.pack=false"
+                f"data.pack=true is for data=mbpp or data=pairs; data={cfg.data.name} already trains on dense "
+                "seq_len blocks of corpus tokens: leave data.pack=false"
             )
         family.check_packing(model_config(cfg, vocab_size=1))
     family.check(model_config(cfg, vocab_size=1))

@@ -111,7 +111,8 @@ def test_launcher_trains_the_compute_matched_baseline_and_exports_save_pretraine
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, trained(ids).logits)
     hf_weights = load_file(str(step / HF_DIR / "model.safetensors"))
-    assert set(hf_weights) == set(load_file(str(step / "model.safetensors")))
+    assert set(hf_weights) == set(trained.state_dict())
+    assert not (step / "model.safetensors").exists()  # the weights are stored once, in hf/
     model, hf_tokenizer = load_hf_model(step / HF_DIR)  # as scripts/evaluate.py --model-type hf reads it
     assert isinstance(hf_tokenizer, CodeTokenizer) and hf_tokenizer.fingerprint == tokenizer.fingerprint
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in trained.parameters())

@@ -478,7 +478,7 @@ def test_pack_training_step_never_attends_across_examples(paths, monkeypatch, ar
     [
         (
             ["arch=tiny", "data=corpus"],
-            r"data.pack=true is for data=mbpp; data=corpus already trains on dense",
+            r"data.pack=true is for data=mbpp or data=pairs; data=corpus already trains on dense",
         ),
         (
             ["arch=tiny", "arch.enable_q_head=true", "arch.halt_max_steps=4"],

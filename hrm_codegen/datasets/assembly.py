@@ -1,4 +1,4 @@
-"""Data assembly: the (train, validation) datasets a config asks for, from MBPP or a corpus."""
+"""Data assembly: the (train, validation) datasets a config asks for, from MBPP, mined pairs or a corpus."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hrm_codegen.datasets.batching import PackedDataset
 from hrm_codegen.datasets.cache import file_sha256
 from hrm_codegen.datasets.corpus import CorpusDataset
 from hrm_codegen.datasets.mbpp import MBPPDataset, load_mbpp
+from hrm_codegen.datasets.pairs import PairsDataset, load_pairs
 from hrm_codegen.tokenization import CodeTokenizer
 
 
@@ -33,10 +34,20 @@ def build_datasets(
             MBPPDataset(rows, split, tokenizer, data.seq_len, data.few_shot, cache_dir, data_hash)
             for split in (data.train_split, data.eval_split)
         ]
+    elif data.name == "pairs":
+        if not data.pairs_path:
+            raise ValueError(
+                "data.name=pairs needs data.pairs_path: a pairs.jsonl written by scripts/build_pairs.py"
+            )
+        pairs = PairsDataset(load_pairs(data.pairs_path), tokenizer, data.seq_len)
+        rows = load_mbpp(data.path)  # validation on MBPP, so the loss compares with the MBPP stages
+        splits = [pairs, MBPPDataset(rows, data.eval_split, tokenizer, data.seq_len, data.few_shot)]
     elif data.name == "corpus":
         splits = corpus_splits(data.corpus_dir, data.seq_len, data.eval_blocks, tokenizer)
     else:
-        raise ValueError(f"data.name={data.name!r} is not a known data source; expected mbpp or corpus")
+        raise ValueError(
+            f"data.name={data.name!r} is not a known data source; expected mbpp, pairs or corpus"
+        )
     limited = [
         Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset  # type: ignore[arg-type]
         for dataset, limit in zip(splits, (data.train_limit, data.eval_limit), strict=True)

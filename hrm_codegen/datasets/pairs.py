@@ -20,12 +20,20 @@ from __future__ import annotations
 import ast
 import builtins
 import doctest
-import json
 import re
 import symtable
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hrm_codegen.datasets.batching import EncodedDataset, encode_pairs
+from hrm_codegen.datasets.mbpp import build_prompt, normalize_code
+from hrm_codegen.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from hrm_codegen.tokenization import CodeTokenizer
 
 MODULE_NAMES = frozenset(dir(builtins)) | {"__name__"}
 PAIR_FIELDS = {"task_id": str, "text": str, "code": str, "test_list": list, "source": str, "verified": bool}
@@ -353,22 +361,28 @@ def load_pairs(path: str | Path, verified: bool | None = None) -> list[dict]:
 
     Raises PairsFormatError naming file:line on a bad row or a repeated task_id.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} does not exist; build it with scripts/build_pairs.py")
     rows, first_line = [], {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                row = validate_pair(json.loads(line), where)
-            except json.JSONDecodeError as err:
-                raise PairsFormatError(f"{where}: not valid JSON at column {err.colno}: {err.msg}") from None
-            if row["task_id"] in first_line:
-                raise PairsFormatError(
-                    f"{where}: duplicate task_id {row['task_id']!r} (first on line {first_line[row['task_id']]})"
-                )
-            first_line[row["task_id"]] = number
-            if verified is None or row["verified"] == verified:
-                rows.append(row)
+    for number, raw in read_jsonl(
+        path, error=PairsFormatError, what="pairs file (build it with scripts/build_pairs.py)"
+    ):
+        where = f"{path}:{number}"
+        row = validate_pair(raw, where)
+        if row["task_id"] in first_line:
+            raise PairsFormatError(
+                f"{where}: duplicate task_id {row['task_id']!r} (first on line {first_line[row['task_id']]})"
+            )
+        first_line[row["task_id"]] = number
+        if verified is None or row["verified"] == verified:
+            rows.append(row)
     return rows
+
+
+class PairsDataset(EncodedDataset):
+    """Mined pairs for training (`data=pairs`) in MBPP's own prompt format (`mbpp.build_prompt`: the task text
+    and its asserts; none for an unverified pair), loss on the code only; pairs over `seq_len` are dropped."""
+
+    def __init__(self, rows: Sequence[dict], tokenizer: CodeTokenizer, seq_len: int) -> None:
+        examples = [(build_prompt(row), normalize_code(row["code"])) for row in rows]
+        encoded = encode_pairs(tokenizer, examples, seq_len, desc="encoding pairs")
+        super().__init__(encoded["input_ids"], encoded["prompt_lengths"], len(encoded["dropped"]))
+        self.task_ids = [rows[i]["task_id"] for i in encoded["kept"]]
