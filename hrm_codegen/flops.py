@@ -1,4 +1,5 @@
-"""Analytic training FLOPs per token of the HRM and the Llama baseline (matmuls only; norms and activations ignored).
+"""Analytic training FLOPs per token of the HRM, HRM-Text and the Llama baseline (matmuls only; norms and
+activations ignored).
 
 Conventions: a matmul with N weights costs 2N FLOPs per token forward and 4N backward; causal attention over a
 sequence of S tokens costs 2 * 2 * hidden * (S + 1) / 2 per token per layer forward (QK^T and AV over the
@@ -8,7 +9,7 @@ the `arch.bp_steps` level evaluations that carry gradient (the last H and L step
 
 from __future__ import annotations
 
-from transformers import LlamaConfig
+from transformers import HrmTextConfig, LlamaConfig
 
 from hrm_codegen.models.baseline import swiglu_intermediate_size
 from hrm_codegen.models.hrm_act_v1 import HRMConfig, gradient_steps
@@ -47,3 +48,30 @@ def llama_flops_per_token(config: LlamaConfig, seq_len: int) -> dict[str, float]
     layer_forward = 2.0 * block_params(hidden, config.intermediate_size) + attention_flops(hidden, seq_len)
     trained = 3.0 * config.num_hidden_layers * layer_forward + 6.0 * config.vocab_size * hidden
     return {"no_grad": 0.0, "trained": trained, "total": trained}
+
+
+def hrm_text_bp_cycles(config: HrmTextConfig) -> list[int]:
+    """Per H cycle, the trailing L cycles that propagate gradients, as HrmTextModel pads `L_bp_cycles`."""
+    raw = list(config.L_bp_cycles or [])
+    padded = [1] * max(0, config.H_cycles - len(raw)) + raw
+    return [max(0, min(padded[h] if h < len(padded) else 1, config.L_cycles)) for h in range(config.H_cycles)]
+
+
+def hrm_text_flops_per_token(config: HrmTextConfig, seq_len: int) -> dict[str, float]:
+    """Training FLOPs per token of an HrmTextForCausalLM.
+
+    Each H cycle runs the L stack L_cycles times and the H stack once (stacks of `num_layers_per_stack` layers;
+    attention has a fifth, gating projection). Every H-stack call and the last `L_bp_cycles[h]` L-stack calls
+    of H cycle h are differentiated (forward + backward = 3x forward); the other L-stack calls run under no_grad
+    (forward only). The LM head is trained; the embedding lookup costs nothing.
+    """
+    hidden, layers = config.hidden_size, config.num_layers_per_stack or 1
+    heads_width = config.num_attention_heads * (config.head_dim or hidden // config.num_attention_heads)
+    matmul_weights = 5 * hidden * heads_width + 3 * hidden * config.intermediate_size
+    layer_forward = 2.0 * matmul_weights + 2.0 * heads_width * (seq_len + 1)
+    grad_l_calls = sum(hrm_text_bp_cycles(config))
+    trained_calls = config.H_cycles + grad_l_calls
+    no_grad_calls = config.H_cycles * config.L_cycles - grad_l_calls
+    no_grad = no_grad_calls * layers * layer_forward
+    trained = 3.0 * trained_calls * layers * layer_forward + 6.0 * config.vocab_size * hidden
+    return {"no_grad": no_grad, "trained": trained, "total": no_grad + trained}

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hrm_codegen.checkpoint import TOKENIZER_DIR, WEIGHTS_FILE, read_meta, verify_export
-from hrm_codegen.families import ModelFamily, get_family
+from hrm_codegen.families import FAMILIES, ModelFamily, get_family
 from hrm_codegen.families.transformers_lm import PRETRAINED
 from hrm_codegen.runs import CONFIG_FILE, META_FILE, CheckpointError, resolve_checkpoint
 from hrm_codegen.tokenization import FINGERPRINT_FILE, check_fingerprint, load_tokenizer
@@ -102,7 +102,7 @@ def load_checkpoint(
         check_fingerprint(expected_fingerprint, tokenizer, where)
     family = get_family(cfg.arch.name)
     vocab_size = OmegaConf.select(cfg, "arch.vocab_size") or tokenizer.vocab_size
-    model = family.build(model_config(cfg, vocab_size))
+    model = family.build_for_checkpoint(model_config(cfg, vocab_size), resolved)
     family.load_weights(model, resolved)
     return LoadedModel(model.to(device).eval(), tokenizer, family, cfg, f"{family.name} {resolved.resolve()}")
 
@@ -153,7 +153,12 @@ def load_pretrained(
                 f"directory ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
             ) from err
     source = model_path.resolve() if model_path.exists() else path
-    return LoadedModel(model.to(device).eval(), hf_tokenizer, PRETRAINED, None, f"pretrained {source}")
+    # A model a family of ours wraps decodes through that family (HRM-Text: its prompt is the PrefixLM prefix).
+    family = next(
+        (f for f in FAMILIES.values() if isinstance(model, getattr(f, "model_class", None) or ())),
+        PRETRAINED,
+    )
+    return LoadedModel(model.to(device).eval(), hf_tokenizer, family, None, f"pretrained {source}")
 
 
 def checkpoint_family(path: str | Path) -> str:

@@ -32,7 +32,7 @@ from hrm_codegen import runs
 from hrm_codegen.datasets.assembly import build_datasets
 from hrm_codegen.datasets.batching import BatchOrder, collate_batch
 from hrm_codegen.families import get_family
-from hrm_codegen.families.base import params_sha256
+from hrm_codegen.families.base import is_pretrained_source, params_sha256
 from hrm_codegen.inference import model_config
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, codegen_loss
@@ -81,7 +81,12 @@ class Trainer:
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = self.micro_batch_size
         set_seed(cfg.seed)
 
-        self.tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
+        # train.init_from naming an outside transformers model (directory or Hub id): weights, config, tokenizer
+        family, source = self.family, train.init_from
+        pretrained = (
+            source if source and family.can_init_from_pretrained and is_pretrained_source(source) else None
+        )
+        self.tokenizer = load_tokenizer(pretrained or cfg.tokenizer.name_or_path)
         if cfg.tokenizer.fingerprint:
             check_fingerprint(cfg.tokenizer.fingerprint, self.tokenizer, "config key tokenizer.fingerprint")
         self.train_data, self.eval_data = build_datasets(cfg, self.tokenizer, use_cache=not cfg.dry_run)
@@ -93,10 +98,14 @@ class Trainer:
         self.states = [self.family.new_train_state(self.model_config) for _ in range(train.grad_accum)]
         # A state carried across steps (deep supervision) needs fixed [B, S] batches.
         self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
-        model = self.family.build(self.model_config)
+        model = (
+            family.init_from_pretrained(pretrained, self.model_config)
+            if pretrained
+            else family.build(self.model_config)
+        )
         self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
         resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume)
-        init_from = resume_dir or (ckpt.resolve_checkpoint(train.init_from) if train.init_from else None)
+        init_from = resume_dir or (ckpt.resolve_checkpoint(source) if source and not pretrained else None)
         if init_from is not None:
             if init_from.is_dir():
                 meta = ckpt.read_meta(init_from)

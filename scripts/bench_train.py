@@ -1,8 +1,10 @@
-"""Training throughput of the HRM and its two Llama baselines on the same batch, raw and FLOP-normalised.
+"""Training throughput of the HRM, HRM-Text and the two Llama baselines on the same batch, raw and FLOP-normalised.
 
 Each step is forward + cross-entropy + backward + AdamW. The models take turns step by step (so a change in
 machine load hits all of them alike) and the median step time counts. Achieved FLOP/s uses the analytic
-FLOPs of `hrm_codegen.flops`, where the HRM's no-grad layer evaluations count as forward only.
+FLOPs of `hrm_codegen.flops`, where the no-grad layer evaluations (the HRM's, and HRM-Text's L cycles outside
+`--L-bp-cycles`) count as forward only. HRM-Text (transformers' HrmTextForCausalLM) gets the HRM's width, heads,
+MLP size, cycles and layers per stack (`--H-layers`), with PrefixLM off (the batch has no prompt).
 
     python scripts/bench_train.py --quick
     python scripts/bench_train.py --hidden-size 512 --seq-len 256 --batch-size 4 --steps 6 --profile
@@ -21,8 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import HrmTextForCausalLM
 
-from hrm_codegen.flops import hrm_flops_per_token, llama_flops_per_token
+from hrm_codegen.families.hrm_text import hrm_text_config
+from hrm_codegen.flops import hrm_flops_per_token, hrm_text_flops_per_token, llama_flops_per_token
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm_codegen.models.baseline import build_baseline
 
@@ -60,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--L-cycles", type=int, default=2)
     p.add_argument("--H-layers", type=int, default=4)
     p.add_argument("--L-layers", type=int, default=4)
+    p.add_argument(
+        "--L-bp-cycles",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="HRM-Text: per H cycle, the trailing L cycles with gradients (left-padded with 1)",
+    )
+    p.add_argument("--no-hrm-text", action="store_true", help="leave HRM-Text out")
     p.add_argument("--vocab-size", type=int, default=50257)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
@@ -84,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_contenders(args: argparse.Namespace) -> list[Contender]:
-    """The HRM, the parameter-matched and the compute-matched Llama, on the chosen device."""
+    """The HRM, HRM-Text, the parameter-matched and the compute-matched Llama, on the chosen device."""
     hrm_dict = HRMConfig(
         vocab_size=args.vocab_size,
         seq_len=args.seq_len,
@@ -110,6 +122,39 @@ def build_contenders(args: argparse.Namespace) -> list[Contender]:
         )
     ]
     autocast = args.dtype != "float32"
+
+    def autocasting(device: torch.device) -> contextlib.AbstractContextManager:
+        return (
+            torch.autocast(device.type, dtype=getattr(torch, args.dtype))
+            if autocast
+            else contextlib.nullcontext()
+        )
+
+    if not args.no_hrm_text:
+        text_config = hrm_text_config(
+            {
+                "vocab_size": args.vocab_size,
+                "seq_len": args.seq_len,
+                "hidden_size": args.hidden_size,
+                "num_heads": args.num_heads,
+                "expansion": args.expansion,
+                "num_layers_per_stack": args.H_layers,
+                "H_cycles": args.H_cycles,
+                "L_cycles": args.L_cycles,
+                "L_bp_cycles": args.L_bp_cycles,
+                "prefix_lm": False,
+                "attn_backend": "sdpa",
+            }
+        )
+        hrm_text = HrmTextForCausalLM(text_config).to(args.device)
+
+        def text_logits(ids: torch.Tensor, model=hrm_text) -> torch.Tensor:
+            with autocasting(ids.device):
+                return model(input_ids=ids, use_cache=False).logits
+
+        evals = text_config.H_cycles * (text_config.L_cycles + 1) * (text_config.num_layers_per_stack or 1)
+        flops = hrm_text_flops_per_token(text_config, args.seq_len)["total"]
+        contenders.append(Contender("hrm-text", hrm_text, text_logits, flops, evals, []))
     for match in ("params", "compute"):
         llama = build_baseline({**hrm_dict, "match": match}).to(args.device)
 

@@ -1,6 +1,6 @@
 """Model families behind one seam (see `base.py`); importing this package registers the built-in ones."""
 
-from hrm_codegen.families import hrm, transformers_lm
+from hrm_codegen.families import hrm, hrm_text, transformers_lm
 from hrm_codegen.families.base import (
     FAMILIES,
     Generated,
@@ -19,6 +19,7 @@ __all__ = [
     "TrainState",
     "get_family",
     "hrm",
+    "hrm_text",
     "register_family",
     "transformers_lm",
 ]

@@ -103,6 +103,9 @@ class ModelFamily:
         """The model, freshly initialised, from its config mapping (vocab_size filled in)."""
         raise NotImplementedError
 
+    # Whether train.init_from may name an outside transformers model (see is_pretrained_source).
+    can_init_from_pretrained: bool = False
+
     def init_from_pretrained(self, source: str, config: dict[str, Any]) -> nn.Module:
         """The model with the weights of a pretrained `source` (train.init_from for families that can)."""
         raise ValueError(
@@ -147,6 +150,11 @@ class ModelFamily:
         tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
+    def build_for_checkpoint(self, config: dict[str, Any], path: Path) -> nn.Module:
+        """The model whose weights `path` (a step directory or weights file) holds: `build(config)`, unless the
+        family can tell the architecture from the step itself (a run started from a pretrained model)."""
+        return self.build(config)
+
     def load_weights(self, model: nn.Module, path: Path) -> None:
         """Load weights saved by `save_weights` (a step directory) or a bare weights file into `model`."""
         from hrm_codegen.checkpoint import load_model_weights
@@ -170,6 +178,19 @@ class ModelFamily:
 
 
 FAMILIES: dict[str, ModelFamily] = {}
+
+
+def is_pretrained_source(source: str | Path) -> bool:
+    """Whether `train.init_from` names an outside transformers model rather than a checkpoint of this launcher:
+    a save_pretrained directory (config.json, no meta.json, no `latest`), or a Hub id `owner/name` when no such
+    local path exists."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return (path / "config.json").is_file() and not any(
+            (path / name).is_file() for name in ("meta.json", "latest")
+        )
+    text = str(source)
+    return not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
 
 def register_family(family: ModelFamily) -> ModelFamily:

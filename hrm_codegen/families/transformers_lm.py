@@ -8,6 +8,7 @@ transformers loads with `AutoModelForCausalLM.from_pretrained`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import field
@@ -32,6 +33,9 @@ from hrm_codegen.flops import llama_flops_per_token
 from hrm_codegen.models.baseline import build_baseline, check_baseline_packing
 
 HF_DIR = "hf"  # the save_pretrained directory inside a step directory
+# Written into the config.json of a model started from a pretrained one (train.init_from): its steps rebuild
+# the architecture from `<step>/hf/config.json`, not from `arch`.
+PRETRAINED_SOURCE_KEY = "hrm_codegen_init_from"
 
 
 class _StopOnGeneratedText(StoppingCriteria):
@@ -68,6 +72,44 @@ def load_tied_weights(model: nn.Module, file: Path) -> None:
 
 class TransformersFamily(ModelFamily):
     """Shared behaviour of transformers causal LMs: logits, saving in `hf/`, loading, HF `generate`."""
+
+    can_init_from_pretrained = True
+    model_class: type | None = None  # the class init_from_pretrained accepts (None: any causal LM)
+
+    def init_from_pretrained(self, source: str, config: dict[str, Any]) -> nn.Module:
+        """Weights and architecture of a save_pretrained directory or Hub id, in float32 (master weights)."""
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"train.init_from={source}: not a checkpoint of this launcher, and no transformers causal LM "
+                f"loads from it ({first})"
+            ) from err
+        if self.model_class is not None and not isinstance(model, self.model_class):
+            raise ValueError(
+                f"train.init_from={source} holds a {type(model).__name__}; arch.name={self.name} trains a "
+                f"{self.model_class.__name__}"
+            )
+        setattr(model.config, PRETRAINED_SOURCE_KEY, str(source))
+        return cast(nn.Module, model)
+
+    def build_for_checkpoint(self, config: dict[str, Any], path: Path) -> nn.Module:
+        """From `<step>/hf/config.json` when the run started from a pretrained model, else `build(config)`."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        hf_config = path / HF_DIR / "config.json"
+        if (
+            path.is_dir()
+            and hf_config.is_file()
+            and json.loads(hf_config.read_text()).get(PRETRAINED_SOURCE_KEY)
+        ):
+            return cast(
+                nn.Module, AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path / HF_DIR))
+            )
+        return self.build(config)
 
     def lm_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of a transformers causal LM (right padding is masked by the attention mask).
