@@ -17,6 +17,7 @@ records into a markdown table and a plot of the loss curves and pass@k bars.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 CPU_CORPUS = ("data/corpus/pylib", 2_000_000)  # directory, --max-tokens of scripts/build_corpus.py
 GPU_CORPUS = ("data/corpus/pylib25m", 25_000_000)
+PAIRS_DIR = "data/pairs/pylib"  # scripts/build_pairs.py --python-lib --out PAIRS_DIR
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Stage:
     run_name: str
     overrides: tuple[str, ...]
     corpus: bool = False
+    pairs: bool = False  # trains on the mined pairs of PAIRS_DIR (scripts/build_pairs.py)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,73 @@ ROWS = {
         ("arch=transformer_compute",),
     ),
 }
+
+
+def pairs_row(label: str, name: str, arch: tuple[str, ...] = ()) -> Row:
+    """Corpus (50 steps), mined pairs (50 steps), then MBPP: the budget of the pretrain_then_mbpp rows."""
+    first, second = f"pretrain_then_pairs_then_mbpp{name}", f"pretrain_then_pairs_then_mbpp_pairs{name}"
+    return Row(
+        label,
+        (
+            Stage(first, ("experiment=pretrain_then_pairs_then_mbpp", *arch), corpus=True),
+            Stage(
+                second,
+                (
+                    "experiment=pretrain_then_pairs_then_mbpp_pairs",
+                    *arch,
+                    f"train.init_from=checkpoints/{first}",
+                ),
+                pairs=True,
+            ),
+            Stage(
+                f"pretrain_then_pairs_then_mbpp_finetune{name}",
+                (
+                    "experiment=pretrain_then_pairs_then_mbpp_finetune",
+                    *arch,
+                    f"train.init_from=checkpoints/{second}",
+                ),
+            ),
+        ),
+    )
+
+
+def with_seed(row: Row, seed: int) -> Row:
+    """The same row with another seed (init and data order): every stage's run name gets a `_s<seed>` suffix."""
+    renamed = {stage.run_name: f"{stage.run_name}_s{seed}" for stage in row.stages}
+
+    def retarget(override: str) -> str:
+        key, _, value = override.partition("=")
+        target = value.removeprefix("checkpoints/")
+        return (
+            f"{key}=checkpoints/{renamed[target]}"
+            if key == "train.init_from" and target in renamed
+            else override
+        )
+
+    stages = []
+    for i, stage in enumerate(row.stages):
+        overrides = tuple(retarget(o) for o in stage.overrides) + (f"seed={seed}",)
+        if i and not any(o.startswith("train.init_from=") for o in overrides):  # the recipe's own default
+            overrides += (f"train.init_from=checkpoints/{renamed[row.stages[i - 1].run_name]}",)
+        stages.append(dataclasses.replace(stage, run_name=renamed[stage.run_name], overrides=overrides))
+    return dataclasses.replace(row, label=f"{row.label}, seed {seed}", stages=tuple(stages))
+
+
+ROWS["pretrain_then_pairs_then_mbpp_hrm"] = pairs_row("HRM (arch=tiny), corpus, pairs, then MBPP", "")
+ROWS["pretrain_then_pairs_then_mbpp_llama_params"] = pairs_row(
+    "Llama, parameter-matched (2 layers), corpus, pairs, then MBPP",
+    "_llama_params",
+    ("arch=transformer_tiny_params",),
+)
+for _name in (
+    "pretrain_then_mbpp_hrm",
+    "pretrain_then_mbpp_llama_params",
+    "pretrain_then_pairs_then_mbpp_hrm",
+    "pretrain_then_pairs_then_mbpp_llama_params",
+):
+    ROWS[f"{_name}_s1"] = with_seed(ROWS[_name], 1)
+
+
 GROUPS = {  # table group: (title, plot file, plot title)
     "cpu": (
         "MBPP results at CPU scale",
@@ -187,6 +257,8 @@ def train_stage(stage: Stage, row: Row, args: argparse.Namespace, commands: list
     ]
     if stage.corpus:
         command.append(f"data.corpus_dir={corpus_dir(row, args)}")
+    if stage.pairs:
+        command.append(f"data.pairs_path={PAIRS_DIR}/pairs.jsonl")
     commands.append(shell(command))
     if not runs.finished(run_dir):
         if runs.latest_step_dir(run_dir) is not None:
@@ -274,6 +346,20 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
         ]
         commands.append(shell(build))
         if not (REPO / corpus_dir(row, args) / "manifest.json").is_file():
+            execute(build)
+    if any(stage.pairs for stage in row.stages):
+        build = [
+            sys.executable,
+            "scripts/build_pairs.py",
+            "--python-lib",
+            "--out",
+            PAIRS_DIR,
+            "--mbpp",
+            args.mbpp,
+        ]
+        build += ["--tokenizer", args.tokenizer]
+        commands.append(shell(build))
+        if not (REPO / PAIRS_DIR / "pairs.jsonl").is_file():
             execute(build)
     stages = [train_stage(stage, row, args, commands) for stage in row.stages]
     final = stages[-1]
