@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput
+from transformers.utils.generic import ModelOutput
 
 from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm_codegen.models.layers import KVCache
@@ -138,8 +138,9 @@ class HrmCodegenCache(Cache):
         self.kv.reorder(indices)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        size = self.batch_size
-        self.kv.reorder(torch.arange(size).repeat_interleave(repeats).to(self.kv.key_mask.device))
+        if self.kv.key_mask is not None:
+            index = torch.arange(self.batch_size, device=self.kv.key_mask.device)
+            self.kv.reorder(index.repeat_interleave(repeats))
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("the HRM cache cannot be cropped (assisted decoding is not supported)")
@@ -324,7 +325,7 @@ MODELING_IMPORTS = (
     "import torch\n"
     "from transformers import GenerationMixin, PreTrainedModel\n"
     "from transformers.cache_utils import Cache\n"
-    "from transformers.utils import ModelOutput\n\n"
+    "from transformers.utils.generic import ModelOutput\n\n"
     f"from .{CONFIG_MODULE} import HrmCodegenConfig\n"
 )
 
@@ -680,7 +681,8 @@ def _verify(model: HierarchicalReasoningModel_ACTV1, out: Path, atol: float = 1e
     """Load the export with transformers and compare its logits with `model`'s on a small padded batch."""
     from transformers import AutoModelForCausalLM
 
-    exported = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True).eval()
+    exported: Any = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    exported.eval()
     generator = torch.Generator().manual_seed(0)
     length = min(16, model.config.seq_len)
     device = next(model.parameters()).device

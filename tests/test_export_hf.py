@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from hrm_codegen.families import get_family
 from hrm_codegen.generation import generate
 from hrm_codegen.hf_export import ExportError, export_hf, model_source
 from hrm_codegen.inference import build_model, load_checkpoint
+from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
 from hrm_codegen.tokenization import load_tokenizer
 from hrm_codegen.train_config import compose_config
 
@@ -116,7 +118,7 @@ def test_export_loads_in_plain_transformers_with_the_projects_logits_and_tokens(
     assert "import hrm_codegen" not in modeling and "from hrm_codegen" not in modeling
 
     loaded = load_checkpoint(hrm_run)
-    model = loaded.model
+    model = cast(HierarchicalReasoningModel_ACTV1, loaded.model)
     bos = tokenizer.bos_id
     rows = [[bos, *tokenizer.encode(p)] for p in PROMPTS]
     plain = torch.tensor([rows[1][:10], rows[1][-10:]])
