@@ -32,7 +32,9 @@ def upstream_one_step_logits(model: HierarchicalReasoningModel_ACTV1, ids: torch
     positions = torch.arange(ids.shape[1]).expand_as(ids)
     kwargs = {"attn_mask": None, "kv_cache": None, "cos_sin": inner.rotary_emb(positions)}
     x = inner._input_embeddings(ids, positions)
-    carry = inner.reset_carry(torch.ones(ids.shape[0], dtype=torch.bool), inner.empty_carry(*ids.shape))
+    carry = inner.reset_carry(
+        torch.ones(ids.shape[0], dtype=torch.bool), inner.empty_carry(ids.shape[0], ids.shape[1])
+    )
     z_H, z_L = carry.z_H, carry.z_L
     with torch.no_grad():
         for h in range(cfg.H_cycles):
@@ -83,7 +85,8 @@ def test_which_h_and_l_evaluations_carry_gradient(
     assert calls == {"H": h_calls, "L": l_calls}
     assert gradient_steps(bp_steps, h_cycles) == (sum(h_calls), sum(l_calls))
     with torch.no_grad():  # evaluation never builds a graph
-        calls["H"].clear(), calls["L"].clear()
+        calls["H"].clear()
+        calls["L"].clear()
         model.lm_forward(torch.randint(0, 97, (2, 8)))
     assert not any(calls["H"] + calls["L"])
 
