@@ -283,3 +283,20 @@ def test_loaded_hrm_text_decodes_through_its_family(gpt2_dir, tmp_path):
     loaded = load_pretrained(source)
     assert loaded.family is FAMILY and loaded.source.startswith("pretrained ")
     assert json.loads((source / "config.json").read_text())["model_type"] == "hrm_text"
+
+
+def test_packed_examples_stay_apart_with_their_own_prefixes():
+    model = _tiny_hrm_text()
+    first, second = torch.randint(1, 97, (1, 6)), torch.randint(1, 97, (1, 7))
+    types = [torch.tensor([[1, 1, 1, 0, 0, 0]]), torch.tensor([[1, 1, 0, 0, 0, 0, 0]])]
+    packed = {
+        "input_ids": torch.cat([first, second], dim=1),
+        "position_ids": torch.cat([torch.arange(6), torch.arange(7)])[None],
+        "segment_ids": torch.tensor([[1] * 6 + [2] * 7]),
+        "token_type_ids": torch.cat(types, dim=1),
+    }
+    with torch.no_grad():
+        together = FAMILY.lm_logits(model, packed)
+        for ids, kind, span in ((first, types[0], slice(0, 6)), (second, types[1], slice(6, 13))):
+            alone = FAMILY.lm_logits(model, {"input_ids": ids, "token_type_ids": kind})
+            torch.testing.assert_close(together[:, span], alone, rtol=1e-5, atol=1e-5)
