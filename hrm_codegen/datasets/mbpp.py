@@ -213,6 +213,9 @@ def rows_sha256(rows: Iterable[dict]) -> str:
 class MBPPDataset(EncodedDataset):
     """One MBPP split for next-token training: `[BOS] build_prompt(task) normalize_code(code) [EOS]`.
 
+    Items carry `input_ids`, shifted `labels` and `token_type_ids` (1 on BOS and the prompt, 0 on the code
+    and EOS: the PrefixLM split of `arch.prefix_lm` and of transformers' HrmText).
+
     Tasks longer than `seq_len` tokens are dropped and reported (`num_dropped`, `dropped_task_ids`, a
     warning). With `cache_dir`, the encoding is cached under (tokenizer fingerprint, data hash, prompt
     format, seq_len, split, few_shot); `data_hash` is the data file's sha256 (`file_sha256(path)`), by
