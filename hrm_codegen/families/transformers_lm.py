@@ -18,7 +18,13 @@ from typing import Any, cast
 import torch
 from omegaconf import MISSING
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    CompileConfig,
+    GenerationConfig,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from hrm_codegen.families.base import (
     WEIGHTS_FILE,
@@ -124,6 +130,9 @@ class TransformersFamily(ModelFamily):
             ).logits
         return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
 
+    def report_lines(self, config: dict[str, Any], total_params: int) -> list[str]:
+        return [f"  (arch.name={self.name} has no Q-head flag)"]
+
     def save_weights(
         self, model: nn.Module, state: Mapping[str, torch.Tensor], tokenizer: Any, directory: Path
     ) -> None:
@@ -175,6 +184,7 @@ class TransformersFamily(ModelFamily):
             )
         if r.seeds:
             torch.manual_seed(r.seeds[0])
+        options = hf_generate_options(r.options, input_ids.device)
         with torch.no_grad():
             out = model.generate(  # type: ignore[operator]
                 input_ids=input_ids,
@@ -184,7 +194,7 @@ class TransformersFamily(ModelFamily):
                 eos_token_id=r.eos_token_id,
                 stopping_criteria=criteria,
                 **sampling,
-                **dict(r.options),
+                **options,
             )
         completions, reasons = [], []
         for ids in out[:, input_ids.shape[1] :].tolist():
@@ -198,6 +208,27 @@ class TransformersFamily(ModelFamily):
                 completions.append(head)
                 reasons.append("eos" if eos_at is not None else "length")
         return Generated(completions, reasons)
+
+
+def hf_generate_options(options: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """transformers `generate` keyword arguments from `GenerationRequest.options`.
+
+    `compile` (ours) becomes transformers' own: True is `cache_implementation="static"` (unless given) with a
+    `compile_config` (CUDA graphs on CUDA, plain inductor elsewhere, forced on the CPU, where transformers
+    would not compile by itself); False is `disable_compile=True`. Other keys (`cache_implementation`, ...)
+    pass through as they are.
+    """
+    out = dict(options)
+    compile_flag = out.pop("compile", None)
+    if compile_flag:
+        out.setdefault("cache_implementation", "static")
+        if "compile_config" not in out:
+            config = CompileConfig(mode="reduce-overhead" if device.type == "cuda" else "default")
+            config._compile_all_devices = True  # type: ignore[assignment]
+            out["compile_config"] = config
+    elif compile_flag is not None:
+        out["disable_compile"] = True
+    return out
 
 
 def _stop_end(ids: list[int], r: GenerationRequest) -> int | None:
