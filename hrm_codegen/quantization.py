@@ -11,6 +11,7 @@ weight, which is exact for an fp32 forward pass. Embedding tables stay fp32 (a l
 from __future__ import annotations
 
 import importlib.util
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -44,7 +45,9 @@ class Int8WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).float(), self.weight_int8, self.scale)
+        out = torch._weight_int8pack_mm(  # pyright: ignore[reportPrivateImportUsage]
+            x.reshape(-1, shape[-1]).float(), self.weight_int8, self.scale
+        )
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*shape[:-1], -1).to(x.dtype)
@@ -116,7 +119,7 @@ def weight_bytes(module: nn.Module) -> int:
             total += tensor.numel() * tensor.element_size()
     for child in module.modules():  # quantize_dynamic keeps its packed weights outside the parameters
         if getattr(child, "_packed_params", None) is not None and callable(getattr(child, "weight", None)):
-            weight = child.weight()
+            weight = cast(Any, child).weight()
             total += weight.numel()  # int8
             per_channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
             total += weight.q_per_channel_scales().numel() * 8 if per_channel else 8
