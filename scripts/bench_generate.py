@@ -1,29 +1,43 @@
-"""Benchmark HRM decoding with and without the KV cache against a layer-matched Llama (HF generate).
+"""Benchmark decoding on the CPU: HRM (eager dynamic cache, static cache, static + compiled, int8) vs a
+compute-matched Llama (transformers generate: dynamic, static, static + compiled, int8), and HRM-Text when the
+`hrm_text` family is registered.
 
-Prints tokens/s for each batch size: HRM without cache (full recompute per token), HRM with cache, and
-transformers' LlamaForCausalLM with the same hidden size, heads and MLP width and as many layers as the
-HRM evaluates per token (`llama_config_from_hrm(match="compute")`), using its own KV cache. Greedy decoding of exactly --new-tokens tokens.
+For each model and batch size it prints tokens/s, the process's peak resident memory so far, the weight bytes
+read per generated token (linear-layer weights times their calls per step, over the batch), the bandwidth
+ceiling (those bytes at the memory bandwidth measured in the same run by a large tensor copy), the share of
+that ceiling the static cache reaches, and the compile time (the first compiled call's wall time, compilation
+included). Then the cache speed-up over full recomputation on a small HRM (hidden 256, 2+2 layers, 2x2 cycles).
+Greedy decoding of exactly --new-tokens tokens (EOS disabled) from random prompts, random weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import datetime
+import platform
+import resource
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from tqdm import tqdm
+from torch import nn
 from transformers import LlamaForCausalLM
 
+from hrm_codegen.families import FAMILIES
+from hrm_codegen.generation import generate
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm_codegen.models.baseline import llama_config_from_hrm
+from hrm_codegen.models.layers import CastedLinear
+from hrm_codegen.quantization import METHODS, quantize_weights
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--hidden-size", type=int, default=512, help="the HRM (default: arch/hrm_v1)")
     parser.add_argument("--num-heads", type=int, default=8)
     parser.add_argument("--layers", type=int, default=4, help="H_layers and L_layers of the HRM")
     parser.add_argument("--cycles", type=int, default=2, help="H_cycles and L_cycles of the HRM")
@@ -34,13 +48,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per cell (the fastest is kept)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--no-full-recompute", action="store_true", help="skip the slow uncached HRM runs")
-    parser.add_argument("--quick", action="store_true", help="small model and short sequences (a smoke run)")
-    args = parser.parse_args()
-    if args.quick:
-        args.hidden_size, args.num_heads, args.layers = 128, 4, 2
-        args.vocab_size, args.prompt_len, args.new_tokens = 1024, 32, 32
-    return args
+    parser.add_argument("--quant", default="int8_dynamic", choices=METHODS, help="the int8 column's method")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled columns")
+    parser.add_argument("--no-llama", action="store_true")
+    parser.add_argument(
+        "--small-new-tokens", type=int, default=32, help="tokens of the small-HRM speed-up run"
+    )
+    return parser.parse_args()
 
 
 def best_time(run: Callable[[], object], repeats: int) -> float:
@@ -53,8 +67,124 @@ def best_time(run: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes per second of a large tensor copy (read + write), the best of `repeats`."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    seconds = best_time(lambda: dst.copy_(src), repeats)
+    return 2 * src.numel() * 4 / seconds
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def weight_bytes_per_step(model: nn.Module, forward: Callable[[], object]) -> int:
+    """Linear-layer weight bytes one forward reads: each call of a layer reads its weight once."""
+    total = 0
+
+    def hook(module: nn.Module, *_: Any) -> None:
+        nonlocal total
+        total += module.weight.numel() * module.weight.element_size()
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear | CastedLinear)
+    ]
+    with torch.inference_mode():
+        forward()
+    for h in handles:
+        h.remove()
+    return total
+
+
+def hrm_runner(model: HierarchicalReasoningModel_ACTV1, **kw: Any) -> Callable[[torch.Tensor, int], object]:
+    def run(ids: torch.Tensor, new: int) -> object:
+        return generate(model, ids, max_new_tokens=new, **kw)
+
+    return run
+
+
+def llama_runner(model: nn.Module, **kw: Any) -> Callable[[torch.Tensor, int], object]:
+    def run(ids: torch.Tensor, new: int) -> object:
+        return model.generate(  # type: ignore[operator]
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=0,
+            **kw,
+        )
+
+    return run
+
+
+def compiled_llama_options() -> dict[str, Any]:
+    from hrm_codegen.families.transformers_lm import hf_generate_options
+
+    return hf_generate_options({"compile": True}, torch.device("cpu"))
+
+
+def bench_model(name: str, model: nn.Module, is_hrm: bool, args, bandwidth: float) -> None:
+    """Print one table row per batch size for `model`."""
+    quantized = quantize_weights(copy.deepcopy(model), args.quant)
+    if is_hrm:
+        hrm = model  # type: ignore[assignment]
+        runners = {
+            "eager": hrm_runner(hrm, cache_implementation="dynamic"),  # type: ignore[arg-type]
+            "static": hrm_runner(hrm, cache_implementation="static"),  # type: ignore[arg-type]
+            "compiled": hrm_runner(hrm, cache_implementation="static", compile=True),  # type: ignore[arg-type]
+            "int8": hrm_runner(quantized, cache_implementation="static"),  # type: ignore[arg-type]
+        }
+        one = torch.randint(0, args.vocab_size, (1, 1))
+        step_bytes = weight_bytes_per_step(model, lambda: model.lm_forward(one, logits_to_keep=1))  # type: ignore[operator]
+    else:
+        runners = {
+            "eager": llama_runner(model),
+            "static": llama_runner(model, cache_implementation="static", disable_compile=True),
+            "compiled": llama_runner(model, **compiled_llama_options()),
+            "int8": llama_runner(quantized),
+        }
+        one = torch.randint(0, args.vocab_size, (1, 1))
+        step_bytes = weight_bytes_per_step(model, lambda: model(one))
+    if args.no_compile:
+        del runners["compiled"]
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        ids = torch.randint(0, args.vocab_size, (batch, args.prompt_len))
+        speed: dict[str, float] = {}
+        compile_s = None
+        with torch.inference_mode():
+            for key, run in runners.items():
+                try:
+                    start = time.perf_counter()
+                    run(ids, 2)  # warm-up; for "compiled": the compilation
+                    if key == "compiled":
+                        compile_s = time.perf_counter() - start
+                    speed[key] = (
+                        batch
+                        * args.new_tokens
+                        / best_time(lambda r=run, ids=ids: r(ids, args.new_tokens), args.repeats)
+                    )
+                except Exception as err:  # noqa: BLE001 - a cell that cannot run is reported, not fatal
+                    print(f"  ({name} {key} batch {batch} failed: {type(err).__name__}: {str(err)[:120]})")
+        per_token = step_bytes / batch
+        ceiling = bandwidth / per_token
+        cells = [name, str(batch)] + [
+            f"{speed[k]:.1f}" if k in speed else "-" for k in ("eager", "static", "compiled", "int8")
+        ]
+        cells += [
+            f"{peak_rss_mb():.0f}",
+            f"{per_token / 1e6:.1f}",
+            f"{ceiling:.1f}",
+            f"{max(speed.get('static', 0), speed.get('compiled', 0)) / ceiling:.0%}",
+            "-" if compile_s is None else f"{compile_s:.1f}",
+        ]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
-    """Build both models with random weights, time greedy generation and print the table."""
+    """Build the models with random weights, time greedy generation and print the tables."""
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,63 +200,76 @@ def main() -> None:
         num_heads=args.num_heads,
         halt_max_steps=args.halt_max_steps,
     )
-    hrm = HierarchicalReasoningModel_ACTV1(hrm_config).eval()
-    llama_config = llama_config_from_hrm(hrm_config, match="compute")
-    llama = LlamaForCausalLM(llama_config).eval()
-    llama_layers, mlp_width = llama_config.num_hidden_layers, llama_config.intermediate_size
+    bandwidth = memory_bandwidth()
     print(
-        f"HRM: hidden {args.hidden_size}, heads {args.num_heads}, H/L layers {args.layers}, cycles {args.cycles}, "
-        f"halt_max_steps {args.halt_max_steps} = {llama_layers} block evaluations per token; "
-        f"Llama: {llama_layers} layers, MLP width {mlp_width}; vocab {args.vocab_size}; "
-        f"prompt {args.prompt_len}, new tokens {args.new_tokens}; torch threads {torch.get_num_threads()}"
+        f"{datetime.date.today()}, {platform.machine()} CPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; copy bandwidth {bandwidth / 1e9:.1f} GB/s. HRM: hidden "
+        f"{args.hidden_size}, H/L layers {args.layers}, cycles {args.cycles}, halt_max_steps "
+        f"{args.halt_max_steps}; vocab {args.vocab_size}; prompt {args.prompt_len}, new tokens {args.new_tokens}; "
+        f"int8 = {args.quant}"
     )
-
-    runners: dict[str, Callable[[torch.Tensor, int], object]] = {
-        "cache": lambda ids, new: hrm.generate(ids, max_new_tokens=new, use_cache=True),
-        "llama": lambda ids, new: llama.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=0,
-        ),
-        "no cache": lambda ids, new: hrm.generate(ids, max_new_tokens=new, use_cache=False),
-    }
-    if args.no_full_recompute:
-        del runners["no cache"]
     header = [
+        "model",
         "batch",
-        "HRM no cache tok/s",
-        "HRM cache tok/s",
-        "Llama (HF) tok/s",
-        "cache speed-up",
-        "HRM/Llama",
+        "eager tok/s",
+        "static tok/s",
+        "static+compiled tok/s",
+        f"{args.quant} tok/s",
+        "peak RSS MB",
+        "weight MB/token",
+        "ceiling tok/s",
+        "best/ceiling",
+        "compile s",
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
+    models: list[tuple[str, nn.Module, bool]] = [
+        ("HRM hrm_v1", HierarchicalReasoningModel_ACTV1(hrm_config).eval(), True)
+    ]
+    if not args.no_llama:
+        llama = LlamaForCausalLM(llama_config_from_hrm(hrm_config, match="compute")).eval()
+        models.append((f"Llama {llama.config.num_hidden_layers}L (compute-matched)", llama, False))
+    if "hrm_text" in FAMILIES:
+        try:
+            text_config = {**hrm_config.to_dict(), "norm_type": "pre"}
+            models.append(("HRM-Text", FAMILIES["hrm_text"].build(text_config).eval(), True))
+        except Exception as err:  # noqa: BLE001
+            print(f"(HRM-Text not benchmarked: {type(err).__name__}: {err})")
+    for name, model, is_hrm in models:
+        bench_model(name, model, is_hrm, args, bandwidth)
+        del model
+
+    small = HierarchicalReasoningModel_ACTV1(
+        HRMConfig(
+            vocab_size=args.vocab_size,
+            seq_len=args.prompt_len + args.small_new_tokens,
+            hidden_size=256,
+            num_heads=4,
+            H_layers=2,
+            L_layers=2,
+            H_cycles=2,
+            L_cycles=2,
+        )
+    ).eval()
+    print("\nsmall HRM (hidden 256, 2+2 layers, 2x2 cycles): static cache vs full recomputation")
+    print("| batch | full recompute tok/s | cache tok/s | speed-up |\n|---|---|---|---|")
     with torch.inference_mode():
-        for run in runners.values():  # warm-up: first-call allocations and kernel selection
-            run(torch.randint(0, args.vocab_size, (1, args.prompt_len)), 2)
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
             ids = torch.randint(0, args.vocab_size, (batch, args.prompt_len))
-            speed = {
-                name: batch
-                * args.new_tokens
-                / best_time(lambda run=run, ids=ids: run(ids, args.new_tokens), args.repeats)
-                for name, run in tqdm(runners.items(), desc=f"batch {batch}", leave=False)
-            }
-            full, cached, hf = speed.get("no cache"), speed["cache"], speed["llama"]
-            cells = [
-                str(batch),
-                "-" if full is None else f"{full:.1f}",
-                f"{cached:.1f}",
-                f"{hf:.1f}",
-                "-" if full is None else f"{cached / full:.2f}x",
-                f"{cached / hf:.2f}x",
-            ]
-            print("| " + " | ".join(cells) + " |", flush=True)
+            n = args.small_new_tokens
+            full = (
+                batch
+                * n
+                / best_time(
+                    lambda ids=ids, n=n: generate(small, ids, max_new_tokens=n, use_cache=False), args.repeats
+                )
+            )
+            cached = (
+                batch
+                * n
+                / best_time(lambda ids=ids, n=n: generate(small, ids, max_new_tokens=n), args.repeats)
+            )
+            print(f"| {batch} | {full:.1f} | {cached:.1f} | {cached / full:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":
