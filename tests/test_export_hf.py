@@ -58,6 +58,9 @@ ISOLATED = textwrap.dedent(
         kwargs = {"attention_mask": mask, "max_new_tokens": data["new_tokens"], "do_sample": False}
         result["generated"] = model.generate(ids, **kwargs)
         result["generated_no_cache"] = model.generate(ids, use_cache=False, **kwargs)
+        beams = {"attention_mask": mask, "max_new_tokens": 4, "num_beams": 2, "do_sample": False}
+        result["beams"] = model.generate(ids, **beams)  # reorders the HRM cache
+        result["beams_no_cache"] = model.generate(ids, use_cache=False, **beams)
     result["modules"] = sorted(m for m in sys.modules if m.startswith("hrm_codegen"))
     torch.save(result, output)
     """
@@ -164,6 +167,7 @@ def test_export_loads_in_plain_transformers_with_the_projects_logits_and_tokens(
     assert reference.sequences.shape[1] > ids.shape[1]
     assert torch.equal(result["generated"], reference.sequences)
     assert torch.equal(result["generated_no_cache"], reference.sequences)
+    assert torch.equal(result["beams"], result["beams_no_cache"])
 
 
 def test_transformers_family_checkpoint_is_copied(tmp_path, gpt2_dir, tokenizer):
