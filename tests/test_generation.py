@@ -240,3 +240,14 @@ def test_per_sequence_seeds_make_samples_independent_of_the_batch(tiny_hrm_confi
     assert swapped.completion_ids[1] != batched.completion_ids[1]
     with pytest.raises(ValueError, match="seeds"):
         generate(model, ids, mask, seed=[1, 2, 3], **kwargs)
+
+
+def test_transformers_compile_option_maps_to_static_cache_and_compile_config():
+    from hrm_codegen.families.transformers_lm import hf_generate_options
+
+    on = hf_generate_options({"compile": True}, torch.device("cpu"))
+    assert on["cache_implementation"] == "static" and on["compile_config"]._compile_all_devices
+    assert on["compile_config"].mode == "default"
+    off = hf_generate_options({"compile": False, "cache_implementation": "static"}, torch.device("cpu"))
+    assert off == {"cache_implementation": "static", "disable_compile": True}
+    assert hf_generate_options({"num_beams": 2}, torch.device("cpu")) == {"num_beams": 2}
