@@ -231,8 +231,17 @@ def main() -> None:
         models.append((f"Llama {llama.config.num_hidden_layers}L (compute-matched)", llama, False))
     if "hrm_text" in FAMILIES:
         try:
-            text_config = {**hrm_config.to_dict(), "norm_type": "pre"}
-            models.append(("HRM-Text", FAMILIES["hrm_text"].build(text_config).eval(), True))
+            text_config = {
+                "vocab_size": args.vocab_size,
+                "seq_len": args.prompt_len + args.new_tokens,
+                "H_cycles": args.cycles,
+                "L_cycles": args.cycles,
+                "hidden_size": args.hidden_size,
+                "num_heads": args.num_heads,
+                "num_layers_per_stack": args.layers,
+            }
+            # A transformers model: timed through its own generate (as the Llama).
+            models.append(("HRM-Text", FAMILIES["hrm_text"].build(text_config).eval(), False))
         except Exception as err:  # noqa: BLE001
             print(f"(HRM-Text not benchmarked: {type(err).__name__}: {err})")
     for name, model, is_hrm in models:
