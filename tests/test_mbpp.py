@@ -165,7 +165,12 @@ def test_collate_pads_right_and_masks_padding(rows: list[dict], tok: CodeTokeniz
     items = [dataset[i] for i in range(4)]
     batch = collate_batch(items, pad_id=tok.pad_id)
     longest = max(len(item["input_ids"]) for item in items)
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "token_type_ids",
+    }  # prompt tokens: PrefixLM
     assert batch["input_ids"].shape == (4, longest) and batch["input_ids"].dtype == torch.long
     for row, item in enumerate(items):
         n = len(item["input_ids"])
@@ -173,6 +178,8 @@ def test_collate_pads_right_and_masks_padding(rows: list[dict], tok: CodeTokeniz
         assert torch.equal(batch["labels"][row, :n], item["labels"])
         assert (batch["input_ids"][row, n:] == tok.pad_id).all() and (batch["labels"][row, n:] == -100).all()
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (longest - n)
+        p = dataset.prompt_lengths[row]
+        assert batch["token_type_ids"][row].tolist() == [1] * p + [0] * (longest - p)
     assert collate_batch(items, tok.pad_id, pad_to=1024)["labels"].shape == (4, 1024)
     with pytest.raises(ValueError, match="pad_to=8"):
         collate_batch(items, tok.pad_id, pad_to=8)
