@@ -3,6 +3,7 @@ transformers causal LM, to (model, tokenizer, family) without importing the trai
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,13 +120,17 @@ def load_model_for_inference(
 
 
 def load_pretrained(
-    path: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    tokenizer: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """An outside transformers causal LM: a local save_pretrained directory or a Hub id.
 
     A tokenizer saved by this project (with `fingerprint.txt`) loads as a `CodeTokenizer`, so prompts are
     encoded as in training (`[BOS] prompt`); any other loads as the plain Hugging Face tokenizer. A step's
-    `hf/` directory is verified against the step's meta.json first.
+    `hf/` directory is verified against the step's meta.json first. A directory that ships its own modeling
+    code (`auto_map` in config.json, e.g. `scripts/export_hf.py`'s HRM export) needs `trust_remote_code`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -135,8 +140,20 @@ def load_pretrained(
     tokenizer_source = Path(tokenizer).expanduser() if tokenizer is not None else model_path
     if model_path.is_dir():
         verify_export(model_path)
+        config_file = model_path / "config.json"
+        if (
+            not trust_remote_code
+            and config_file.is_file()
+            and "auto_map" in json.loads(config_file.read_text())
+        ):
+            raise ValueError(
+                f"{model_path} ships its own modeling code (auto_map in config.json): read it, then pass "
+                "--trust-remote-code to run it"
+            )
     try:
-        model = cast(nn.Module, AutoModelForCausalLM.from_pretrained(str(path)))
+        model = cast(
+            nn.Module, AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        )
     except (OSError, ValueError) as err:
         raise ValueError(
             f"could not load a transformers causal LM from {path}: expected config.json and model weights "
@@ -146,7 +163,9 @@ def load_pretrained(
         hf_tokenizer: Any = load_tokenizer(tokenizer_source)
     else:
         try:
-            hf_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+            hf_tokenizer = AutoTokenizer.from_pretrained(
+                str(tokenizer_source), trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError) as err:
             raise ValueError(
                 f"could not load a tokenizer from {tokenizer_source}; pass --tokenizer with a tokenizer "

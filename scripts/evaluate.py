@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     source.add_argument("--samples", help="score the completions of this jsonl file (task_id, completion)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's / model's own)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="--model: run modeling code shipped with the model"
+    )
     data = parser.add_argument_group("problems")
     data.add_argument("--dataset", choices=DATASETS, default="mbpp")
     data.add_argument(
@@ -289,7 +292,7 @@ def run(args: argparse.Namespace) -> dict:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         loaded = load_checkpoint(args.ckpt, tokenizer=tokenizer, device=args.device)
     else:
-        loaded = load_pretrained(args.model, args.tokenizer, device=args.device)
+        loaded = load_pretrained(args.model, args.tokenizer, args.device, args.trust_remote_code)
     settings["source"] = loaded.source
     notice = raw_format_notice(loaded.tokenizer, args.prompt_format)
     if notice:

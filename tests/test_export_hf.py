@@ -221,3 +221,23 @@ def test_a_model_module_importing_outside_packages_fails_loudly(monkeypatch):
     monkeypatch.setitem(hf_export.REQUIRED, "LoadedModel", LoadedModel)
     with pytest.raises(ExportError, match=r"hrm_codegen\.\w+.* imports"):
         model_source()
+
+
+def test_evaluate_model_runs_an_export_only_with_trust_remote_code(hrm_run, tokenizer, tmp_path, monkeypatch):
+    """`evaluate.py --model EXPORT` refuses shipped code unless --trust-remote-code, then decodes like the HRM."""
+    from hrm_codegen.completions import ModelCompletions, SamplingConfig
+    from hrm_codegen.datasets.problems import Problem
+    from hrm_codegen.hf_export import export_hf
+    from hrm_codegen.inference import load_pretrained
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    out = tmp_path / "export"
+    export_hf(hrm_run, out, verify=False)
+    with pytest.raises(ValueError, match="ships its own modeling code .* --trust-remote-code"):
+        load_pretrained(out)
+    exported = load_pretrained(out, trust_remote_code=True)
+    problems = [Problem(task_id=str(i), prompt=p, test_program="") for i, p in enumerate(PROMPTS)]
+    sampling = SamplingConfig(max_new_tokens=8, batch_size=2)
+    theirs = ModelCompletions.from_loaded(exported, sampling, progress=False)(problems, [[0], [0]])
+    ours = ModelCompletions.from_loaded(load_checkpoint(hrm_run), sampling, progress=False)(problems, [[0], [0]])
+    assert theirs == ours
