@@ -139,18 +139,24 @@ ROWS = {
 }
 
 
-def pairs_row(label: str, name: str, arch: tuple[str, ...] = ()) -> Row:
-    """Corpus (50 steps), mined pairs (50 steps), then MBPP: the budget of the pretrain_then_mbpp rows."""
+def pairs_row(label: str, name: str, arch: tuple[str, ...] = (), equal_flops: bool = False) -> Row:
+    """Corpus, mined pairs, then MBPP: the pretrain_then_mbpp budget with its corpus steps split in two halves
+    (`equal_flops`: the budget of `pretrain_row(..., equal_flops=True)` for the same model)."""
     first, second = f"pretrain_then_pairs_then_mbpp{name}", f"pretrain_then_pairs_then_mbpp_pairs{name}"
+    half, tune = (), ()
+    if equal_flops:
+        half = (f"train.max_steps={flop_matched_steps(arch, 'pretrain_then_mbpp') // 2}",)
+        tune = (f"train.max_steps={flop_matched_steps(arch, 'pretrain_then_mbpp_finetune')}",)
     return Row(
         label,
         (
-            Stage(first, ("experiment=pretrain_then_pairs_then_mbpp", *arch), corpus=True),
+            Stage(first, ("experiment=pretrain_then_pairs_then_mbpp", *arch, *half), corpus=True),
             Stage(
                 second,
                 (
                     "experiment=pretrain_then_pairs_then_mbpp_pairs",
                     *arch,
+                    *half,
                     f"train.init_from=checkpoints/{first}",
                 ),
                 pairs=True,
@@ -160,6 +166,7 @@ def pairs_row(label: str, name: str, arch: tuple[str, ...] = ()) -> Row:
                 (
                     "experiment=pretrain_then_pairs_then_mbpp_finetune",
                     *arch,
+                    *tune,
                     f"train.init_from=checkpoints/{second}",
                 ),
             ),
@@ -189,18 +196,90 @@ def with_seed(row: Row, seed: int) -> Row:
     return dataclasses.replace(row, label=f"{row.label}, seed {seed}", stages=tuple(stages))
 
 
-ROWS["pretrain_then_pairs_then_mbpp_hrm"] = pairs_row("HRM (arch=tiny), corpus, pairs, then MBPP", "")
-ROWS["pretrain_then_pairs_then_mbpp_llama_params"] = pairs_row(
-    "Llama, parameter-matched (2 layers), corpus, pairs, then MBPP",
-    "_llama_params",
-    ("arch=transformer_tiny_params",),
+def flop_matched_steps(
+    arch: tuple[str, ...], recipe: str, reference: tuple[str, ...] = ("arch=tiny",)
+) -> int:
+    """The recipe's max_steps scaled so that `arch` spends the analytic training FLOPs of `reference` (same batch
+    and block sizes, so the same data order, cut where the budget ends)."""
+    from hrm_codegen.families import get_family
+    from hrm_codegen.inference import model_config
+    from hrm_codegen.train_config import compose_config
+
+    def flops(overrides: tuple[str, ...]) -> tuple[float, int]:
+        cfg = compose_config([f"experiment={recipe}", *overrides])
+        per_token = get_family(cfg.arch.name).flops_per_token(model_config(cfg, 50257), cfg.data.seq_len)[
+            "train"
+        ]
+        return per_token, cfg.train.max_steps
+
+    ref, steps = flops(reference)
+    return round(steps * ref / flops(arch)[0])
+
+
+def pretrain_row(label: str, name: str, arch: tuple[str, ...], equal_flops: bool = False) -> Row:
+    """Corpus pre-training then MBPP (the pretrain_then_mbpp recipe) for another model; `equal_flops` scales
+    each stage's steps to the analytic training FLOPs of the tiny HRM's."""
+    first = f"pretrain_then_mbpp_{name}"
+    steps = [
+        (f"train.max_steps={flop_matched_steps(arch, recipe)}",) if equal_flops else ()
+        for recipe in ("pretrain_then_mbpp", "pretrain_then_mbpp_finetune")
+    ]
+    return Row(
+        label,
+        (
+            Stage(first, ("experiment=pretrain_then_mbpp", *arch, *steps[0]), corpus=True),
+            Stage(
+                f"pretrain_then_mbpp_finetune_{name}",
+                (
+                    "experiment=pretrain_then_mbpp_finetune",
+                    *arch,
+                    *steps[1],
+                    f"train.init_from=checkpoints/{first}",
+                ),
+            ),
+        ),
+    )
+
+
+HRM_TEXT_RECIPE = (
+    "arch=tiny",
+    "arch.prefix_lm=true",
+    "arch.bp_steps=5",
+    "train.bp_warmup_ratio=0.2",
+    "arch.norm_type=pre",
 )
-for _name in (
+ROWS["pretrain_then_mbpp_hrm_recipe"] = pretrain_row(
+    "HRM (arch=tiny) + HRM-Text recipe (PrefixLM, bp_steps 5 warmed up over 20%, pre-norm), corpus then MBPP",
+    "hrm_recipe",
+    HRM_TEXT_RECIPE,
+    equal_flops=True,
+)
+ROWS["pretrain_then_mbpp_hrm_text"] = pretrain_row(
+    "HRM-Text (arch=hrm_text_tiny, transformers), corpus then MBPP", "hrm_text", ("arch=hrm_text_tiny",), True
+)
+ROWS["pretrain_then_mbpp_llama_compute"] = pretrain_row(
+    "Llama, compute-matched (6 layers), corpus then MBPP",
+    "llama_compute",
+    ("arch=transformer_tiny_compute",),
+    equal_flops=True,
+)
+ROWS["pretrain_then_pairs_then_mbpp_hrm"] = pairs_row("HRM (arch=tiny), corpus, pairs, then MBPP", "")
+ROWS["pretrain_then_pairs_then_mbpp_llama_compute"] = pairs_row(
+    "Llama, compute-matched (6 layers), corpus, pairs, then MBPP",
+    "_llama_compute",
+    ("arch=transformer_tiny_compute",),
+    equal_flops=True,
+)
+
+SEEDED = (  # the comparisons of the README run two seeds each
     "pretrain_then_mbpp_hrm",
-    "pretrain_then_mbpp_llama_params",
+    "pretrain_then_mbpp_hrm_recipe",
+    "pretrain_then_mbpp_hrm_text",
+    "pretrain_then_mbpp_llama_compute",
     "pretrain_then_pairs_then_mbpp_hrm",
-    "pretrain_then_pairs_then_mbpp_llama_params",
-):
+    "pretrain_then_pairs_then_mbpp_llama_compute",
+)
+for _name in SEEDED:
     ROWS[f"{_name}_s1"] = with_seed(ROWS[_name], 1)
 
 
