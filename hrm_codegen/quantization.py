@@ -78,9 +78,11 @@ def _plain_linear(module: nn.Module) -> nn.Linear | None:
 
 
 def _check_fp32(model: nn.Module) -> None:
-    config = getattr(model, "config", None)
-    dtype = getattr(config, "forward_dtype", None) or str(getattr(config, "dtype", "float32"))
-    if "float32" not in str(dtype):
+    """Refuse models whose forward pass is not fp32 (the HRM's forward_dtype, else the weights' dtype)."""
+    dtype = getattr(getattr(model, "config", None), "forward_dtype", None)
+    if dtype is None:
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if dtype != "float32":
         raise ValueError(f"int8 quantization is for fp32 CPU inference; this model runs in {dtype}")
 
 
