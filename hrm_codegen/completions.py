@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -75,6 +75,7 @@ class ModelCompletions:
         sampling: SamplingConfig,
         progress: bool = True,
         family: ModelFamily | None = None,
+        options: Mapping[str, Any] | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -88,13 +89,19 @@ class ModelCompletions:
         self.pad_id = cast(int, hf.pad_token_id)
         self.eos_id: int | None = hf.eos_token_id
         self.last_records: list[list[dict[str, Any]]] = []
+        self.options = dict(options or {})  # family-specific GenerationRequest options (cache, compile)
+        self.compile_seconds: float | None = None  # the first compiled call's time, compile included
 
     @classmethod
     def from_loaded(
-        cls, loaded: LoadedModel, sampling: SamplingConfig, progress: bool = True
+        cls,
+        loaded: LoadedModel,
+        sampling: SamplingConfig,
+        progress: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> ModelCompletions:
         """The completion source of a `hrm_codegen.inference.LoadedModel`."""
-        return cls(loaded.model, loaded.tokenizer, sampling, progress, loaded.family)
+        return cls(loaded.model, loaded.tokenizer, sampling, progress, loaded.family, options)
 
     @property
     def max_length(self) -> int | None:
@@ -189,5 +196,9 @@ class ModelCompletions:
             stop_strings=tuple(s.stop_strings),
             decode=self.decode,
             seeds=tuple(seeds),
+            options=self.options,
         )
-        return self.family.generate(self.model, input_ids, mask, request)
+        out = self.family.generate(self.model, input_ids, mask, request)
+        if out.compile_seconds is not None and self.compile_seconds is None:
+            self.compile_seconds = out.compile_seconds
+        return out

@@ -45,6 +45,8 @@ from hrm_codegen.datasets.sources import load_rows
 from hrm_codegen.evaluation import SAMPLES_FILE, SUMMARY_FILE, evaluate, evaluate_file, format_summary_table
 from hrm_codegen.execution import SandboxLimits
 from hrm_codegen.inference import load_checkpoint, load_pretrained
+from hrm_codegen.quantization import METHODS as QUANTIZE_METHODS
+from hrm_codegen.quantization import quantize_weights
 from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
 from hrm_codegen.tokenization import load_tokenizer
 
@@ -64,7 +66,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 # Settings that change the samples: a resumed run must use the same ones.
 PROBLEM_KEYS = ("source", "dataset", "split", "few_shot", "prompt_format", "data_file", "sanitize")
-SAMPLING_KEYS = ("tokenizer", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
+SAMPLING_KEYS = ("tokenizer", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "quantize")
 
 
 def fail(message: str) -> NoReturn:
@@ -125,6 +127,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gen.add_argument("--batch-size", type=int, default=8, help="sequences per generate call")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="static KV cache and a torch.compile'd decode step (CUDA graphs on CUDA); the first call compiles",
+    )
+    gen.add_argument(
+        "--quantize",
+        choices=QUANTIZE_METHODS,
+        help="weight-only int8 (torchao, else PyTorch) or int8_dynamic (PyTorch dynamic int8), for CPU inference",
+    )
     run = parser.add_argument_group("execution and output")
     run.add_argument("--workers", type=int, help="parallel sandboxes (default: CPU count)")
     run.add_argument("--timeout", type=float, help="seconds per program (default 10; EvalPlus datasets 30)")
@@ -294,6 +306,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         loaded = load_pretrained(args.model, args.tokenizer, args.device, args.trust_remote_code)
     settings["source"] = loaded.source
+    if args.quantize:
+        quantize_weights(loaded.model, args.quantize)
     notice = raw_format_notice(loaded.tokenizer, args.prompt_format)
     if notice:
         print(f"notice: {notice}", file=sys.stderr)
@@ -309,7 +323,8 @@ def run(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         stop_strings=stops,
     )
-    completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress)
+    options = {"compile": True} if args.compile else {}
+    completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress, options=options)
     truncated = completions.truncated_prompts(problems)
     if truncated:
         print(
@@ -320,7 +335,7 @@ def run(args: argparse.Namespace) -> dict:
     settings["truncated_prompts"] = truncated
     check_run_config(output, settings)
     write_prompts(output / PROMPTS_FILE, problems)  # samples name their prompt by sha256
-    return evaluate(
+    summary = evaluate(
         problems,
         completions,
         num_samples=args.num_samples,
@@ -332,6 +347,12 @@ def run(args: argparse.Namespace) -> dict:
         progress=progress,
         batch_size=max(1, args.batch_size // args.num_samples),
     )
+    if completions.compile_seconds is not None:
+        print(
+            f"compiled decoding: the first compiled call took {completions.compile_seconds:.1f} s",
+            file=sys.stderr,
+        )
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:

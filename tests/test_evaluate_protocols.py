@@ -199,3 +199,34 @@ def test_sanitize_recovers_a_cut_off_tail(mbpp_path, tmp_path):
         scores[bool(flag)] = summary["pass_at_k"]["1"]
         assert summary["config"]["sanitize"] is bool(flag)
     assert scores == {False: 0.0, True: 1.0}
+
+
+def test_quantize_int8_runs_end_to_end_through_evaluate(tmp_path, mbpp_path, gpt2_dir, tokenizer):
+    from hrm_codegen.checkpoint import save_checkpoint
+    from hrm_codegen.inference import build_model
+    from hrm_codegen.train_config import compose_config
+
+    cfg = compose_config(
+        ["arch=tiny", "arch.hidden_size=32", "arch.seq_len=512", f"tokenizer.name_or_path={gpt2_dir}"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, tokenizer.vocab_size)
+    save_checkpoint(tmp_path / "run", 1, model_state=model.state_dict(), config=cfg, tokenizer=tokenizer)
+    common = [
+        "--ckpt",
+        str(tmp_path / "run"),
+        "--mbpp",
+        str(mbpp_path),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]
+    done = _cli(*common, "--quantize", "int8", "--no-progress", "--output", str(tmp_path / "int8"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "int8" / "summary.json").read_text())
+    assert summary["num_problems"] == 2 and summary["config"]["quantize"] == "int8"
+    records = [json.loads(x) for x in (tmp_path / "int8" / "samples.jsonl").read_text().splitlines()]
+    assert all(r["num_tokens"] >= 1 for r in records)
+    done = _cli(*common, "--no-progress", "--output", str(tmp_path / "int8"))  # fp32 into the int8 directory
+    assert done.returncode == 2 and "quantize='int8'" in done.stderr

@@ -53,6 +53,7 @@ class Generated:
 
     completion_ids: list[list[int]]
     finish_reasons: list[str]
+    compile_seconds: float | None = None  # wall time of a first compiled step in this call (compile included)
 
 
 class TrainState:

@@ -199,7 +199,7 @@ class HrmFamily(ModelFamily):
             seed=seeds if r.do_sample else None,
             **dict(r.options),
         )
-        return Generated(out.completion_ids, out.finish_reasons)
+        return Generated(out.completion_ids, out.finish_reasons, out.compile_seconds)
 
 
 HRM = register_family(HrmFamily())
