@@ -76,6 +76,7 @@ class TrainConfig:
     decay_embeddings: bool = False
     decay_norms_and_biases: bool = False
     grad_clip: float = 1.0
+    compile: bool = False  # torch.compile the training forward (the family's compile_for_training)
     bp_warmup_ratio: float = 0.0  # HRM: bp_steps from 2 up to arch.bp_steps over this fraction of the steps
     loss_type: str = "softmax"
     mixed_precision: str = "no"

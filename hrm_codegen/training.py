@@ -123,6 +123,8 @@ class Trainer:
             train.decay_norms_and_biases,
         )
         self.scheduler = build_scheduler(optimizer, train.warmup_steps, self.total_steps, train.min_lr_ratio)
+        if train.compile:
+            self.family.compile_for_training(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.state = TrainState()
         self.metrics: MetricsLogger | None = None

@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="print the top operators of one step per model")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each model (nn.Module.compile); compile time reported",
+    )
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -209,8 +214,21 @@ def profile_step(name: str, step: Callable[[], None]) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def report(contenders: list[Contender], tokens_per_step: int) -> None:
-    """Print the throughput table with FLOP/s ratios against both Llama baselines."""
+def matmul_peak(device: str, dtype: torch.dtype, size: int = 4096, repeats: int = 10) -> float:
+    """The device's measured dense matmul throughput (FLOP/s) at `dtype`: the MFU denominator, not a datasheet."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def report(contenders: list[Contender], tokens_per_step: int, peak: float | None = None) -> None:
+    """Print the throughput table with FLOP/s ratios against both Llama baselines (and MFU against `peak`)."""
     achieved = {}
     for c in contenders:
         seconds = statistics.median(c.step_times)
@@ -218,7 +236,7 @@ def report(contenders: list[Contender], tokens_per_step: int) -> None:
     ref_compute, ref_params = achieved["llama-compute"][1], achieved["llama-params"][1]
     header = (
         f"{'model':<15}{'params':>10}{'layers':>8}{'tokens/s':>11}{'GFLOP/tok':>11}{'GFLOP/s':>10}"
-        f"{'vs compute':>12}{'vs params':>11}"
+        f"{'vs compute':>12}{'vs params':>11}" + (f"{'MFU':>8}" if peak else "")
     )
     print(header)
     print("-" * len(header))
@@ -228,6 +246,7 @@ def report(contenders: list[Contender], tokens_per_step: int) -> None:
         print(
             f"{c.name:<15}{params:>9.2f}M{c.layers:>8}{tokens_s:>11.1f}{c.flops_per_token / 1e9:>11.3f}"
             f"{flops_s / 1e9:>10.2f}{flops_s / ref_compute:>11.2f}x{flops_s / ref_params:>10.2f}x"
+            + (f"{flops_s / peak:>7.1%}" if peak else "")
         )
 
 
@@ -243,15 +262,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: {err}")
     batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), device=args.device)
     labels = torch.roll(batch, -1, dims=1)
+    if args.compile:
+        for contender in contenders:
+            contender.model.compile()
     steps = [make_step(c, batch, labels) for c in contenders]
     print(
         f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
         f"batch={args.batch_size}x{args.seq_len} hidden={args.hidden_size} vocab={args.vocab_size}"
     )
     with tqdm(total=len(steps) * (args.warmup + args.steps), desc="steps", unit="step", leave=False) as bar:
-        for step in steps:
-            for _ in range(args.warmup):
+        compile_s = {}
+        for contender, step in zip(contenders, steps, strict=True):
+            for i in range(args.warmup):
+                start = time.perf_counter()
                 step()
+                synchronize(args.device)
+                if i == 0:
+                    compile_s[contender.name] = time.perf_counter() - start
                 bar.update()
         for _ in range(args.steps):
             for contender, step in zip(contenders, steps, strict=True):
@@ -261,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                 synchronize(args.device)
                 contender.step_times.append(time.perf_counter() - start)
                 bar.update()
-    report(contenders, args.batch_size * args.seq_len)
+    if args.compile:
+        print("first step (compile included): " + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()))
+    peak_dtype = getattr(torch, args.dtype) if args.dtype != "float32" else torch.float32
+    peak = matmul_peak(args.device, peak_dtype)
+    print(f"measured {args.dtype} matmul peak: {peak / 1e12:.2f} TFLOP/s (the MFU denominator)")
+    report(contenders, args.batch_size * args.seq_len, peak)
     if args.profile:
         for contender, step in zip(contenders, steps, strict=True):
             profile_step(contender.name, step)

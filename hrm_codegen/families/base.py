@@ -123,6 +123,11 @@ class ModelFamily:
         """A fresh training-time state for one micro-batch slot."""
         return TrainState()
 
+    def compile_for_training(self, model: nn.Module) -> None:
+        """`train.compile=true`: compile the training forward in place (`nn.Module.compile`, inductor; the
+        parameter names and the state dict stay as they are). A family may compile a smaller part instead."""
+        model.compile()
+
     def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> None:
         """Called by the Trainer before optimizer step `step` (0-based) of `total_steps`, with the unwrapped
         model and the whole run config: a family's schedules (e.g. the HRM's bp_steps warm-up). No-op here."""
