@@ -280,10 +280,16 @@ SEEDED = (  # the comparisons of the README run two seeds each
     "pretrain_then_pairs_then_mbpp_llama_compute",
 )
 for _name in SEEDED:
+    ROWS[_name] = dataclasses.replace(ROWS[_name], group="compare")
     ROWS[f"{_name}_s1"] = with_seed(ROWS[_name], 1)
 
 
 GROUPS = {  # table group: (title, plot file, plot title)
+    "compare": (
+        "Equal-FLOP comparison at CPU scale: which part of HRM helps code, and do mined pairs help (two seeds)",
+        "mbpp_compare.png",
+        "Corpus pre-training then MBPP at equal analytic training FLOPs (2-core CPU, two seeds)",
+    ),
     "cpu": (
         "MBPP results at CPU scale",
         "mbpp_cpu.png",
@@ -479,6 +485,8 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
     shutil.copyfile(outputs / "greedy" / "summary.json", target / "greedy.json")
     if sampled is not None:
         shutil.copyfile(outputs / "sampled" / "summary.json", target / "sampled.json")
+    elif (target / "sampled.json").is_file():
+        (target / "sampled.json").unlink()  # from an earlier run of the row: not this record's
     (target / "row.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {target / 'row.json'}")
     return record
@@ -495,6 +503,15 @@ def rates(*evaluations: dict[str, Any] | None, key: str) -> str:
 
 
 INTRO = {
+    "compare": [
+        "Corpus pre-training (data/corpus/pylib, 2.26M tokens, 256-token blocks) then MBPP fine-tuning",
+        "(mbpp_cpu_compare), every model from the same data order; the steps of each stage are scaled so that",
+        "every row spends the tiny HRM's analytic training FLOPs (within 1%; `flop_matched_steps`). The pairs rows",
+        "spend the corpus stage's budget half on the corpus and half on mined pairs (data/pairs/pylib), then the",
+        "same MBPP stage. Two seeds per row (seed 0 and seed 1: initialisation and data order). Greedy pass@1",
+        "on all 500 MBPP test problems, at most 128 new tokens. Train wall time: one thread each, two runs at a",
+        "time on a 2-core machine shared with other jobs.",
+    ],
     "cpu": [
         "Every model is trained from the same seed on the same MBPP-train sequences in the same order",
         "(experiment=mbpp_cpu_compare: 100 steps of 8 sequences); the pre-trained rows first train 100 steps of 8",
@@ -557,6 +574,52 @@ def table(rows: list[dict[str, Any]], group: str) -> list[str]:
     return lines + [""]
 
 
+def row_train_flops(record: dict[str, Any]) -> float | None:
+    """Analytic training FLOPs of a reproduced row: per stage, the family's FLOPs per token x its tokens."""
+    from hrm_codegen.families import get_family
+    from hrm_codegen.inference import model_config
+    from hrm_codegen.train_config import compose_config
+
+    row = ROWS.get(record["row"])
+    if row is None:
+        return None
+    total = 0.0
+    for stage, done in zip(row.stages, record["stages"], strict=True):
+        cfg = compose_config([*stage.overrides, f"run_name={stage.run_name}"])
+        per_token = get_family(cfg.arch.name).flops_per_token(model_config(cfg, 50257), cfg.data.seq_len)[
+            "train"
+        ]
+        total += per_token * done["tokens"]
+    return total
+
+
+def seed_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Validation loss per seed, the mean and the seed spread (half the range), per model."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_model.setdefault(r["row"].removesuffix("_s1"), []).append(r)
+    lines = [
+        "Seeds side by side (validation loss: MBPP validation after the last stage; spread: half the range of",
+        "the seeds; training TFLOPs: analytic, summed over the stages):",
+        "",
+        "| model | seeds | validation loss per seed | mean | spread | training TFLOPs | pass@1 greedy (mean) |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for members in by_model.values():
+        members.sort(key=lambda r: r["row"])
+        losses = [r["val_loss"] for r in members]
+        flops = [row_train_flops(r) for r in members]
+        shown = [f for f in flops if f is not None]
+        mean_flops = f"{sum(shown) / len(shown) / 1e12:.2f}" if shown else "n/a"
+        passes = [r["greedy"]["pass_at_k"]["1"] for r in members]
+        lines.append(
+            f"| {members[0]['label']} | {len(members)} | {' / '.join(f'{x:.3f}' for x in losses)} "
+            f"| {sum(losses) / len(losses):.3f} | {(max(losses) - min(losses)) / 2:.3f} | {mean_flops} "
+            f"| {100 * sum(passes) / len(passes):.1f}% |"
+        )
+    return lines + [""]
+
+
 def write_table(names: list[str]) -> None:
     """docs/results/results.md and one plot per group (docs/results/mbpp_<group>.png) from the rows' records."""
     rows = [
@@ -573,10 +636,15 @@ def write_table(names: list[str]) -> None:
         "",
     ]
     for group, (_, plot_file, plot_title) in GROUPS.items():
-        members = [r for r in rows if r.get("group", "cpu") == group]
+        # the row's group as defined now (a record may predate a regrouping)
+        members = [
+            r for r in rows if (ROWS[r["row"]].group if r["row"] in ROWS else r.get("group", "cpu")) == group
+        ]
         if not members:
             continue
         lines += table(members, group)
+        if group == "compare":
+            lines += seed_table(members)
         # plot_runs.py labels a run directory (metrics.jsonl) and a summary file by the directory's name: the row.
         runs = [RESULTS / r["row"] for r in members]
         evals = [run / "sampled.json" for run in runs if (run / "sampled.json").is_file()]
