@@ -161,6 +161,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.output:
         fail("--output DIR is required")
     modes = [args.samples is not None, args.ckpt is not None, args.model is not None]
+    if args.samples is not None and args.model_type is not None:
+        fail(
+            "give exactly one of --samples FILE or a model (--ckpt / --model); --model-type goes with a model"
+        )
     if sum(modes) != 1:
         if args.model_type == "hrm" and not args.ckpt:
             fail("--model-type hrm needs --ckpt PATH")

@@ -310,7 +310,9 @@ def test_hf_model_end_to_end(tmp_path, mbpp_path, gpt2_dir, problems):
 def test_samples_do_not_depend_on_batching_or_resume(tokenizer, tiny_hrm_config, problems):
     model, _ = tiny_hrm(tokenizer, tiny_hrm_config)
     sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3, batch_size=4)
-    together = ModelCompletions(model, tokenizer, sampling, progress=False, family=HRM)(problems[:2], [[0, 1, 2], [0, 1]])
+    together = ModelCompletions(model, tokenizer, sampling, progress=False, family=HRM)(
+        problems[:2], [[0, 1, 2], [0, 1]]
+    )
     one_by_one = ModelCompletions(
         model,
         tokenizer,
@@ -326,7 +328,9 @@ def test_samples_do_not_depend_on_batching_or_resume(tokenizer, tiny_hrm_config,
 
 def test_prompts_longer_than_the_model_keep_bos_and_their_end(tokenizer, tiny_hrm_config, problems):
     model, _ = tiny_hrm(tokenizer, tiny_hrm_config, seq_len=16)
-    completions = ModelCompletions(model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False, family=HRM)
+    completions = ModelCompletions(
+        model, tokenizer, SamplingConfig(max_new_tokens=4), progress=False, family=HRM
+    )
     full = [tokenizer.bos_id, *tokenizer.encode(problems[0].prompt)]
     fitted = completions.encode(problems[0].prompt)
     assert len(fitted) == 12 and fitted[0] == tokenizer.bos_id and fitted[1:] == full[-11:]

@@ -239,5 +239,7 @@ def test_evaluate_model_runs_an_export_only_with_trust_remote_code(hrm_run, toke
     problems = [Problem(task_id=str(i), prompt=p, test_program="") for i, p in enumerate(PROMPTS)]
     sampling = SamplingConfig(max_new_tokens=8, batch_size=2)
     theirs = ModelCompletions.from_loaded(exported, sampling, progress=False)(problems, [[0], [0]])
-    ours = ModelCompletions.from_loaded(load_checkpoint(hrm_run), sampling, progress=False)(problems, [[0], [0]])
+    ours = ModelCompletions.from_loaded(load_checkpoint(hrm_run), sampling, progress=False)(
+        problems, [[0], [0]]
+    )
     assert theirs == ours

@@ -145,7 +145,9 @@ def test_a_new_family_registers_from_a_test_file_alone(paths, mbpp_path, tmp_pat
     assert loaded.family is get_family("toy_bigram")
     torch.manual_seed(0)
     fresh = ToyFamily().build({"vocab_size": 50257})
-    assert not torch.equal(loaded.model.head.weight, fresh.head.weight)  # trained weights were saved and loaded
+    assert not torch.equal(
+        loaded.model.head.weight, fresh.head.weight
+    )  # trained weights were saved and loaded
 
     spec = importlib.util.spec_from_file_location("evaluate_script", EVALUATE)
     evaluate_script = importlib.util.module_from_spec(spec)

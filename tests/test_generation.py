@@ -189,8 +189,8 @@ def test_degenerate_sampling_equals_greedy(tiny_hrm_config, controls):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([5, 3])
     greedy = generate(model, ids, mask, max_new_tokens=10)
-    sampled = generate(model,
-        ids, mask, max_new_tokens=10, do_sample=True, temperature=2.0, seed=3, **controls
+    sampled = generate(
+        model, ids, mask, max_new_tokens=10, do_sample=True, temperature=2.0, seed=3, **controls
     )
     assert torch.equal(sampled.sequences, greedy.sequences)
 
@@ -198,8 +198,16 @@ def test_degenerate_sampling_equals_greedy(tiny_hrm_config, controls):
 def test_top_k_sampling_draws_only_from_top_k(tiny_hrm_config):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([5, 3])
-    out = generate(model,
-        ids, mask, max_new_tokens=12, do_sample=True, temperature=5.0, top_k=3, seed=0, return_logits=True
+    out = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=12,
+        do_sample=True,
+        temperature=5.0,
+        top_k=3,
+        seed=0,
+        return_logits=True,
     )
     assert out.logits is not None
     allowed = out.logits.topk(3, dim=-1).indices
