@@ -99,7 +99,10 @@ def quantize_weights(model: nn.Module, method: str = "int8") -> nn.Module:
     if method == "int8_dynamic":
         torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     elif torchao_available():
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import (  # pyright: ignore[reportMissingImports]  # optional extra "quant"
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
 
         quantize_(model, Int8WeightOnlyConfig())
     else:
