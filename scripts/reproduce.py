@@ -254,6 +254,19 @@ ROWS["pretrain_then_mbpp_hrm_recipe"] = pretrain_row(
     HRM_TEXT_RECIPE,
     equal_flops=True,
 )
+for _change, _overrides, _what in (
+    ("prefix_lm", ("arch=tiny", "arch.prefix_lm=true"), "PrefixLM only"),
+    (
+        "bp5",
+        ("arch=tiny", "arch.bp_steps=5", "train.bp_warmup_ratio=0.2"),
+        "bp_steps 5 (warmed up over 20%) only",
+    ),
+    ("prenorm", ("arch=tiny", "arch.norm_type=pre"), "pre-norm only"),
+):
+    ROWS[f"pretrain_then_mbpp_hrm_{_change}"] = dataclasses.replace(
+        pretrain_row(f"HRM (arch=tiny) + {_what}, corpus then MBPP", f"hrm_{_change}", _overrides, True),
+        group="compare",
+    )
 ROWS["pretrain_then_mbpp_hrm_text"] = pretrain_row(
     "HRM-Text (arch=hrm_text_tiny, transformers), corpus then MBPP", "hrm_text", ("arch=hrm_text_tiny",), True
 )
