@@ -4,26 +4,13 @@ import time
 
 import pytest
 import torch
+from test_generation import (  # the same tiny models and prompts as the reference tests
+    make_model,
+    padded_prompts,
+)
 
 from hrm_codegen.generation import generate
-from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
 from hrm_codegen.models.layers import KVCache, StaticKVCache
-
-
-def make_model(config: dict, seed: int = 0, **overrides) -> HierarchicalReasoningModel_ACTV1:
-    torch.manual_seed(seed)
-    return HierarchicalReasoningModel_ACTV1({**config, **overrides}).eval()
-
-
-def padded_prompts(lengths: list[int], vocab: int = 97, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        ids[row, width - length :] = torch.randint(1, vocab, (length,), generator=gen)
-        mask[row, width - length :] = 1
-    return ids, mask
 
 
 @pytest.mark.parametrize("halt_max_steps", [1, 2])

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from hrm_codegen.checkpoint import (
+    WEIGHTS_FILE,  # a step's weights, for families without a transformers layout
+)
 from hrm_codegen.generation import tail_has_stop
 from hrm_codegen.losses_codegen import LossOutput, codegen_loss
 
 __all__ = ["tail_has_stop"]
-
-WEIGHTS_FILE = "model.safetensors"  # a step's weights, for families without a transformers layout
 
 
 @dataclass(frozen=True)
