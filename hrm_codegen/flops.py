@@ -15,9 +15,13 @@ from hrm_codegen.models.baseline import swiglu_intermediate_size
 from hrm_codegen.models.hrm_act_v1 import HRMConfig, gradient_steps
 
 
-def block_params(hidden_size: int, intermediate_size: int) -> int:
-    """Matmul weights of one block: q, k, v, o projections plus the three SwiGLU matrices."""
-    return 4 * hidden_size * hidden_size + 3 * hidden_size * intermediate_size
+def block_params(hidden_size: int, intermediate_size: int, kv_fraction: float = 1.0) -> int:
+    """Matmul weights of one block: q, k, v, o projections plus the three SwiGLU matrices.
+
+    `kv_fraction` (grouped-query attention): key/value heads over query heads; k and v shrink by it.
+    """
+    attention = (2 + 2 * kv_fraction) * hidden_size * hidden_size
+    return round(attention) + 3 * hidden_size * intermediate_size
 
 
 def attention_flops(hidden_size: int, seq_len: int) -> float:
@@ -32,9 +36,10 @@ def hrm_flops_per_token(cfg: HRMConfig, seq_len: int | None = None) -> dict[str,
     """
     seq_len = seq_len or cfg.seq_len
     hidden = cfg.hidden_size
-    layer_forward = 2.0 * block_params(hidden, swiglu_intermediate_size(hidden, cfg.expansion))
+    intermediate = cfg.intermediate_size or swiglu_intermediate_size(hidden, cfg.expansion)
+    layer_forward = 2.0 * block_params(hidden, intermediate, cfg.kv_heads / cfg.num_heads)
     layer_forward += attention_flops(hidden, seq_len)
-    h_grad, l_grad = gradient_steps(cfg.bp_steps, cfg.H_cycles)
+    h_grad, l_grad = gradient_steps(cfg.bp_steps, cfg.H_cycles, cfg.L_cycles)
     trained_layers = l_grad * cfg.L_layers + h_grad * cfg.H_layers
     no_grad_layers = cfg.layer_evals_per_segment - trained_layers
     no_grad = no_grad_layers * layer_forward
@@ -45,7 +50,9 @@ def hrm_flops_per_token(cfg: HRMConfig, seq_len: int | None = None) -> dict[str,
 def llama_flops_per_token(config: LlamaConfig, seq_len: int) -> dict[str, float]:
     """Training FLOPs per token of a LlamaForCausalLM: 6 * matmul weights (lm_head included) plus attention."""
     hidden = config.hidden_size
-    layer_forward = 2.0 * block_params(hidden, config.intermediate_size) + attention_flops(hidden, seq_len)
+    kv_fraction = (config.num_key_value_heads or config.num_attention_heads) / config.num_attention_heads
+    layer_forward = 2.0 * block_params(hidden, config.intermediate_size, kv_fraction)
+    layer_forward += attention_flops(hidden, seq_len)
     trained = 3.0 * config.num_hidden_layers * layer_forward + 6.0 * config.vocab_size * hidden
     return {"no_grad": 0.0, "trained": trained, "total": trained}
 

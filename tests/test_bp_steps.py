@@ -103,7 +103,25 @@ def test_full_backpropagation_changes_the_gradient_not_the_logits(tiny_hrm_confi
     assert ga is not None and gb is not None and not torch.allclose(ga, gb)
 
 
-@pytest.mark.parametrize("bp_steps", [0, 1, 7])
+def test_bp_steps_zero_is_full_backpropagation_at_any_cycle_count(tiny_hrm_config):
+    """bp_steps=0 routes gradient through every H and L step, also after the cycles change."""
+    ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(3))
+    zero, full = (
+        make_model(tiny_hrm_config, bp_steps=0).train(),
+        make_model(tiny_hrm_config, bp_steps=6).train(),
+    )
+    zero.lm_forward(ids).square().mean().backward()
+    full.lm_forward(ids).square().mean().backward()
+    for (name, a), (_, b) in zip(zero.named_parameters(), full.named_parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None) and (a.grad is None or torch.equal(a.grad, b.grad)), name
+    zero.zero_grad()
+    zero.set_cycles(1, 3)  # 1 x (3 L + 1 H) = 4 steps, all with gradient
+    assert gradient_steps(0, 1, 3) == (1, 3)
+    zero.lm_forward(ids).square().mean().backward()
+    assert dict(zero.named_parameters())["inner.L_level.layers.0.mlp.down_proj.weight"].grad is not None
+
+
+@pytest.mark.parametrize("bp_steps", [-1, 1, 7])
 def test_bp_steps_out_of_range_is_refused(tiny_hrm_config, bp_steps):
     with pytest.raises(ValueError, match="bp_steps"):
         HRMConfig.from_dict({**tiny_hrm_config, "bp_steps": bp_steps})  # H_cycles=2, L_cycles=2: at most 6

@@ -22,10 +22,10 @@ from hrm_codegen.models.layers import (
     CastedEmbedding,
     CastedLinear,
     KVCache,
+    RMSNorm,
     RotaryEmbedding,
     SwiGLU,
     build_attn_mask,
-    rms_norm,
     trunc_normal_init_,
 )
 
@@ -62,6 +62,22 @@ class HRMConfig:
     # Level evaluations (H and L steps together) that carry gradient; 2 = upstream's 1-step gradient.
     bp_steps: int = 2
     norm_type: str = "post"  # post (upstream) or pre (HRM-Text: pre-norm blocks, each level ends with a norm)
+    # What real (retrofitted) checkpoints need; each off by default, so the defaults stay upstream's model.
+    num_key_value_heads: int | None = None  # grouped-query attention; null = num_heads
+    intermediate_size: int | None = None  # the SwiGLU width; null = from `expansion` as upstream
+    attention_bias: bool = False  # biases on the q, k, v projections (Qwen2)
+    norm_weights: bool = False  # RMSNorms with a learnable scale (a source's norms); false = scale-free
+    final_norm: str = (
+        "levels"  # pre-norm: "levels" (each level ends with a norm) or "head" (one, before the head)
+    )
+    scale_embeddings: bool = True  # multiply the token embeddings by sqrt(hidden_size) (upstream)
+    tie_word_embeddings: bool = False  # the LM head reads the embedding table
+    zero_init_states: bool = False  # z_H and z_L start at zero instead of the H_init / L_init vectors
+    # Function-preserving recurrence: every level call after a level's first in a segment is gated,
+    # z <- z + gate * (level(z + injection) - z), gate = recurrence_gate_scale * a zero-initialised vector,
+    # so a retrofitted model computes its source at any cycle count until training opens the gates.
+    recurrence_gates: bool = False
+    recurrence_gate_scale: float = 100.0  # AdamW moves a parameter ~lr per step: the gate ~scale * lr
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> HRMConfig:
@@ -85,6 +101,17 @@ class HRMConfig:
             raise ValueError(f"pos_encodings must be 'rope' or 'learned', got {self.pos_encodings!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        kv_heads = self.kv_heads
+        if kv_heads < 1 or self.num_heads % kv_heads:
+            raise ValueError(
+                f"num_key_value_heads={kv_heads} must be >= 1 and divide num_heads={self.num_heads}"
+            )
+        if self.intermediate_size is not None and self.intermediate_size < 1:
+            raise ValueError(f"intermediate_size must be >= 1 or null, got {self.intermediate_size}")
+        if self.final_norm not in ("levels", "head"):
+            raise ValueError(f"final_norm must be 'levels' or 'head', got {self.final_norm!r}")
+        if self.final_norm == "head" and self.norm_type != "pre":
+            raise ValueError("final_norm='head' is for norm_type='pre' (post-norm blocks end normalised)")
         if self.halt_max_steps < 1:
             raise ValueError(f"halt_max_steps must be >= 1, got {self.halt_max_steps}")
         if self.forward_dtype not in ("float32", "bfloat16", "float16"):
@@ -104,6 +131,11 @@ class HRMConfig:
                 "prefix_lm=true needs an explicit attention mask, which FlashAttention cannot take; "
                 "set attn_backend to auto or sdpa (SDPA with the prefix mask) or prefix_lm=false"
             )
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: num_key_value_heads, or num_heads without grouped-query attention."""
+        return self.num_key_value_heads or self.num_heads
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (what `HierarchicalReasoningModel_ACTV1(config_dict)` accepts)."""
@@ -126,21 +158,24 @@ class HRMConfig:
 
 
 def check_bp_steps(bp_steps: int, h_cycles: int, l_cycles: int) -> None:
-    """Raise ValueError unless 2 <= bp_steps <= H_cycles * (L_cycles + 1)."""
+    """Raise ValueError unless bp_steps is 0 (full backpropagation) or 2 <= bp_steps <= H_cycles * (L_cycles + 1)."""
     most = h_cycles * (l_cycles + 1)
-    if not 2 <= bp_steps <= most:
+    if bp_steps != 0 and not 2 <= bp_steps <= most:
         raise ValueError(
             f"bp_steps must be between 2 (the 1-step gradient) and H_cycles * (L_cycles + 1) = {most} "
-            f"(full backpropagation), got {bp_steps}"
+            f"(full backpropagation), or 0 (full backpropagation at any cycle count), got {bp_steps}"
         )
 
 
-def gradient_steps(bp_steps: int, h_cycles: int) -> tuple[int, int]:
+def gradient_steps(bp_steps: int, h_cycles: int, l_cycles: int | None = None) -> tuple[int, int]:
     """(H steps, L steps) that carry gradient, the last ones of each level (HRM-Text's bp_steps).
 
     H takes min(H_cycles, bp_steps - 1) of its last steps and L the rest of its last steps, so 2 is the
-    last H and the last L step (upstream's 1-step gradient).
+    last H and the last L step (upstream's 1-step gradient). bp_steps=0 is every step (needs `l_cycles`).
     """
+    if bp_steps == 0:
+        assert l_cycles is not None, "bp_steps=0 (full backpropagation) needs l_cycles"
+        return h_cycles, h_cycles * l_cycles
     h_steps = min(h_cycles, bp_steps - 1)
     return h_steps, bp_steps - h_steps
 
@@ -173,51 +208,72 @@ class HierarchicalReasoningModel_ACTV1Block(nn.Module):
             hidden_size=config.hidden_size,
             head_dim=config.hidden_size // config.num_heads,
             num_heads=config.num_heads,
-            num_key_value_heads=config.num_heads,
+            num_key_value_heads=config.kv_heads,
             causal=config.causal,
             backend=config.attn_backend,
+            bias=config.attention_bias,
         )
-        self.mlp = SwiGLU(config.hidden_size, config.expansion)
-        self.norm_eps = config.rms_norm_eps
+        self.mlp = SwiGLU(config.hidden_size, config.expansion, config.intermediate_size)
+        # Scale-free unless norm_weights (then: a Llama block's input_layernorm / post_attention_layernorm).
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weights)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weights)
         self.pre_norm = config.norm_type == "pre"
 
     def forward(self, hidden_states: torch.Tensor, **attn_kwargs) -> torch.Tensor:
-        eps = self.norm_eps
         if self.pre_norm:
-            hidden_states = hidden_states + self.self_attn(rms_norm(hidden_states, eps), **attn_kwargs)
-            return hidden_states + self.mlp(rms_norm(hidden_states, eps))
-        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, **attn_kwargs), eps)
-        return rms_norm(hidden_states + self.mlp(hidden_states), eps)
+            hidden_states = hidden_states + self.self_attn(self.attn_norm(hidden_states), **attn_kwargs)
+            return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        hidden_states = self.attn_norm(hidden_states + self.self_attn(hidden_states, **attn_kwargs))
+        return self.mlp_norm(hidden_states + self.mlp(hidden_states))
 
 
 class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
     """A stack of blocks that first adds its input injection to its state.
 
-    `final_norm_eps` (pre-norm models): end with a scale-free RMSNorm, as HRM-Text's stacks do, so the
-    states the levels pass on, and what the LM head reads, are normalised.
+    `final_norm` (pre-norm models with final_norm='levels'): end with an RMSNorm, as HRM-Text's stacks do,
+    so the states the levels pass on, and what the LM head reads, are normalised. `gate_scale`
+    (recurrence_gates): a zero-initialised `gate` vector; a gated call returns
+    z + gate_scale * gate * (stack(z + injection) - z), so it changes nothing until training opens the gate.
     """
 
     def __init__(
-        self, layers: list[HierarchicalReasoningModel_ACTV1Block], final_norm_eps: float | None = None
+        self,
+        layers: list[HierarchicalReasoningModel_ACTV1Block],
+        final_norm: RMSNorm | None = None,
+        gate_scale: float | None = None,
+        hidden_size: int | None = None,
     ):
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        self.final_norm_eps = final_norm_eps
+        self.final_norm = final_norm
+        self.gate_scale = gate_scale
+        self.gate = None
+        if gate_scale is not None:
+            assert hidden_size is not None, "a gated level needs hidden_size"
+            self.gate = nn.Parameter(torch.zeros(hidden_size))
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         input_injection: torch.Tensor,
         cache_key: tuple | None = None,
+        gated: bool = False,
         **attn_kwargs,
     ) -> torch.Tensor:
-        """`cache_key` (segment, H cycle, L cycle, level): the KV-cache slot of layer i is (*cache_key, i)."""
+        """`cache_key` (segment, H cycle, L cycle, level): the KV-cache slot of layer i is (*cache_key, i).
+
+        `gated`: this call is not the level's first in the segment (the gate applies when there is one).
+        """
+        state = hidden_states
         hidden_states = hidden_states + input_injection
         for i, layer in enumerate(self.layers):
             layer_key = None if cache_key is None else (*cache_key, i)
             hidden_states = layer(hidden_states, cache_key=layer_key, **attn_kwargs)
-        if self.final_norm_eps is not None:
-            hidden_states = rms_norm(hidden_states, self.final_norm_eps)
+        if self.final_norm is not None:
+            hidden_states = self.final_norm(hidden_states)
+        if gated and self.gate is not None and self.gate_scale is not None:
+            gate = (self.gate_scale * self.gate).to(hidden_states.dtype)
+            hidden_states = state + gate * (hidden_states - state)
         return hidden_states
 
 
@@ -228,11 +284,16 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         super().__init__()
         self.config = config
         dtype = config.dtype
-        self.embed_scale = math.sqrt(config.hidden_size)
-        embed_init_std = 1.0 / self.embed_scale
+        embed_init_std = 1.0 / math.sqrt(config.hidden_size)
+        self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
 
         self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size, embed_init_std, dtype)
-        self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        # Tied: the head reads embed_tokens' table (no lm_head parameter).
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        )
         if config.enable_q_head:
             self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
             with torch.no_grad():  # start by almost never halting
@@ -245,19 +306,35 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         else:
             self.embed_pos = CastedEmbedding(config.seq_len, config.hidden_size, embed_init_std, dtype)
 
-        final_norm_eps = config.rms_norm_eps if config.norm_type == "pre" else None
-        self.H_level = HierarchicalReasoningModel_ACTV1ReasoningModule(
-            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.H_layers)], final_norm_eps
-        )
-        self.L_level = HierarchicalReasoningModel_ACTV1ReasoningModule(
-            [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.L_layers)], final_norm_eps
+        level_norms = config.norm_type == "pre" and config.final_norm == "levels"
+        gate_scale = config.recurrence_gate_scale if config.recurrence_gates else None
+
+        def level(num_layers: int) -> HierarchicalReasoningModel_ACTV1ReasoningModule:
+            norm = (
+                RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weights) if level_norms else None
+            )
+            blocks = [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(num_layers)]
+            return HierarchicalReasoningModel_ACTV1ReasoningModule(
+                blocks, norm, gate_scale, config.hidden_size
+            )
+
+        self.H_level = level(config.H_layers)
+        self.L_level = level(config.L_layers)
+        # final_norm='head': one norm between the last H state and the head (a Llama's model.norm).
+        self.norm = (
+            RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_weights)
+            if config.norm_type == "pre" and config.final_norm == "head"
+            else None
         )
         # Gradient-carrying level evaluations; config.bp_steps, changed at run time by the bp warm-up.
         self.bp_steps = config.bp_steps
+        # The cycles the forward runs: the config's, changed at run time by a cycles schedule or test-time use.
+        self.H_cycles, self.L_cycles = config.H_cycles, config.L_cycles
         self.H_init: torch.Tensor
         self.L_init: torch.Tensor
-        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size), std=1.0))
-        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size), std=1.0))
+        init_std = 0.0 if config.zero_init_states else 1.0
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size), std=init_std))
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size), std=init_std))
 
     def _input_embeddings(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         embedding = self.embed_tokens(input_ids.to(torch.int32))
@@ -266,6 +343,13 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
                 raise ValueError(f"position {int(position_ids.max())} exceeds seq_len={self.config.seq_len}")
             embedding = 0.707106781 * (embedding + self.embed_pos(position_ids))
         return self.embed_scale * embedding
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """LM-head logits: `lm_head`, or the embedding table when tie_word_embeddings."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden_states)
+        table = self.embed_tokens.embedding_weight
+        return torch.nn.functional.linear(hidden_states, table.to(hidden_states.dtype))
 
     def empty_carry(self, batch_size: int, seq_len: int, device: torch.device | None = None):
         """Uninitialised carry of shape [B, S, hidden]; reset it before use."""
@@ -303,22 +387,26 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         if self.config.pos_encodings == "rope":
             attn_kwargs["cos_sin"] = self.rotary_emb(position_ids)
         x = self._input_embeddings(input_ids, position_ids)
-        h_cycles, l_cycles = self.config.H_cycles, self.config.L_cycles
+        h_cycles, l_cycles = self.H_cycles, self.L_cycles
 
         z_H, z_L = carry.z_H, carry.z_L
         # Gradient only through the last `h_grad` H steps and the last `l_grad` L steps (bp_steps in all);
         # the default bp_steps=2 is upstream's 1-step gradient: the last L step and the last H step.
-        h_grad, l_grad = gradient_steps(self.bp_steps, h_cycles)
+        h_grad, l_grad = gradient_steps(self.bp_steps, h_cycles, l_cycles)
         first_l_grad = h_cycles * l_cycles - l_grad
         for h_step in range(h_cycles):
             for l_step in range(l_cycles):
-                with _grad_if(h_step * l_cycles + l_step >= first_l_grad):
-                    z_L = self.L_level(z_L, z_H + x, (segment, h_step, l_step, "L"), **attn_kwargs)
+                l_index = h_step * l_cycles + l_step
+                with _grad_if(l_index >= first_l_grad):
+                    key = (segment, h_step, l_step, "L")
+                    z_L = self.L_level(z_L, z_H + x, key, gated=l_index > 0, **attn_kwargs)
             with _grad_if(h_step >= h_cycles - h_grad):
-                z_H = self.H_level(z_H, z_L, (segment, h_step, None, "H"), **attn_kwargs)
+                z_H = self.H_level(z_H, z_L, (segment, h_step, None, "H"), gated=h_step > 0, **attn_kwargs)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
-        logits = self.lm_head(z_H[:, -logits_to_keep:] if logits_to_keep else z_H)
+        if self.norm is not None:
+            z_H = self.norm(z_H)
+        logits = self.head(z_H[:, -logits_to_keep:] if logits_to_keep else z_H)
         q = None
         if self.config.enable_q_head:
             if last_index is None:
@@ -360,13 +448,26 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
 
     @property
+    def cycles(self) -> tuple[int, int]:
+        """(H_cycles, L_cycles) the forward runs now: the config's unless `set_cycles` changed them."""
+        return self.inner.H_cycles, self.inner.L_cycles
+
+    def set_cycles(self, H_cycles: int, L_cycles: int) -> None:  # noqa: N803 - upstream's key names
+        """Run `H_cycles` x `L_cycles` from now on (a cycles schedule, test-time recurrence); the parameters
+        do not depend on the cycle counts. A bp_steps above these cycles' steps backpropagates through all."""
+        for key, value in (("H_cycles", H_cycles), ("L_cycles", L_cycles)):
+            if int(value) < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+        self.inner.H_cycles, self.inner.L_cycles = int(H_cycles), int(L_cycles)
+
+    @property
     def bp_steps(self) -> int:
         """Gradient-carrying level evaluations now: config.bp_steps unless the bp warm-up set another."""
         return self.inner.bp_steps
 
     @bp_steps.setter
     def bp_steps(self, value: int) -> None:
-        check_bp_steps(value, self.config.H_cycles, self.config.L_cycles)
+        check_bp_steps(value, *self.cycles)
         self.inner.bp_steps = int(value)
 
     def _batch_views(self, data: dict[str, torch.Tensor], kv_cache: KVCache | None = None):

@@ -42,6 +42,22 @@ def rms_norm(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
     return x.to(dtype)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm (`rms_norm`), with a learnable scale when `weight` (a retrofitted model's norms), else none.
+
+    Without a scale the module has no parameters, so the upstream port's state dict is unchanged.
+    """
+
+    def __init__(self, hidden_size: int, eps: float, weight: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size)) if weight else None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = rms_norm(hidden_states, self.eps)
+        return out if self.weight is None else self.weight.to(out.dtype) * out
+
+
 def _find_multiple(a: int, b: int) -> int:
     return (-(a // -b)) * b
 
@@ -343,6 +359,7 @@ class Attention(nn.Module):
         num_key_value_heads: int,
         causal: bool,
         backend: str = "auto",
+        bias: bool = False,
     ):
         super().__init__()
         if backend not in ATTN_BACKENDS:
@@ -352,9 +369,7 @@ class Attention(nn.Module):
         self.num_key_value_heads = num_key_value_heads
         self.causal = causal
         self.backend = backend
-        self.qkv_proj = CastedLinear(
-            hidden_size, (num_heads + 2 * num_key_value_heads) * head_dim, bias=False
-        )
+        self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * num_key_value_heads) * head_dim, bias=bias)
         self.o_proj = CastedLinear(num_heads * head_dim, hidden_size, bias=False)
 
     def _use_flash(self, q: torch.Tensor, plain: bool) -> bool:
@@ -422,11 +437,15 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Gated MLP with a fused gate/up projection: down(silu(gate) * up)."""
+    """Gated MLP with a fused gate/up projection: down(silu(gate) * up).
 
-    def __init__(self, hidden_size: int, expansion: float):
+    Its width is `intermediate_size` when given, else upstream's round(expansion * hidden * 2/3) rounded up
+    to a multiple of 256.
+    """
+
+    def __init__(self, hidden_size: int, expansion: float, intermediate_size: int | None = None):
         super().__init__()
-        inter = _find_multiple(round(expansion * hidden_size * 2 / 3), 256)
+        inter = intermediate_size or _find_multiple(round(expansion * hidden_size * 2 / 3), 256)
         self.gate_up_proj = CastedLinear(hidden_size, inter * 2, bias=False)
         self.down_proj = CastedLinear(inter, hidden_size, bias=False)
 
