@@ -108,7 +108,7 @@ def filter_logits(
     return scores
 
 
-def _next_tokens(
+def next_tokens(
     logits: torch.Tensor,
     do_sample: bool,
     temperature: float,
@@ -308,7 +308,7 @@ def generate(
             full = logits.new_zeros(total, logits.shape[-1])
             step_logits.append(full.index_copy_(0, active, logits))
         row_generators = [generators[i] for i in active.tolist()] if len(generators) > 1 else generators
-        tokens = _next_tokens(logits, do_sample, temperature, top_k, top_p, row_generators)
+        tokens = next_tokens(logits, do_sample, temperature, top_k, top_p, row_generators)
         new_ids[active, step] = tokens
         done = torch.zeros_like(tokens, dtype=torch.bool)
         for eos in eos_ids:

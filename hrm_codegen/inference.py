@@ -3,6 +3,7 @@ transformers causal LM, to (model, tokenizer, family) without importing the trai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,30 @@ def model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
     return arch
 
 
+def override_arch(arch: DictConfig, overrides: Mapping[str, Any], what: str) -> DictConfig:
+    """`arch` (a config's `arch` section) with `overrides` merged over it, checked against its family's keys.
+
+    A key the family does not know (neither in its schemas nor in `arch`), or `name` (the family itself), is a
+    ValueError naming `what` (the setting the overrides came from); values are checked when the model is built.
+    """
+    family = get_family(str(arch["name"]))
+    if "name" in overrides:
+        raise ValueError(f"{what}: `name` (the model family, arch.name={family.name}) cannot be overridden")
+    known = set(arch) | {
+        f.name
+        for schema in family.arch_schemas().values()
+        if dataclasses.is_dataclass(schema)
+        for f in dataclasses.fields(schema)
+    }
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"{what}: unknown arch key(s) {unknown} for arch.name={family.name}; "
+            f"expected some of {sorted(known - {'name'})}"
+        )
+    return cast(DictConfig, OmegaConf.merge(arch, dict(overrides)))
+
+
 def build_model(cfg: DictConfig, vocab_size: int) -> nn.Module:
     """The model of `cfg.arch` (its family by `cfg.arch.name`) for a tokenizer of `vocab_size` tokens."""
     return get_family(cfg.arch.name).build(model_config(cfg, vocab_size))
@@ -73,12 +98,15 @@ def load_checkpoint(
     tokenizer: Any = None,
     config: str | Path | DictConfig | Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    arch_overrides: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """A model of any family from a step directory, a run directory (its latest step) or a weights file.
 
     A step directory supplies its config.yaml and tokenizer/ (fingerprint verified). A bare weights file needs
     `config` (a config.yaml path or mapping) or a config.yaml next to it, and `tokenizer` or a tokenizer/ next
-    to it (else the config's `tokenizer.name_or_path`).
+    to it (else the config's `tokenizer.name_or_path`). `arch_overrides` are merged over the config's `arch`
+    before the model is built (e.g. test-time cycles: {"L_cycles": 3}); the returned config has them. Keys that
+    change a parameter's shape fail when the weights load, with an error saying so.
     """
     resolved = resolve_checkpoint(path)
     if resolved.is_dir():
@@ -102,9 +130,27 @@ def load_checkpoint(
     if expected_fingerprint:
         check_fingerprint(expected_fingerprint, tokenizer, where)
     family = get_family(cfg.arch.name)
+    overrides = dict(arch_overrides or {})
+    if overrides:
+        cfg = cast(
+            DictConfig, OmegaConf.merge(cfg, {"arch": override_arch(cfg.arch, overrides, "arch overrides")})
+        )
     vocab_size = OmegaConf.select(cfg, "arch.vocab_size") or tokenizer.vocab_size
-    model = family.build_for_checkpoint(model_config(cfg, vocab_size), resolved)
-    family.load_weights(model, resolved)
+    try:
+        model = family.build_for_checkpoint(model_config(cfg, vocab_size), resolved)
+    except ValueError as err:
+        if not overrides:
+            raise
+        raise ValueError(f"arch overrides {overrides}: {err}") from err
+    try:
+        family.load_weights(model, resolved)
+    except CheckpointError as err:
+        if not overrides:
+            raise
+        raise CheckpointError(
+            f"arch overrides {overrides} change the model's parameters, so the weights of {resolved} do not "
+            f"load; override only keys that keep every parameter's shape (e.g. H_cycles, L_cycles): {err}"
+        ) from err
     return LoadedModel(model.to(device).eval(), tokenizer, family, cfg, f"{family.name} {resolved.resolve()}")
 
 

@@ -6,6 +6,8 @@ or a value of the wrong type while composing, before any work starts.
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -14,9 +16,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hrm_codegen.families import FAMILIES, get_family
-from hrm_codegen.inference import model_config
+from hrm_codegen.checkpoint import TOKENIZER_DIR, read_meta
+from hrm_codegen.families import FAMILIES, ModelFamily, get_family
+from hrm_codegen.families.base import is_pretrained_source
+from hrm_codegen.inference import model_config, override_arch
 from hrm_codegen.losses_codegen import LOSS_TYPES
+from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
+from hrm_codegen.tokenization import FINGERPRINT_FILE
+
+logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -88,6 +96,10 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     init_from: str | None = None
+    arch_from_init: bool = False  # arch and tokenizer from the checkpoint train.init_from names
+    arch_overrides: dict[str, Any] = field(default_factory=dict)  # merged over that arch (arch_from_init)
+    # HRM recurrence curriculum: [[start_fraction, H_cycles, L_cycles], ...]; [] = arch's cycles all along
+    cycles_schedule: list[Any] = field(default_factory=list)
     num_threads: int | None = None
     cpu: bool = False
 
@@ -130,8 +142,107 @@ def compose_config(
         return compose(config_name, overrides=list(overrides))
 
 
+def resolve_arch_from_init(cfg: DictConfig) -> DictConfig:
+    """The run's config with `train.arch_from_init` applied; `cfg` itself (unchanged) when it is false.
+
+    With it, `train.init_from` must name a checkpoint of this launcher (a step directory, or a run directory
+    meaning its latest step): the returned copy's `arch` is that step's saved `arch` with `train.arch_overrides`
+    merged over it (the composed `arch` is replaced whole), and its tokenizer is the step's `tokenizer/` with
+    the step's fingerprint (verified when the Trainer loads it). The Trainer calls this once, before
+    `validate_config`, so the run checks, builds and saves (config.yaml) the resolved arch and tokenizer.
+    """
+    train = cfg.train
+    if not train.get("arch_from_init"):
+        return cfg
+    source, key = train.get("init_from"), "train.arch_from_init=true"
+    if not source:
+        raise ValueError(f"{key} needs train.init_from=<a step or run directory of this launcher>")
+    if is_pretrained_source(source):
+        raise ValueError(
+            f"{key}: train.init_from={source} is an outside transformers model, not a checkpoint of this "
+            "launcher (a step directory with meta.json, or a run directory with `latest`)"
+        )
+    try:
+        step_dir = resolve_checkpoint(source)
+        if not step_dir.is_dir():
+            raise ValueError(
+                f"{step_dir} is a weights file; the arch and tokenizer come from a step or run directory"
+            )
+        meta = read_meta(step_dir, verify=False)
+    except ValueError as err:
+        raise ValueError(f"{key}: train.init_from={source}: {err}") from err
+    saved = OmegaConf.load(step_dir / CONFIG_FILE) if (step_dir / CONFIG_FILE).is_file() else None
+    tokenizer_dir = step_dir / TOKENIZER_DIR
+    if not isinstance(saved, DictConfig) or "arch" not in saved:
+        raise ValueError(
+            f"{key}: train.init_from={source} is not a checkpoint with a saved arch ({step_dir} has no "
+            f"{CONFIG_FILE} with an `arch` section); it must be a step or run directory of this launcher"
+        )
+    if not (tokenizer_dir / FINGERPRINT_FILE).is_file():
+        raise ValueError(f"{key}: the checkpoint {step_dir} has no {TOKENIZER_DIR}/{FINGERPRINT_FILE}")
+    configured = cfg.tokenizer.get("fingerprint")
+    if configured and configured != meta["tokenizer_fingerprint"]:
+        raise ValueError(
+            f"tokenizer.fingerprint={configured}, but {key} takes the tokenizer of {step_dir}, whose fingerprint "
+            f"is {meta['tokenizer_fingerprint']}"
+        )
+    resolved = copy.deepcopy(cfg)
+    resolved.arch = override_arch(saved.arch, train.get("arch_overrides") or {}, "train.arch_overrides")
+    resolved.tokenizer.name_or_path = str(tokenizer_dir.resolve())
+    resolved.tokenizer.fingerprint = meta["tokenizer_fingerprint"]
+    logger.info(
+        "train.arch_from_init: the arch and tokenizer of %s (the composed arch is replaced)", step_dir
+    )
+    return resolved
+
+
+def _check_cycles_schedule(cfg: DictConfig, family: ModelFamily) -> None:
+    """train.cycles_schedule: [[start_fraction, H_cycles, L_cycles], ...] starting at 0.0, fractions strictly
+    increasing in [0, 1), cycles integers >= 1, for a family that can change its cycles while training
+    (`supports_cycles_schedule`). An arch.bp_steps above an entry's H_cycles * (L_cycles + 1) backpropagates
+    through every step of that entry."""
+    key = "train.cycles_schedule"
+    schedule = cast(list[Any], OmegaConf.to_container(cfg.train.cycles_schedule, resolve=True))
+    if not schedule:
+        return
+    if not getattr(family, "supports_cycles_schedule", False):
+        raise ValueError(
+            f"{key} is for arch.name=hrm (a model that can change its cycles while training); "
+            f"arch.name={family.name} cannot: leave {key} empty"
+        )
+    previous: float | None = None
+    for i, entry in enumerate(schedule):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise ValueError(f"{where} must be [start_fraction, H_cycles, L_cycles], got {entry!r}")
+        start, h_cycles, l_cycles = entry
+        if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < 1:
+            raise ValueError(f"{where}: start_fraction must be a number in [0, 1), got {start!r}")
+        if previous is None and start != 0:
+            raise ValueError(f"{where}: the first entry must start at 0.0, got {start!r}")
+        if previous is not None and start <= previous:
+            raise ValueError(
+                f"{where}: start fractions must be strictly increasing, got {start!r} after {previous!r}"
+            )
+        for name, value in (("H_cycles", h_cycles), ("L_cycles", l_cycles)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+        previous = float(start)
+    final, target = tuple(schedule[-1][1:]), (cfg.arch.get("H_cycles"), cfg.arch.get("L_cycles"))
+    if final != target:
+        logger.warning(
+            "%s ends at (H_cycles, L_cycles) = %s, but the saved arch keeps %s: the final model is evaluated with "
+            "cycles it was not trained with last",
+            key,
+            final,
+            target,
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Check the composed config against the schemas and the model family before any work (ValueError)."""
+    """Check the composed config against the schemas and the model family before any work (ValueError).
+
+    With `train.arch_from_init` it checks the config `resolve_arch_from_init` returned (the Trainer's)."""
     try:
         plain = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
         plain.pop("arch", None)
@@ -158,6 +269,12 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("global_batch_size", "grad_accum", "finite_check_every", "max_nonfinite_steps", "log_every"):
         if train[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {train[key]}")
+    if train.arch_overrides and not train.arch_from_init:
+        raise ValueError(
+            f"train.arch_overrides={dict(train.arch_overrides)} applies with train.arch_from_init=true (over the "
+            "arch of train.init_from); without it set arch keys directly (arch.<key>=<value>)"
+        )
+    _check_cycles_schedule(cfg, family)
     if not 0.0 <= train.bp_warmup_ratio <= 1.0:
         raise ValueError(f"train.bp_warmup_ratio must be between 0 and 1, got {train.bp_warmup_ratio}")
     if len(train.betas) != 2:

@@ -38,7 +38,7 @@ from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, codegen_loss
 from hrm_codegen.optim import build_optimizer, build_scheduler
 from hrm_codegen.tokenization import check_fingerprint, load_tokenizer
-from hrm_codegen.train_config import validate_config
+from hrm_codegen.train_config import resolve_arch_from_init, validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Trainer:
     """Everything one run needs, built from the config; `fit()` trains, `dry_run()` checks the set-up."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None) -> None:
+        cfg = resolve_arch_from_init(cfg)  # train.arch_from_init: the arch and tokenizer of train.init_from
         validate_config(cfg)
         self.cfg, train = cfg, cfg.train
         if train.num_threads:
@@ -319,6 +320,7 @@ class Trainer:
                 train_state={
                     **dataclasses.asdict(self.state),
                     "total_steps": self.total_steps,
+                    "cycles": getattr(acc.unwrap_model(self.model), "cycles", None),  # HRM's in force
                     "data": self.order.state(),
                 },
                 family_state=carry or None,
@@ -368,6 +370,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         summary: dict[str, Any] = {}
+        self.family.before_step(acc.unwrap_model(self.model), self.state.step, self.total_steps, cfg)
         if train.eval_every and self.state.step == 0:
             summary.update(self.evaluate())
             self._log({"step": 0, **summary})

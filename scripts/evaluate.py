@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from hrm_codegen.completions import ModelCompletions, SamplingConfig
@@ -66,13 +67,42 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 # Settings that change the samples: a resumed run must use the same ones.
 PROBLEM_KEYS = ("source", "dataset", "split", "few_shot", "prompt_format", "data_file", "sanitize")
-SAMPLING_KEYS = ("tokenizer", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "quantize")
+SAMPLING_KEYS = (
+    "tokenizer",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "seed",
+    "quantize",
+    "arch_overrides",
+)
 
 
 def fail(message: str) -> NoReturn:
     """Print a one-line error and exit with status 2."""
     print(f"evaluate.py: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def parse_arch_overrides(items: list[str]) -> dict[str, Any] | None:
+    """The --arch-override KEY=VALUE items as a mapping (values parsed as YAML scalars); None when none."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            fail(f"--arch-override takes KEY=VALUE (e.g. L_cycles=3), got {item!r}")
+        if key in overrides:
+            fail(f"--arch-override {key} is given twice")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            fail(f"--arch-override {key}: {text!r} is not a YAML scalar")
+        if isinstance(value, dict | list):
+            fail(f"--arch-override {key}: the value must be a scalar (a number, string, true/false or null)")
+        overrides[key] = value
+    return overrides or None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,6 +128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the checkpoint's / model's own)")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="--model: run modeling code shipped with the model"
+    )
+    parser.add_argument(
+        "--arch-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--ckpt: set a key of the checkpoint's arch before the model is built, e.g. L_cycles=3 (test-time "
+        "cycles); repeatable; the value is a YAML scalar; keys that change parameter shapes cannot load",
     )
     data = parser.add_argument_group("problems")
     data.add_argument("--dataset", choices=DATASETS, default="mbpp")
@@ -148,6 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--output", help="output directory (samples.jsonl, summary.json)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    args.arch_overrides = parse_arch_overrides(args.arch_override)
+    del args.arch_override  # recorded once, parsed, as arch_overrides (eval_config.json, summary.json)
+    if args.arch_overrides and not args.ckpt:
+        fail(
+            "--arch-override applies to --ckpt (a checkpoint of this launcher) only, not --model or --samples"
+        )
     if args.dataset != "mbpp" and args.few_shot:
         fail(f"--few-shot applies to MBPP only, not --dataset {args.dataset}")
     if args.data_file and not args.dataset.endswith("plus"):
@@ -306,7 +350,9 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.ckpt:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        loaded = load_checkpoint(args.ckpt, tokenizer=tokenizer, device=args.device)
+        loaded = load_checkpoint(
+            args.ckpt, tokenizer=tokenizer, device=args.device, arch_overrides=args.arch_overrides
+        )
     else:
         loaded = load_pretrained(args.model, args.tokenizer, args.device, args.trust_remote_code)
     settings["source"] = loaded.source

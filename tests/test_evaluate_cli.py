@@ -103,6 +103,14 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, mbpp_path, capsys):
         (["--samples", bad, "--dataset", "humaneval", "--split", "train"], "only the test split"),
         (["--samples", bad, "--mbpp", tmp_path / "none.jsonl"], "prepare_data.py"),
         (["--samples", bad, "--model-type", "hf"], "exactly one of"),
+        (["--model", tmp_path / "m", "--arch-override", "L_cycles=2"], "--arch-override applies to --ckpt"),
+        (["--samples", bad, "--arch-override", "L_cycles=2"], "--arch-override applies to --ckpt"),
+        (["--ckpt", tmp_path / "run", "--arch-override", "L_cycles"], "KEY=VALUE (e.g. L_cycles=3)"),
+        (["--ckpt", tmp_path / "run", "--arch-override", "L_cycles=[1, 2]"], "must be a scalar"),
+        (
+            ["--ckpt", tmp_path / "run", "--arch-override", "L_cycles=1", "--arch-override", "L_cycles=2"],
+            "--arch-override L_cycles is given twice",
+        ),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as stop:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import field
 from typing import Any, cast
 
@@ -43,11 +43,26 @@ def bp_steps_at(step: int, total_steps: int, target: int, warmup_ratio: float) -
 
     The warm-up lasts `round(warmup_ratio * total_steps)` steps: step s of it uses
     `2 + floor((target - 2) * s / warmup_steps)`, so each value gets an equal share; from its end on, `target`.
+    A target of 0 (full backpropagation whatever the cycles) or up to 2 has no warm-up: it is returned as is.
     """
     warmup_steps = round(warmup_ratio * total_steps)
     if target <= 2 or step >= warmup_steps:
         return target
     return 2 + (target - 2) * step // warmup_steps
+
+
+def cycles_at(step: int, total_steps: int, schedule: Sequence[Sequence[float]]) -> tuple[int, int]:
+    """(H_cycles, L_cycles) of `train.cycles_schedule` for optimizer step `step` (0-based) of `total_steps`.
+
+    Entry `[start_fraction, H_cycles, L_cycles]` is in force from step `round(start_fraction * total_steps)`
+    on, until the next entry's start (a later entry wins where two start at one step). The schedule is checked
+    by `validate_config`: it starts at 0.0 with fractions strictly increasing.
+    """
+    chosen = schedule[0]
+    for entry in schedule:
+        if round(float(entry[0]) * total_steps) <= step:
+            chosen = entry
+    return int(chosen[1]), int(chosen[2])
 
 
 class ActCarryState(TrainState):
@@ -103,6 +118,8 @@ class HrmFamily(ModelFamily):
 
     name = "hrm"
     description = "HRM port (Sapient, July 2025): H/L recurrent modules, 1-step gradient, ACT"
+    # train.cycles_schedule may change this family's cycles while training (`cycles_at`, `before_step`).
+    supports_cycles_schedule = True
 
     def arch_schemas(self) -> dict[str, type]:
         return {"hrm_schema": HRMArchConfig}
@@ -134,11 +151,17 @@ class HrmFamily(ModelFamily):
         return ActCarryState(persist=config.get("halt_max_steps", 1) > 1)
 
     def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> None:
-        """The bp_steps warm-up (train.bp_warmup_ratio > 0): from 2 up to arch.bp_steps (`bp_steps_at`)."""
+        """The recurrence curriculum (train.cycles_schedule: the cycles of this step, `cycles_at`), then the
+        bp_steps warm-up (train.bp_warmup_ratio > 0): from 2 up to arch.bp_steps (`bp_steps_at`; 0 = none)."""
+        hrm = cast(HierarchicalReasoningModel_ACTV1, model)
+        schedule = cfg.train.get("cycles_schedule") or []
+        if schedule:
+            hrm.set_cycles(*cycles_at(step, total_steps, schedule))
         ratio = float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0)
-        if ratio > 0:
-            hrm = cast(HierarchicalReasoningModel_ACTV1, model)
-            hrm.bp_steps = bp_steps_at(step, total_steps, hrm.config.bp_steps, ratio)
+        target = hrm.config.bp_steps
+        if ratio > 0 and target > 2:  # 0: full backpropagation whatever the cycles, nothing to warm up
+            h_cycles, l_cycles = hrm.cycles  # above these cycles' steps is all of them (full backpropagation)
+            hrm.bp_steps = min(bp_steps_at(step, total_steps, target, ratio), h_cycles * (l_cycles + 1))
 
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str

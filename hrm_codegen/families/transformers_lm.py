@@ -21,6 +21,8 @@ from torch import nn
 from transformers import (
     CompileConfig,
     GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -36,6 +38,7 @@ from hrm_codegen.families.base import (
 )
 from hrm_codegen.families.hrm import HRMArchConfig
 from hrm_codegen.flops import llama_flops_per_token
+from hrm_codegen.generation import next_tokens
 from hrm_codegen.models.baseline import build_baseline, check_baseline_packing
 
 HF_DIR = "hf"  # the save_pretrained directory inside a step directory
@@ -56,6 +59,23 @@ class _StopOnGeneratedText(StoppingCriteria):
         new = input_ids[:, self.prompt_width :].tolist()
         done = [tail_has_stop(ids, self.stops, self.decode) for ids in new]
         return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
+
+
+class _PerRowSampler(LogitsProcessor):
+    """Samples each row's next token with that row's own generator (the HRM's sampler, `next_tokens`) and
+    leaves only that token possible, so greedy `generate` emits it: a completion depends on its own seed alone,
+    never on the other rows of its batch (transformers' sampling draws every row from one global RNG)."""
+
+    def __init__(
+        self, seeds: tuple[int, ...], temperature: float, top_k: int, top_p: float, device: torch.device
+    ):
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        tokens = next_tokens(scores.float(), True, self.temperature, self.top_k, self.top_p, self.generators)
+        chosen = torch.full_like(scores, float("-inf"))
+        return cast(torch.FloatTensor, chosen.scatter_(1, tokens[:, None], 0.0))
 
 
 def load_tied_weights(model: nn.Module, file: Path) -> None:
@@ -170,11 +190,17 @@ class TransformersFamily(ModelFamily):
         limit = self.max_length(model)
         if limit is not None:
             max_new_tokens = max(1, min(max_new_tokens, limit - input_ids.shape[1]))
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k}
-            if r.do_sample
-            else {"do_sample": False}
-        )
+        # Sampling: one generator per row (or one for the batch when a single seed is given) picks each token;
+        # greedy decoding over the processed scores then emits it.
+        sampling: dict[str, Any] = {"do_sample": False}
+        if r.do_sample:
+            seeds = r.seeds or (int(torch.randint(0, 2**62, ()).item()),)
+            if len(seeds) not in (1, input_ids.shape[0]):
+                raise ValueError(
+                    f"got {len(seeds)} seeds for {input_ids.shape[0]} rows; pass one or one per row"
+                )
+            sampler = _PerRowSampler(seeds, r.temperature, r.top_k, r.top_p, input_ids.device)
+            sampling["logits_processor"] = LogitsProcessorList([sampler])
         criteria = None
         if r.stop_strings:
             if r.decode is None:
@@ -182,8 +208,6 @@ class TransformersFamily(ModelFamily):
             criteria = StoppingCriteriaList(
                 [_StopOnGeneratedText(input_ids.shape[1], r.stop_strings, r.decode)]
             )
-        if r.seeds:
-            torch.manual_seed(r.seeds[0])
         options = hf_generate_options(r.options, input_ids.device)
         with torch.no_grad():
             out = model.generate(  # type: ignore[operator]
