@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gguf
@@ -23,6 +26,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from hrm_codegen.hf_export import export_hf
 from hrm_codegen.inference import load_checkpoint
 from hrm_codegen.retrofit import LayerSplit, RetrofitError, convert, max_logit_difference, retrofit
 from hrm_codegen.tokenization import load_tokenizer
@@ -30,6 +34,8 @@ from hrm_codegen.train_config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "retrofit.py"
+TRAIN = REPO / "scripts" / "train_codegen.py"
+EVALUATE = REPO / "scripts" / "evaluate.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 TOL = 1e-4
 
@@ -54,7 +60,7 @@ def _tiny_source(kind: str, vocab: int, tmp: Path) -> Path:
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
+        "max_position_embeddings": 512,
         "rms_norm_eps": 1e-6,
         "initializer_range": 0.2,
     }
@@ -255,3 +261,75 @@ def test_an_existing_non_empty_out_is_refused(source, tokenizer, tmp_path):
     with pytest.raises(RetrofitError, match="not empty"):
         retrofit(model, tokenizer.hf, LayerSplit(0, 2, 2, 4), tmp_path / "run", {"source": str(directory)})
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_a_retrofitted_run_resumes_after_sigkill_bit_exactly_evaluates_and_exports(
+    llama_source, tokenizer, tmp_path, mbpp_path
+):
+    """experiment=retrofit_mbpp from a retrofitted tiny Llama with a cycles schedule: SIGKILL + resume=auto equals
+    an uninterrupted run; the run evaluates with --ckpt alone; the export loads in transformers with its logits."""
+    directory, model = llama_source
+    retrofit(
+        model, tokenizer.hf, LayerSplit(0, 2, 2, 4, 1, 2), tmp_path / "retro", {"source": str(directory)}
+    )
+    args = [
+        "experiment=retrofit_mbpp",
+        f"train.init_from={tmp_path / 'retro'}",
+        f"data.path={mbpp_path}",
+        f"checkpoint_root={tmp_path / 'ck'}",
+        "data.seq_len=384",
+        "data.train_limit=24",
+        "data.eval_limit=4",
+        "train.global_batch_size=2",
+        "train.max_steps=6",
+        "train.ckpt_every=2",
+        "train.keep_last=0",
+        "train.lr=3e-3",
+        "train.num_threads=1",
+        "train.cycles_schedule=[[0.0,1,1],[0.5,1,2]]",
+        "+train.arch_overrides.recurrence_gate_scale=10",
+    ]
+    command = [sys.executable, str(TRAIN), *args]
+    reference = subprocess.run([*command, "run_name=ref"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    killed = tmp_path / "ck" / "killed"
+    proc = subprocess.Popen(
+        [*command, "run_name=killed"], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (killed / "step_2" / "meta.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL and not (killed / "step_6").exists()
+    resumed = subprocess.run(
+        [*command, "run_name=killed", "resume=auto"], cwd=REPO, env=ENV, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    ref = tmp_path / "ck" / "ref"
+    assert (killed / "step_6" / "model.safetensors").read_bytes() == (
+        ref / "step_6" / "model.safetensors"
+    ).read_bytes()
+    states = [json.loads((ref / f"step_{s}" / "train_state.json").read_text())["cycles"] for s in (2, 6)]
+    assert states == [[1, 1], [1, 2]]
+    gate = load_checkpoint(ref).model.inner.L_level.gate
+    assert float(gate.detach().abs().max()) > 0  # training opened the gate of the second L cycle
+
+    out = tmp_path / "eval"
+    evaluated = subprocess.run(
+        [sys.executable, str(EVALUATE), "--ckpt", str(ref), "--mbpp", str(mbpp_path), "--limit", "2"]
+        + ["--max-new-tokens", "8", "--workers", "1", "--no-progress", "--output", str(out)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((out / "summary.json").read_text())["num_problems"] == 2
+
+    export_hf(ref, tmp_path / "export")  # verifies the export's logits against the checkpoint's itself
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True).eval()
+    ids = _ids(model.config.vocab_size, rows=2, width=10)
+    with torch.no_grad():
+        ours = load_checkpoint(ref).model.lm_forward(ids)
+        theirs = exported(input_ids=ids).logits
+    assert float((ours - theirs).abs().max()) <= TOL
