@@ -26,6 +26,7 @@ from torch import nn
 
 from hrm_codegen.checkpoint import save_checkpoint
 from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1, HRMConfig
+from hrm_codegen.pretrained_sources import SOURCE_FILE
 from hrm_codegen.tokenization import CodeTokenizer
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -265,6 +266,9 @@ def retrofit(
             f"the converted HRM differs from its source by {delta:.3g} (> {IDENTITY_TOLERANCE}) where it must "
             "equal it; nothing written"
         )
+    source_record = Path(str(source_info.get("source", ""))) / SOURCE_FILE  # fetch_pretrained's provenance
+    if source_record.is_file():
+        source_info = {**source_info, "fetched": json.loads(source_record.read_text())}
     record = {
         **source_info,
         "split": {"L": [split.l_start, split.l_stop], "H": [split.h_start, split.h_stop]},

@@ -2,11 +2,14 @@
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from hrm_codegen import train_config
+from hrm_codegen.families.hrm import cycles_at
 from hrm_codegen.train_config import compose_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
@@ -14,11 +17,20 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
 
 @pytest.fixture(scope="module")
 def reproduce():
-    """The script imported as a module."""
+    """The script imported as a module; `import_composes` lists the overrides of the configs its import composed."""
+    composed: list[list[str]] = []
+
+    def recording(overrides=(), *rest, **kwargs):
+        composed.append(list(overrides))
+        return compose_config(overrides, *rest, **kwargs)
+
     spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["reproduce"] = module  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_config, "compose_config", recording)
+        spec.loader.exec_module(module)
+    module.import_composes = composed
     return module
 
 
@@ -115,3 +127,209 @@ def test_an_epoch_based_stage_counts_as_finished_and_is_not_rerun(
     assert second["steps"] == 2 and second["train_wall_s"] == first["train_wall_s"]
     assert (run_dir / "metrics.jsonl").read_bytes() == metrics
     assert (run_dir / "wall_time.json").read_bytes() == wall
+
+
+RETROFIT_ROWS = (
+    "retrofit_source_native",
+    "retrofit_source_chat",
+    "retrofit_posttrain",
+    "retrofit_posttrain_s1",
+    "retrofit_identity",
+    "retrofit_L15x2",
+    "retrofit_L15x2_s1",
+    "retrofit_L15x2_test_L3",
+    "retrofit_L15x2_test_L1",
+)
+
+
+def test_layer_matched_steps_spend_at_most_the_reference_layer_evaluations(reproduce):
+    schedule = [[0.0, 1, 1], [0.25, 1, 2]]
+    assert reproduce.layer_matched_steps(42, 30, schedule, 15, 15) == 30  # 8 x 30 + 22 x 45 = 1230 <= 1260
+    assert reproduce.layer_matched_steps(42, 30, [[0.0, 1, 1]], 15, 15) == 42  # the identity: the same steps
+    assert reproduce.layer_matched_steps(42, 30, [[0.0, 1, 2]], 15, 15) == 28  # 28 x 45 = 1260
+
+    def cost(steps: int) -> int:  # as the trainer runs the schedule
+        return sum(
+            h * (l_cycles * 15 + 15) for h, l_cycles in (cycles_at(s, steps, schedule) for s in range(steps))
+        )
+
+    for reference in (10, 42, 100):
+        steps = reproduce.layer_matched_steps(reference, 30, schedule, 15, 15)
+        assert cost(steps) <= reference * 30 < cost(steps + 1)
+
+
+def test_importing_composes_no_config_for_the_retrofit_rows(reproduce):
+    """The retrofit rows' config-derived values (train.max_steps) are computed when a row runs."""
+    assert set(RETROFIT_ROWS) <= set(reproduce.ROWS)
+    assert not [o for o in reproduce.import_composes if any("posttrain" in x or "retrofit" in x for x in o)]
+    for name in RETROFIT_ROWS:
+        row = reproduce.ROWS[name]
+        assert row.group == "retrofit" and row.batch_sizes == (8, 20) and row.sampled_limit == 100
+        assert not any(o.startswith("train.max_steps=") for stage in row.stages for o in stage.overrides)
+        assert row.humaneval == (name != "retrofit_L15x2_test_L1")
+
+
+@pytest.fixture
+def fake_repo(reproduce, tmp_path, monkeypatch):
+    """reproduce.py on a temporary repository whose commands are faked: each writes the outputs the real one
+    would (source, retrofit step 0, a finished run, an evaluation summary); the commands run are listed."""
+    executed: list[list[str]] = []
+
+    def write(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def step(run: Path, n: int, arch: str, state: dict, hf_layers: int | None = None) -> None:
+        write(run / f"step_{n}" / "meta.json", "{}")
+        write(run / f"step_{n}" / "config.yaml", arch)
+        write(run / f"step_{n}" / "train_state.json", json.dumps({"step": n, "total_steps": n, **state}))
+        if hf_layers:
+            write(run / f"step_{n}" / "hf" / "config.json", json.dumps({"num_hidden_layers": hf_layers}))
+        write(run / "latest", f"step_{n}")
+
+    def execute(command: list[str]) -> float:
+        executed.append(command)
+        script, rest = command[1], command[2:]
+        flag = {a: b for a, b in zip(rest, rest[1:], strict=False) if a.startswith("--")}
+        if script == "scripts/fetch_pretrained.py":
+            write(tmp_path / flag["--out"] / "source.json", "{}")
+            write(tmp_path / flag["--out"] / "config.json", json.dumps({"num_hidden_layers": 30}))
+        elif script == "scripts/retrofit.py":
+            arch = f"arch:\n  name: hrm\n  H_cycles: 1\n  L_cycles: {flag.get('--L-cycles', 1)}\n"
+            step(tmp_path / flag["--out"], 0, arch + "  H_layers: 15\n  L_layers: 15\n", {"tokens_seen": 0})
+        elif script == "scripts/train_codegen.py":
+            cfg = dict(o.partition("=")[::2] for o in rest)
+            run, steps = tmp_path / "checkpoints" / cfg["run_name"], int(cfg.get("train.max_steps", 42))
+            if "train.init_from" in cfg:  # the retrofitted arch (train.arch_from_init)
+                arch = (tmp_path / cfg["train.init_from"] / "step_0" / "config.yaml").read_text()
+                step(run, steps, arch, {"tokens_seen": 2000 * steps})
+            else:
+                step(run, steps, "arch:\n  name: transformer\n", {"tokens_seen": 2000 * steps}, hf_layers=30)
+            write(
+                run / "metrics.jsonl",
+                f'{{"step": 0, "val_loss": 1.342}}\n{{"step": {steps}, "val_loss": 1.1}}\n',
+            )
+        elif script == "scripts/evaluate.py":
+            problems = 164 if "humaneval" in rest else int(flag.get("--limit", 500))
+            summary = {
+                "num_problems": problems,
+                "pass_at_k": {"1": 0.25, "10": 0.5},
+                "syntax_valid_rate": 0.75,
+            }
+            write(
+                tmp_path / flag["--output"] / "summary.json",
+                json.dumps({**summary, "generation_seconds": 90}),
+            )
+            write(
+                tmp_path / flag["--output"] / "samples.jsonl", json.dumps({"task_id": 1, "completion": "x"})
+            )
+        return 1.0
+
+    monkeypatch.setattr(reproduce, "REPO", tmp_path)
+    monkeypatch.setattr(reproduce, "RESULTS", tmp_path / "docs" / "results")
+    monkeypatch.setattr(reproduce, "execute", execute)
+    monkeypatch.setattr(reproduce, "count_parameters", lambda path, outside: 134515008)
+    monkeypatch.setattr(reproduce, "empty_rate", lambda samples, mbpp, problems: 0.0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    args = argparse.Namespace(
+        mbpp="data/mbpp/mbpp.jsonl",
+        tokenizer="gpt2",
+        corpus=None,
+        greedy_limit=None,
+        sampled_limit=None,
+        greedy_only=False,
+        hardware="hw",
+        row_flags=[],
+    )
+    return args, executed
+
+
+SMOLLM2 = "sources/smollm2-135m-instruct"
+TRAIN_ARGS = "data.path=data/mbpp/mbpp.jsonl tokenizer.name_or_path=gpt2"
+EVAL = "python scripts/evaluate.py"
+MBPP = "--mbpp data/mbpp/mbpp.jsonl --split test --max-new-tokens 128"
+GREEDY = "--num-samples 1 --temperature 0 --k 1 --batch-size 8"
+SAMPLED = "--num-samples 20 --temperature 0.8 --top-p 0.95 --k 1,10 --batch-size 20 --limit 100"
+
+
+def _evals(model: str, out: str, extra: str = "", humaneval: bool = True) -> list[str]:
+    tail = f"{extra} --no-progress --output outputs/eval/{out}".lstrip()
+    return [
+        f"{EVAL} {model} {MBPP} {GREEDY} {tail}/greedy",
+        f"{EVAL} {model} {MBPP} {SAMPLED} {tail}/sampled",
+        *([f"{EVAL} {model} --dataset humaneval --max-new-tokens 128 {GREEDY} {tail}/humaneval"] * humaneval),
+    ]
+
+
+def test_retrofit_rows_run_their_commands_and_the_table_shows_them(reproduce, fake_repo, tmp_path):
+    args, executed = fake_repo
+    fetch = f"python scripts/fetch_pretrained.py smollm2-135m-instruct --out {SMOLLM2}"
+    retrofit = f"python scripts/retrofit.py --source {SMOLLM2} --out checkpoints/retro_L15x2 --l-layers 0:15"
+    retrofit += " --h-layers 15:30 --L-cycles 2"
+    with pytest.raises(SystemExit, match="run `python scripts/reproduce.py retrofit_posttrain` first"):
+        reproduce.reproduce("retrofit_L15x2", args)
+    assert [reproduce.shell(c) for c in executed] == [
+        fetch,
+        retrofit,
+    ]  # prepared, then stopped before training
+
+    posttrain = reproduce.reproduce("retrofit_posttrain", args)
+    assert posttrain["commands"] == [
+        fetch,
+        f"python scripts/train_codegen.py experiment=posttrain_mbpp run_name=retrofit_posttrain {TRAIN_ARGS}",
+        *_evals("--ckpt checkpoints/retrofit_posttrain/step_42", "retrofit_posttrain"),
+    ]
+    assert posttrain["layer_evals_per_token"] == 30 and posttrain["humaneval"]["num_problems"] == 164
+    assert len(executed) == 2 + 4  # the source was there: not fetched again
+
+    recurrent = reproduce.reproduce("retrofit_L15x2", args)
+    assert recurrent["commands"] == [
+        fetch,
+        retrofit,
+        "python scripts/train_codegen.py experiment=retrofit_mbpp train.init_from=checkpoints/retro_L15x2 "
+        "'train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]' 'train.arch_overrides={recurrence_gate_scale: 300}' "
+        f"train.max_steps=30 run_name=retrofit_L15x2_ft {TRAIN_ARGS}",
+        *_evals("--ckpt checkpoints/retrofit_L15x2_ft/step_30", "retrofit_L15x2"),
+    ]
+    assert recurrent["layer_evals_per_token"] == 45 and recurrent["train_wall_s"] == 1.0
+
+    test_time = reproduce.reproduce("retrofit_L15x2_test_L3", args)
+    assert test_time["commands"] == _evals(
+        "--ckpt checkpoints/retrofit_L15x2_ft/step_30", "retrofit_L15x2_test_L3", "--arch-override L_cycles=3"
+    )
+    assert test_time["layer_evals_per_token"] == 60 and test_time["val_loss"] is None
+    assert test_time["training_tokens"] == recurrent["training_tokens"]
+    one = reproduce.reproduce("retrofit_L15x2_test_L1", args)
+    assert one["commands"][-1].endswith(
+        "--arch-override L_cycles=1 --no-progress --output outputs/eval/retrofit_L15x2_test_L1/sampled"
+    )
+    assert one["humaneval"] is None and one["layer_evals_per_token"] == 30
+
+    zero_shot = reproduce.reproduce("retrofit_source_chat", args)
+    assert zero_shot["commands"] == [
+        fetch,
+        *_evals(f"--model {SMOLLM2}", "retrofit_source_chat", "--prompt-format chat"),
+    ]
+    assert zero_shot["training_tokens"] == 0 and zero_shot["train_wall_s"] is None
+    assert zero_shot["layer_evals_per_token"] == 30
+    results = tmp_path / "docs" / "results"
+    assert (results / "retrofit_source_chat" / "humaneval.json").is_file()
+    assert not (results / "retrofit_source_chat" / "metrics.jsonl").exists()
+
+    reproduce.write_table(list(reproduce.ROWS))
+    text = (results / "results.md").read_text()
+    assert "## Retrofitting SmolLM2-135M-Instruct into the HRM vs post-training it (CPU)" in text
+    assert (
+        "| SmolLM2-135M-Instruct, zero-shot, chat template | 30 | 0 | none (zero-shot) | 25.0% (of 500) "
+        "| 25.0% (of 164) | 50.0% (of 100) | 75.0% / 75.0% | 1.342 | 1.5 + 1.5 min |"
+    ) in text
+    assert "| SmolLM2 post-trained on MBPP, 30 layers | 30 | 84,000 | 0.0 min | 25.0% (of 500) |" in text
+    assert "evaluated with 3 L cycles at test time | 60 | 60,000 | 0.0 min |" in text
+    assert "| 75.0% / 75.0% | n/a | 1.5 + 1.5 min |" in text  # the test-time row's loss
+    assert "evaluated with 1 L cycle at test time | 30 |" in text
+    assert "| not run | 50.0% (of 100) | 75.0% / 75.0% | n/a | 1.5 min |" in text  # no HumanEval
+    assert "| SmolLM2 post-trained on MBPP, 30 layers | 1.100 | 1.100 | 0.000 | 25.0% | 25.0% |" in text
+    plots = [c for c in executed if c[1] == "scripts/plot_runs.py"]
+    assert len(plots) == 1 and "mbpp_retrofit.png" in plots[0][3]
+    runs = plots[0][plots[0].index("--runs") + 1 : plots[0].index("--evals")]
+    assert runs == ["docs/results/retrofit_posttrain", "docs/results/retrofit_L15x2"]  # those with metrics

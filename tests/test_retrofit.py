@@ -333,3 +333,15 @@ def test_a_retrofitted_run_resumes_after_sigkill_bit_exactly_evaluates_and_expor
         ours = load_checkpoint(ref).model.lm_forward(ids)
         theirs = exported(input_ids=ids).logits
     assert float((ours - theirs).abs().max()) <= TOL
+
+
+def test_retrofit_and_posttrain_recipes_share_data_order_and_optimizer():
+    """The comparison's two recipes differ only in where the model comes from."""
+    post, retro = compose_config(["experiment=posttrain_mbpp"]), compose_config(["experiment=retrofit_mbpp"])
+    assert post.arch.name == "transformer" and retro.train.arch_from_init
+    assert OmegaConf.to_container(post.data, resolve=True) == OmegaConf.to_container(retro.data, resolve=True)
+    assert post.data.pack and post.data.seq_len == 512
+    differ = {"init_from", "arch_from_init"}
+    a = {k: v for k, v in OmegaConf.to_container(post.train, resolve=True).items() if k not in differ}
+    b = {k: v for k, v in OmegaConf.to_container(retro.train, resolve=True).items() if k not in differ}
+    assert a == b and post.seed == retro.seed
