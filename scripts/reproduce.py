@@ -12,6 +12,10 @@ interrupted row continues where it stopped. The record keeps the training wall t
 training command and saved as <run dir>/wall_time.json), the parameters, the tokens processed (non-padding
 input tokens, prompts included), the final validation loss, pass@k and the syntax-valid rate; `table` turns the
 records into a markdown table and a plot of the loss curves and pass@k bars.
+
+The retrofit rows (group `retrofit`) also run preparing commands first (fetch the source model, retrofit it into
+the HRM; skipped when their output exists), evaluate an outside model zero-shot (`--model`) or another row's
+final step with test-time arch overrides, and add greedy pass@1 on all 164 HumanEval problems.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
 
 from hrm_codegen import runs
 from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
@@ -39,6 +47,15 @@ RESULTS = REPO / "docs" / "results"
 CPU_CORPUS = ("data/corpus/pylib", 2_000_000)  # directory, --max-tokens of scripts/build_corpus.py
 GPU_CORPUS = ("data/corpus/pylib25m", 25_000_000)
 PAIRS_DIR = "data/pairs/pylib"  # scripts/build_pairs.py --python-lib --out PAIRS_DIR
+SMOLLM2 = "sources/smollm2-135m-instruct"  # scripts/fetch_pretrained.py smollm2-135m-instruct --out SMOLLM2
+
+
+@dataclass(frozen=True)
+class Prep:
+    """A command a row runs before training (`python` and its arguments), skipped when `done` exists."""
+
+    command: tuple[str, ...]
+    done: str  # a path relative to the repository
 
 
 @dataclass(frozen=True)
@@ -49,22 +66,32 @@ class Stage:
     overrides: tuple[str, ...]
     corpus: bool = False
     pairs: bool = False  # trains on the mined pairs of PAIRS_DIR (scripts/build_pairs.py)
+    layers_matched_to: str = ""  # a row: train.max_steps matches its layer evaluations (`matched_max_steps`)
 
 
 @dataclass(frozen=True)
 class Row:
     """A row of the results table: a label and the training stages (the last one is evaluated, any family).
 
-    `group` names the table the row belongs to (cpu or gpu: one table and one plot each), `corpus` the corpus
+    `group` names the table the row belongs to (a key of GROUPS: one table and one plot each), `corpus` the corpus
     directory and token count the corpus stages train on, and the batch sizes are the evaluation's sequences
-    per generate call (greedy, sampled).
+    per generate call (greedy, sampled). A row without stages evaluates an outside transformers directory
+    (`model`, zero-shot) or the final step of another row (`evaluates`); `eval_args` go to every evaluate.py
+    call, `humaneval` adds greedy pass@1 on all of HumanEval, and `sampled_limit` is the sampled evaluation's
+    problem count when --sampled-limit is not given.
     """
 
     label: str
-    stages: tuple[Stage, ...]
+    stages: tuple[Stage, ...] = ()
     group: str = "cpu"
     corpus: tuple[str, int] = CPU_CORPUS
     batch_sizes: tuple[int, int] = (32, 40)
+    prepare: tuple[Prep, ...] = ()
+    model: str = ""
+    evaluates: str = ""
+    eval_args: tuple[str, ...] = ()
+    humaneval: bool = False
+    sampled_limit: int | None = None
 
 
 def gpu_row(label: str, name: str, arch: tuple[str, ...]) -> Row:
@@ -297,6 +324,158 @@ for _name in SEEDED:
     ROWS[f"{_name}_s1"] = with_seed(ROWS[_name], 1)
 
 
+def layer_matched_steps(
+    reference_steps: int,
+    reference_layers: int,
+    schedule: Sequence[Sequence[float]],
+    l_layers: int,
+    h_layers: int,
+) -> int:
+    """The most optimizer steps N whose layer evaluations per token stay within the reference run's
+    (`reference_steps` x `reference_layers`): step s costs H_cycles x (L_cycles x `l_layers` + `h_layers`) with
+    the cycles of the `schedule` entry ([start_fraction, H_cycles, L_cycles]) in force at s, from step
+    round(start_fraction x N) on, as train.cycles_schedule runs them. Same tokens per step, so this matches the
+    analytic training FLOPs of the layers (embedding and head aside)."""
+
+    def per_step(entry: Sequence[float]) -> int:
+        return int(entry[1]) * (int(entry[2]) * l_layers + h_layers)
+
+    def cost(steps: int) -> int:
+        starts = [round(float(entry[0]) * steps) for entry in schedule]
+        total = 0
+        for step in range(steps):  # the last entry started by `step` (the first one before any), as cycles_at
+            started = [entry for entry, start in zip(schedule, starts, strict=True) if start <= step]
+            total += per_step(started[-1] if started else schedule[0])
+        return total
+
+    budget = reference_steps * reference_layers
+    bound = budget // min(per_step(entry) for entry in schedule)
+    return max(n for n in range(bound + 1) if cost(n) <= budget)
+
+
+def arch_overrides(eval_args: Sequence[str]) -> dict[str, Any]:
+    """The `--arch-override KEY=VALUE` pairs of evaluate.py arguments, values read as YAML scalars."""
+    pairs = [
+        value for flag, value in zip(eval_args, eval_args[1:], strict=False) if flag == "--arch-override"
+    ]
+    return {key: yaml.safe_load(value) for key, _, value in (pair.partition("=") for pair in pairs)}
+
+
+def layer_evals(path: Path, overrides: Mapping[str, Any] | None = None) -> int | None:
+    """Decoder-layer evaluations per token of a model: H_cycles x (L_cycles x L_layers + H_layers) of an HRM
+    step's arch with `overrides` applied, else `num_hidden_layers` of a transformers directory (an outside
+    model, or a step's hf/ export); None when neither says."""
+    if (path / runs.CONFIG_FILE).is_file():
+        arch = {**OmegaConf.to_container(OmegaConf.load(path / runs.CONFIG_FILE).arch), **(overrides or {})}
+        if arch.get("name") == "hrm":
+            return arch["H_cycles"] * (arch["L_cycles"] * arch["L_layers"] + arch["H_layers"])
+    for config in (path / "config.json", path / "hf" / "config.json"):
+        if config.is_file():
+            return read_json(config).get("num_hidden_layers")
+    return None
+
+
+def matched_max_steps(stage: Stage) -> int:
+    """The stage's train.max_steps, computed when it runs: `layer_matched_steps` against the finished final run
+    of row `stage.layers_matched_to`, with the stage's train.cycles_schedule (else its init arch's cycles) and
+    the L and H layers of its init checkpoint's arch (train.init_from, with train.arch_overrides)."""
+    from hrm_codegen.train_config import compose_config
+
+    reference = ROWS[stage.layers_matched_to].stages[-1].run_name
+    ref_dir = REPO / "checkpoints" / reference
+    if not runs.finished(ref_dir):
+        sys.exit(
+            f"error: {stage.run_name} trains for the layer evaluations of run {reference}, which has not "
+            f"finished: run `python scripts/reproduce.py {stage.layers_matched_to}` first"
+        )
+    ref_step = runs.latest_step_dir(ref_dir)
+    assert ref_step is not None
+    state, ref_layers = runs.read_train_state(ref_step), layer_evals(ref_step)
+    if ref_layers is None:
+        sys.exit(f"error: {ref_step} does not say its layers per token (no hf/config.json, not an HRM)")
+    cfg = compose_config([*stage.overrides, f"run_name={stage.run_name}"])
+    init = runs.resolve_checkpoint(REPO / str(cfg.train.init_from))
+    arch = {
+        **OmegaConf.to_container(OmegaConf.load(init / runs.CONFIG_FILE).arch),
+        **OmegaConf.to_container(cfg.train.arch_overrides),
+    }
+    schedule = OmegaConf.to_container(cfg.train.cycles_schedule) or [
+        [0.0, arch["H_cycles"], arch["L_cycles"]]
+    ]
+    steps = state.get("total_steps") or state["step"]
+    return layer_matched_steps(steps, ref_layers, schedule, arch["L_layers"], arch["H_layers"])
+
+
+FETCH_SMOLLM2 = Prep(
+    ("scripts/fetch_pretrained.py", "smollm2-135m-instruct", "--out", SMOLLM2), f"{SMOLLM2}/source.json"
+)
+
+
+def retrofit_prep(name: str, *flags: str) -> Prep:
+    """Retrofit SmolLM2 into checkpoints/<name> with L = layers 0-14 and H = layers 15-29 (and `flags`)."""
+    return Prep(
+        ("scripts/retrofit.py", "--source", SMOLLM2, "--out", f"checkpoints/{name}")
+        + ("--l-layers", "0:15", "--h-layers", "15:30", *flags),
+        f"checkpoints/{name}/step_0/meta.json",
+    )
+
+
+def retrofit_row(label: str, stages: tuple[Stage, ...] = (), **fields: Any) -> Row:
+    """A row of the retrofit group: batch sizes 8 (greedy) and 20 (sampled), sampled pass@k on the first 100
+    problems by default, HumanEval unless told otherwise, SmolLM2 fetched first."""
+    fields = {"humaneval": True, "prepare": (FETCH_SMOLLM2,), **fields}
+    return Row(label, stages, group="retrofit", batch_sizes=(8, 20), sampled_limit=100, **fields)
+
+
+L15X2 = "Retrofitted HRM, L = layers 0-14 x 2 gated cycles, H = 15-29"
+ROWS["retrofit_source_native"] = retrofit_row(
+    "SmolLM2-135M-Instruct, zero-shot, native prompts", model=SMOLLM2, eval_args=("--prompt-format", "native")
+)
+ROWS["retrofit_source_chat"] = retrofit_row(
+    "SmolLM2-135M-Instruct, zero-shot, chat template", model=SMOLLM2, eval_args=("--prompt-format", "chat")
+)
+ROWS["retrofit_posttrain"] = retrofit_row(
+    "SmolLM2 post-trained on MBPP, 30 layers", (Stage("retrofit_posttrain", ("experiment=posttrain_mbpp",)),)
+)
+ROWS["retrofit_posttrain_s1"] = with_seed(ROWS["retrofit_posttrain"], 1)
+ROWS["retrofit_identity"] = retrofit_row(
+    "Retrofitted HRM at identity (L = layers 0-14, H = 15-29, 1x1), fine-tuned",
+    (
+        Stage(
+            "retrofit_identity_ft",
+            ("experiment=retrofit_mbpp", "train.init_from=checkpoints/retro_identity"),
+        ),
+    ),
+    prepare=(FETCH_SMOLLM2, retrofit_prep("retro_identity")),
+)
+ROWS["retrofit_L15x2"] = retrofit_row(
+    f"{L15X2}; curriculum 1 -> 2 L cycles at 25%; equal training FLOPs",
+    (
+        Stage(
+            "retrofit_L15x2_ft",
+            (
+                "experiment=retrofit_mbpp",
+                "train.init_from=checkpoints/retro_L15x2",
+                "train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]",
+                "+train.arch_overrides={recurrence_gate_scale: 300}",
+            ),
+            layers_matched_to="retrofit_posttrain",
+        ),
+    ),
+    prepare=(FETCH_SMOLLM2, retrofit_prep("retro_L15x2", "--L-cycles", "2")),
+)
+ROWS["retrofit_L15x2_s1"] = with_seed(ROWS["retrofit_L15x2"], 1)
+for _cycles, _humaneval in ((3, True), (1, False)):
+    ROWS[f"retrofit_L15x2_test_L{_cycles}"] = retrofit_row(
+        f"{L15X2}, evaluated with {_cycles} L cycle{'s' if _cycles > 1 else ''} at test time",
+        evaluates="retrofit_L15x2",
+        eval_args=("--arch-override", f"L_cycles={_cycles}"),
+        humaneval=_humaneval,
+        prepare=(),
+    )
+RETROFIT_SEEDED = ("retrofit_posttrain", "retrofit_L15x2")
+
+
 GROUPS = {  # table group: (title, plot file, plot title)
     "compare": (
         "Equal-FLOP comparison at CPU scale: which part of HRM helps code, and do mined pairs help (two seeds)",
@@ -312,6 +491,11 @@ GROUPS = {  # table group: (title, plot file, plot title)
         "MBPP results on one GPU",
         "mbpp_gpu.png",
         "MBPP on one GPU after corpus pre-training: fine-tuning loss; MBPP test pass@k (n=20, T=0.8)",
+    ),
+    "retrofit": (
+        "Retrofitting SmolLM2-135M-Instruct into the HRM vs post-training it (CPU)",
+        "mbpp_retrofit.png",
+        "SmolLM2-135M-Instruct on MBPP: retrofitted HRM vs post-training (2-core CPU; pass@k n=20, T=0.8)",
     ),
 }
 
@@ -345,10 +529,12 @@ def corpus_dir(row: Row, args: argparse.Namespace) -> str:
 def train_stage(stage: Stage, row: Row, args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
     """Train one stage unless it is finished; its run directory, wall time, tokens and final validation loss."""
     run_dir = REPO / "checkpoints" / stage.run_name
+    matched = [f"train.max_steps={matched_max_steps(stage)}"] if stage.layers_matched_to else []
     command = [
         sys.executable,
         "scripts/train_codegen.py",
         *stage.overrides,
+        *matched,
         f"run_name={stage.run_name}",
         f"data.path={args.mbpp}",
         f"tokenizer.name_or_path={args.tokenizer}",
@@ -363,6 +549,11 @@ def train_stage(stage: Stage, row: Row, args: argparse.Namespace, commands: list
             command.append("resume=auto")
         wall = execute(command)
         runs.write_wall_time(run_dir, wall, shell(command))
+    return trained(run_dir)
+
+
+def trained(run_dir: Path) -> dict[str, Any]:
+    """A trained run's latest step directory, wall time, tokens, steps and final validation loss."""
     step = runs.latest_step_dir(run_dir)
     assert step is not None
     state = runs.read_train_state(step)
@@ -377,30 +568,28 @@ def train_stage(stage: Stage, row: Row, args: argparse.Namespace, commands: list
 
 
 def evaluate(
-    row: Row, step_dir: Path, out: Path, sampled: bool, args: argparse.Namespace, commands: list[str]
+    row: Row, model: list[str], out: Path, kind: str, args: argparse.Namespace, commands: list[str]
 ) -> dict[str, Any]:
-    """Run scripts/evaluate.py (it resumes from out/samples.jsonl); the summary."""
-    model = ["--ckpt", str(step_dir.relative_to(REPO))]
+    """Run scripts/evaluate.py on `model` (--ckpt or --model and its path; it resumes from out/samples.jsonl):
+    `kind` greedy (MBPP test), sampled (MBPP test, n=20) or humaneval (greedy, every problem); the summary."""
     greedy_batch, sampled_batch = row.batch_sizes
-    if sampled:
+    if kind == "sampled":
+        limit = args.sampled_limit or row.sampled_limit
         sampling = ["--num-samples", "20", "--temperature", "0.8", "--top-p", "0.95", "--k", "1,10"]
-        sampling += ["--batch-size", str(sampled_batch)] + (
-            ["--limit", str(args.sampled_limit)] if args.sampled_limit else []
-        )
+        sampling += ["--batch-size", str(sampled_batch)] + (["--limit", str(limit)] if limit else [])
     else:
         sampling = ["--num-samples", "1", "--temperature", "0", "--k", "1", "--batch-size", str(greedy_batch)]
-        sampling += ["--limit", str(args.greedy_limit)] if args.greedy_limit else []
+        sampling += ["--limit", str(args.greedy_limit)] if args.greedy_limit and kind == "greedy" else []
+    data = ["--dataset", "humaneval"] if kind == "humaneval" else ["--mbpp", args.mbpp, "--split", "test"]
     command = [
         sys.executable,
         "scripts/evaluate.py",
         *model,
-        "--mbpp",
-        args.mbpp,
-        "--split",
-        "test",
+        *data,
         "--max-new-tokens",
         "128",
         *sampling,
+        *row.eval_args,
         "--no-progress",
         "--output",
         str(out.relative_to(REPO)),
@@ -409,25 +598,56 @@ def evaluate(
     execute(command)
     summary = read_json(out / "summary.json")
     record = {key: summary[key] for key in ("num_problems", "pass_at_k", "syntax_valid_rate")}
-    record["empty_completion_rate"] = empty_rate(out / "samples.jsonl", args.mbpp, summary["num_problems"])
+    mbpp = None if kind == "humaneval" else args.mbpp
+    record["empty_completion_rate"] = empty_rate(out / "samples.jsonl", mbpp, summary["num_problems"])
+    record["generation_seconds"] = summary.get("generation_seconds")
     return record
 
 
-def empty_rate(samples: Path, mbpp: str, num_problems: int) -> float:
-    """The share of completions that are empty or whitespace only, over the first `num_problems` test problems.
+def empty_rate(samples: Path, mbpp: str | None, num_problems: int) -> float:
+    """The share of completions that are empty or whitespace only, over the first `num_problems` MBPP test
+    problems (every completion of the file when `mbpp` is None: HumanEval).
 
     Such a completion leaves a program of the test asserts alone, which parses: it counts as syntax-valid.
     """
-    task_ids = {p.task_id for p in mbpp_problems(load_mbpp(REPO / mbpp), "test")[:num_problems]}
     rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = [r for r in rows if r["task_id"] in task_ids]
+    if mbpp is not None:
+        task_ids = {p.task_id for p in mbpp_problems(load_mbpp(REPO / mbpp), "test")[:num_problems]}
+        rows = [r for r in rows if r["task_id"] in task_ids]
     return sum(not r["completion"].strip() for r in rows) / len(rows)
+
+
+def count_parameters(path: Path, outside: bool) -> int:
+    """The parameters of a run's step directory (any family) or of an outside transformers directory."""
+    if outside:
+        from hrm_codegen.inference import load_pretrained
+
+        model = load_pretrained(path).model
+    else:
+        model, _ = load_model_for_inference(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+def evaluated_stages(name: str, row: Row) -> list[dict[str, Any]]:
+    """The runs of the row that `row` evaluates, all finished (or a one-line error naming the row to run)."""
+    parent = ROWS[row.evaluates]
+    if not runs.finished(REPO / "checkpoints" / parent.stages[-1].run_name):
+        sys.exit(
+            f"error: {name} evaluates the final step of row {row.evaluates}, which has not finished: run "
+            f"`python scripts/reproduce.py {row.evaluates}` first"
+        )
+    return [trained(REPO / "checkpoints" / stage.run_name) for stage in parent.stages]
 
 
 def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one row and write docs/results/<row>/ (row.json, metrics, evaluation summaries)."""
     row = ROWS[name]
     commands: list[str] = []
+    for prep in row.prepare:
+        command = [sys.executable, *prep.command]
+        commands.append(shell(command))
+        if not (REPO / prep.done).exists():
+            execute(command)
     if any(stage.corpus for stage in row.stages):
         build = [
             sys.executable,
@@ -460,27 +680,38 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if not (REPO / PAIRS_DIR / "pairs.jsonl").is_file():
             execute(build)
     stages = [train_stage(stage, row, args, commands) for stage in row.stages]
-    final = stages[-1]
+    if row.evaluates:
+        stages = evaluated_stages(name, row)
+    evaluated = REPO / row.model if row.model else stages[-1]["step_dir"]
+    model = ["--model" if row.model else "--ckpt", str(evaluated.relative_to(REPO))]
     outputs = REPO / "outputs" / "eval" / name
-    greedy = evaluate(row, final["step_dir"], outputs / "greedy", False, args, commands)
-    sampled = None
-    if not args.greedy_only:
-        sampled = evaluate(row, final["step_dir"], outputs / "sampled", True, args, commands)
+    greedy = evaluate(row, model, outputs / "greedy", "greedy", args, commands)
+    sampled = (
+        None if args.greedy_only else evaluate(row, model, outputs / "sampled", "sampled", args, commands)
+    )
+    humaneval = (
+        evaluate(row, model, outputs / "humaneval", "humaneval", args, commands) if row.humaneval else None
+    )
 
-    model, _ = load_model_for_inference(final["step_dir"])
     walls = [s["train_wall_s"] for s in stages]
     record = {
         "row": name,
         "label": row.label,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": count_parameters(evaluated, bool(row.model)),
         "stages": [
             {k: str(v.relative_to(REPO)) if isinstance(v, Path) else v for k, v in s.items()} for s in stages
         ],
         "training_tokens": sum(s["tokens"] for s in stages),
-        "train_wall_s": None if None in walls else sum(walls),
-        "val_loss": final["val_loss"],
+        "train_wall_s": None if not walls or None in walls else sum(walls),
+        "val_loss": stages[-1]["val_loss"]
+        if row.stages
+        else None,  # a test-time row's differs from its run's
+        "layer_evals_per_token": layer_evals(evaluated, arch_overrides(row.eval_args)),
         "greedy": greedy,
         "sampled": sampled,
+        "humaneval": humaneval,
+        **({"model": row.model} if row.model else {}),
+        **({"evaluates": row.evaluates} if row.evaluates else {}),
         "group": row.group,
         "hardware": args.hardware or default_hardware(),
         "date": datetime.date.today().isoformat(),
@@ -494,12 +725,16 @@ def reproduce(name: str, args: argparse.Namespace) -> dict[str, Any]:
             REPO / "checkpoints" / stage.run_name / "metrics.jsonl",
             target / f"{stage.run_name}.metrics.jsonl",
         )
-    shutil.copyfile(final["run_dir"] / "metrics.jsonl", target / "metrics.jsonl")
+    if row.stages:
+        shutil.copyfile(
+            REPO / "checkpoints" / row.stages[-1].run_name / "metrics.jsonl", target / "metrics.jsonl"
+        )
     shutil.copyfile(outputs / "greedy" / "summary.json", target / "greedy.json")
-    if sampled is not None:
-        shutil.copyfile(outputs / "sampled" / "summary.json", target / "sampled.json")
-    elif (target / "sampled.json").is_file():
-        (target / "sampled.json").unlink()  # from an earlier run of the row: not this record's
+    for kind, evaluation in (("sampled", sampled), ("humaneval", humaneval)):
+        if evaluation is not None:
+            shutil.copyfile(outputs / kind / "summary.json", target / f"{kind}.json")
+        elif (target / f"{kind}.json").is_file():
+            (target / f"{kind}.json").unlink()  # from an earlier run of the row: not this record's
     (target / "row.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {target / 'row.json'}")
     return record
@@ -536,6 +771,21 @@ INTRO = {
         "(experiment=gpu_pretrain: 1,000 steps of 64 blocks of 512 tokens of a 25M-token Python corpus, bfloat16),",
         "then fine-tuned on MBPP train (experiment=gpu_pretrain_finetune: 6 epochs of 32 sequences). Train wall",
         "time: one GPU, the training commands alone.",
+    ],
+    "retrofit": [
+        "SmolLM2-135M-Instruct (30 layers) retrofitted into the HRM (scripts/retrofit.py: L = layers 0-14,",
+        "H = layers 15-29; at 1x1 cycles the same function) and fine-tuned, against post-training the transformer",
+        "itself, with the same data, order and optimizer (experiment=posttrain_mbpp / retrofit_mbpp: 1 epoch of",
+        "MBPP train packed in 512-token blocks, batch 4 blocks, lr 5e-5). The recurrent row (2 gated L cycles,",
+        "a curriculum from 1 to 2 L cycles at 25% of the steps) trains for as many steps as keep its layer",
+        "evaluations within the post-training run's: equal analytic training FLOPs (`layer_matched_steps`). The",
+        "test-time rows evaluate its final step with 3 and 1 L cycles; the zero-shot rows evaluate the source",
+        "with native prompts and with its chat template. Greedy pass@1 on all 500 MBPP test problems and all 164",
+        "HumanEval problems; pass@10 from n=20 samples (T=0.8, top-p 0.95) on the first 100 MBPP test problems; at",
+        "most 128 new tokens. Validation loss of the zero-shot rows: the source's, at step 0 of the post-training",
+        "run (native format); test-time rows: n/a (the run logs it with the training cycles). Train and",
+        "evaluation wall time: 2-core CPU, one thread per run, two runs at a time; evaluation wall time is the",
+        "generation time of MBPP greedy + HumanEval.",
     ],
 }
 COLUMNS = [
@@ -578,12 +828,97 @@ def table(rows: list[dict[str, Any]], group: str) -> list[str]:
             f"| {rates(greedy, sampled, key='syntax_valid_rate')} "
             f"| {rates(greedy, sampled, key='empty_completion_rate')} | {r['val_loss']:.3f} |"
         )
+    return lines + row_commands(rows)
+
+
+def row_commands(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' notes on their measurements and the commands each row ran, as markdown."""
+    lines = []
     notes = [f"- {r['label']}: {note}" for r in rows for note in r.get("notes", [])]
     if notes:
         lines += ["", "Notes on the measurements:", *notes]
     for r in rows:
         lines += ["", f"**{r['label']}**: `{r['reproduce']}` runs", "```"]
         lines += [*r["commands"], "```"]
+    return lines + [""]
+
+
+def source_val_loss() -> float | None:
+    """The source model's MBPP validation loss: step 0 of the retrofit_posttrain run's copied metrics."""
+    metrics = RESULTS / "retrofit_posttrain" / runs.METRICS_FILE
+    if not metrics.is_file():
+        return None
+    return next((r["val_loss"] for r in runs.read_metrics(metrics.parent) if r.get("step") == 0), None)
+
+
+def minutes(seconds: float | None) -> str:
+    """Seconds as minutes, or "not recorded"."""
+    return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def retrofit_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The retrofit group's markdown section: layer evaluations, MBPP and HumanEval, wall times, commands."""
+    title, plot, _ = GROUPS["retrofit"]
+    lines = [
+        f"## {title}",
+        "",
+        *INTRO["retrofit"],
+        "",
+        f"![training and validation loss, pass@k]({plot})",
+        "",
+        "| model | layer evaluations per token | training tokens | train wall time | MBPP pass@1 greedy "
+        "| HumanEval pass@1 greedy | MBPP pass@10 (n=20, first 100) | syntax-valid (greedy / sampled) "
+        "| MBPP validation loss | evaluation wall time (MBPP greedy + HumanEval) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    zero_shot_loss = source_val_loss()
+    for r in rows:
+        greedy, sampled, humaneval = r["greedy"], r["sampled"], r.get("humaneval")
+        loss = zero_shot_loss if r.get("model") else r["val_loss"]
+        wall = "none (zero-shot)" if r.get("model") else minutes(r["train_wall_s"])
+        pass10 = (
+            "not run" if sampled is None else percent(sampled["pass_at_k"]["10"], sampled["num_problems"])
+        )
+        human = (
+            "not run"
+            if humaneval is None
+            else percent(humaneval["pass_at_k"]["1"], humaneval["num_problems"])
+        )
+        seconds = [e.get("generation_seconds") for e in (greedy, humaneval) if e is not None]
+        evaluation = (
+            "not recorded" if None in seconds else " + ".join(f"{s / 60:.1f}" for s in seconds) + " min"
+        )
+        lines.append(
+            f"| {r['label']} | {r.get('layer_evals_per_token') or 'n/a'} | {r['training_tokens']:,} | {wall} "
+            f"| {percent(greedy['pass_at_k']['1'], greedy['num_problems'])} | {human} | {pass10} "
+            f"| {rates(greedy, sampled, key='syntax_valid_rate')} "
+            f"| {'n/a' if loss is None else f'{loss:.3f}'} | {evaluation} |"
+        )
+    return lines + row_commands(rows)
+
+
+def retrofit_seed_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The seeded retrofit rows side by side: validation loss and MBPP greedy pass@1 per seed and their mean."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["row"].removesuffix("_s1") in RETROFIT_SEEDED and r["val_loss"] is not None:
+            by_model.setdefault(r["row"].removesuffix("_s1"), []).append(r)
+    lines = [
+        "Seeds side by side (seed 0, seed 1; validation loss: MBPP validation after the last step; spread: half",
+        "the range of the seeds; pass@1: greedy on all 500 MBPP test problems):",
+        "",
+        "| model | validation loss per seed | mean | spread | MBPP pass@1 per seed | mean |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    for members in by_model.values():
+        members.sort(key=lambda r: r["row"])
+        losses = [r["val_loss"] for r in members]
+        passes = [r["greedy"]["pass_at_k"]["1"] for r in members]
+        lines.append(
+            f"| {members[0]['label']} | {' / '.join(f'{x:.3f}' for x in losses)} | {sum(losses) / len(losses):.3f} "
+            f"| {(max(losses) - min(losses)) / 2:.3f} | {' / '.join(f'{100 * x:.1f}%' for x in passes)} "
+            f"| {100 * sum(passes) / len(passes):.1f}% |"
+        )
     return lines + [""]
 
 
@@ -655,14 +990,21 @@ def write_table(names: list[str]) -> None:
         ]
         if not members:
             continue
-        lines += table(members, group)
+        lines += retrofit_table(members) if group == "retrofit" else table(members, group)
         if group == "compare":
             lines += seed_table(members)
+        if group == "retrofit":
+            lines += retrofit_seed_table(members)
         # plot_runs.py labels a run directory (metrics.jsonl) and a summary file by the directory's name: the row.
-        runs = [RESULTS / r["row"] for r in members]
-        evals = [run / "sampled.json" for run in runs if (run / "sampled.json").is_file()]
+        # Only rows that trained have a loss curve (zero-shot and test-time rows have pass@k bars alone).
+        evals = [RESULTS / r["row"] / "sampled.json" for r in members]
+        evals = [e for e in evals if e.is_file()]
+        runs = [RESULTS / r["row"] for r in members if (RESULTS / r["row"] / "metrics.jsonl").is_file()]
+        if not runs and not evals:
+            continue
         plot = [sys.executable, "scripts/plot_runs.py", "--out", str((RESULTS / plot_file).relative_to(REPO))]
-        plot += ["--runs", *(str(run.relative_to(REPO)) for run in runs)]
+        if runs:
+            plot += ["--runs", *(str(run.relative_to(REPO)) for run in runs)]
         if evals:
             plot += ["--evals", *(str(e.relative_to(REPO)) for e in evals)]
         execute([*plot, "--title", plot_title])
