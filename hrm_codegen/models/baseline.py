@@ -56,7 +56,8 @@ def llama_config_from_hrm(
     num_hidden_layers: int | None = None,
     initializer_range: float = 0.02,
 ) -> LlamaConfig:
-    """A LlamaConfig with the HRM's width, heads, MLP size, RoPE and norm settings and a matched depth."""
+    """A LlamaConfig with the HRM's width, heads (grouped-query too), MLP size, RoPE, norm and head settings and a
+    matched depth."""
     cfg = hrm_cfg if isinstance(hrm_cfg, HRMConfig) else HRMConfig.from_dict(dict(hrm_cfg))
     if cfg.pos_encodings != "rope":
         raise ValueError(
@@ -70,18 +71,19 @@ def llama_config_from_hrm(
     settings: dict[str, Any] = {
         "vocab_size": vocab_size if vocab_size is not None else cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
-        "intermediate_size": swiglu_intermediate_size(cfg.hidden_size, cfg.expansion),
+        "intermediate_size": cfg.intermediate_size
+        or swiglu_intermediate_size(cfg.hidden_size, cfg.expansion),
         "num_hidden_layers": layers,
         "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.hidden_size // cfg.num_heads,
         "hidden_act": "silu",
         "max_position_embeddings": cfg.seq_len,
         "initializer_range": initializer_range,
         "rms_norm_eps": cfg.rms_norm_eps,
         "rope_theta": cfg.rope_theta,  # transformers 5 folds it into rope_parameters
-        "tie_word_embeddings": False,
-        "attention_bias": False,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": cfg.attention_bias,  # Llama puts it on o_proj too; the HRM on q, k, v only
         "mlp_bias": False,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
