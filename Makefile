@@ -40,7 +40,7 @@ demo: setup
 		--out checkpoints/demo_retrofit --l-layers 0:15 --h-layers 15:30 --L-cycles 2
 	$(BIN)/python scripts/train_codegen.py experiment=retrofit_mbpp train.init_from=checkpoints/demo_retrofit \
 		run_name=demo_retrofit_ft train.max_steps=$(DEMO_STEPS) train.eval_every=0 resume=auto \
-		'train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]' +train.arch_overrides.recurrence_gate_scale=300
+		'train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]' +train.arch_overrides.recurrence_gate_lr_scale=300
 	$(BIN)/python scripts/evaluate.py --ckpt checkpoints/demo_retrofit_ft --dataset mbpp --split test \
 		--limit $(DEMO_PROBLEMS) --max-new-tokens 128 --no-progress --output outputs/eval/demo_retrofit_hrm
 	$(BIN)/python scripts/evaluate.py --model $(SOURCE) --dataset mbpp --split test \

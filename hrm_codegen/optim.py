@@ -24,7 +24,8 @@ def param_groups(
     """Split trainable parameters into a decayed and an undecayed AdamW group.
 
     Matrices of linear layers decay; embedding tables decay only with `decay_embeddings`; 1-D parameters
-    (norm scales, biases) decay only with `decay_norms_and_biases`.
+    (norm scales, biases, gates) decay only with `decay_norms_and_biases`. A parameter with an `lr_scale`
+    attribute goes to an extra group whose learning rate `build_optimizer` multiplies by it.
     """
     embedding_params = {
         id(p) for m in model.modules() if _is_embedding(m) for p in m.parameters(recurse=False)
@@ -40,10 +41,18 @@ def param_groups(
         else:
             wanted = True
         (decay if wanted else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+    groups = [
+        {"params": [p for p in decay if not hasattr(p, "lr_scale")], "weight_decay": weight_decay},
+        {"params": [p for p in no_decay if not hasattr(p, "lr_scale")], "weight_decay": 0.0},
     ]
+    # Parameters that carry an `lr_scale` (the HRM's recurrence gates) get a group of their own per scale.
+    scaled: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for param in decay + no_decay:
+        if hasattr(param, "lr_scale"):
+            scaled.setdefault((float(param.lr_scale), any(param is p for p in decay)), []).append(param)
+    for (scale, decayed), params in scaled.items():
+        groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale})
+    return groups
 
 
 def build_optimizer(
@@ -57,6 +66,9 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over `param_groups(model, ...)`."""
     groups = param_groups(model, weight_decay, decay_embeddings, decay_norms_and_biases)
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = lr * group["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 

@@ -457,7 +457,7 @@ ROWS["retrofit_L15x2"] = retrofit_row(
                 "experiment=retrofit_mbpp",
                 "train.init_from=checkpoints/retro_L15x2",
                 "train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]",
-                "+train.arch_overrides={recurrence_gate_scale: 300}",
+                "+train.arch_overrides={recurrence_gate_lr_scale: 300}",
             ),
             layers_matched_to="retrofit_posttrain",
         ),

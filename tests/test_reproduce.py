@@ -287,7 +287,7 @@ def test_retrofit_rows_run_their_commands_and_the_table_shows_them(reproduce, fa
         fetch,
         retrofit,
         "python scripts/train_codegen.py experiment=retrofit_mbpp train.init_from=checkpoints/retro_L15x2 "
-        "'train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]' '+train.arch_overrides={recurrence_gate_scale: 300}' "
+        "'train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]' '+train.arch_overrides={recurrence_gate_lr_scale: 300}' "
         f"train.max_steps=30 run_name=retrofit_L15x2_ft {TRAIN_ARGS}",
         *_evals("--ckpt checkpoints/retrofit_L15x2_ft/step_30", "retrofit_L15x2"),
     ]

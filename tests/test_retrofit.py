@@ -143,7 +143,7 @@ def test_gated_recurrence_equals_the_source_at_the_target_cycles_until_trained(s
     assert config.recurrence_gates and hrm.cycles == (h_cycles, l_cycles)
     assert max_logit_difference(hrm, model, ids) <= TOL
     with torch.no_grad():
-        hrm.inner.L_level.gate.fill_(0.01) if l_cycles > 1 else hrm.inner.H_level.gate.fill_(0.01)
+        hrm.inner.L_level.gate.fill_(0.5) if l_cycles > 1 else hrm.inner.H_level.gate.fill_(0.5)
     assert max_logit_difference(hrm, model, ids) > 1e-3
     plain, _ = convert(model, LayerSplit(0, 2, 2, 4, h_cycles, l_cycles), gates=False)
     assert max_logit_difference(plain, model, ids) > 1e-3  # naive looping is not the source
@@ -287,7 +287,7 @@ def test_a_retrofitted_run_resumes_after_sigkill_bit_exactly_evaluates_and_expor
         "train.lr=3e-3",
         "train.num_threads=1",
         "train.cycles_schedule=[[0.0,1,1],[0.5,1,2]]",
-        "+train.arch_overrides.recurrence_gate_scale=10",
+        "+train.arch_overrides.recurrence_gate_lr_scale=10",
     ]
     command = [sys.executable, str(TRAIN), *args]
     reference = subprocess.run([*command, "run_name=ref"], cwd=REPO, env=ENV, capture_output=True, text=True)
@@ -345,3 +345,17 @@ def test_retrofit_and_posttrain_recipes_share_data_order_and_optimizer():
     a = {k: v for k, v in OmegaConf.to_container(post.train, resolve=True).items() if k not in differ}
     b = {k: v for k, v in OmegaConf.to_container(retro.train, resolve=True).items() if k not in differ}
     assert a == b and post.seed == retro.seed
+
+
+def test_the_gates_learn_at_their_own_scaled_rate_and_do_not_decay(source):
+    from hrm_codegen.optim import build_optimizer
+
+    _, model = source
+    hrm, config = convert(model, LayerSplit(0, 2, 2, 4, 2, 2))
+    optimizer = build_optimizer(hrm, lr=1e-4, weight_decay=0.1)
+    gates = [g for g in optimizer.param_groups if "lr_scale" in g]
+    assert len(gates) == 1 and gates[0]["lr"] == pytest.approx(1e-4 * config.recurrence_gate_lr_scale)
+    assert {id(p) for p in gates[0]["params"]} == {id(hrm.inner.L_level.gate), id(hrm.inner.H_level.gate)}
+    assert gates[0]["weight_decay"] == 0.0
+    others = [p for g in optimizer.param_groups if "lr_scale" not in g for p in g["params"]]
+    assert len(others) + 2 == len(list(hrm.parameters()))

@@ -74,10 +74,13 @@ class HRMConfig:
     tie_word_embeddings: bool = False  # the LM head reads the embedding table
     zero_init_states: bool = False  # z_H and z_L start at zero instead of the H_init / L_init vectors
     # Function-preserving recurrence: every level call after a level's first in a segment is gated,
-    # z <- z + gate * (level(z + injection) - z), gate = recurrence_gate_scale * a zero-initialised vector,
-    # so a retrofitted model computes its source at any cycle count until training opens the gates.
+    # z <- z + gate * (level(z + injection) - z) with a zero-initialised gate vector per level, so a retrofitted
+    # model computes its source at any cycle count until training opens the gates. The gates learn with the
+    # learning rate times recurrence_gate_lr_scale (AdamW moves a parameter ~lr per step; a bare gate would
+    # barely open in a short fine-tune, and a scale inside the forward would inflate its gradient over the
+    # global clipping norm).
     recurrence_gates: bool = False
-    recurrence_gate_scale: float = 100.0  # AdamW moves a parameter ~lr per step: the gate ~scale * lr
+    recurrence_gate_lr_scale: float = 100.0
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> HRMConfig:
@@ -231,26 +234,27 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
     """A stack of blocks that first adds its input injection to its state.
 
     `final_norm` (pre-norm models with final_norm='levels'): end with an RMSNorm, as HRM-Text's stacks do,
-    so the states the levels pass on, and what the LM head reads, are normalised. `gate_scale`
-    (recurrence_gates): a zero-initialised `gate` vector; a gated call returns
-    z + gate_scale * gate * (stack(z + injection) - z), so it changes nothing until training opens the gate.
+    so the states the levels pass on, and what the LM head reads, are normalised. `gate_lr_scale`
+    (recurrence_gates): a zero-initialised `gate` vector, whose `lr_scale` attribute the optimizer multiplies its
+    learning rate by; a gated call returns z + gate * (stack(z + injection) - z), so it changes nothing until
+    training opens the gate.
     """
 
     def __init__(
         self,
         layers: list[HierarchicalReasoningModel_ACTV1Block],
         final_norm: RMSNorm | None = None,
-        gate_scale: float | None = None,
+        gate_lr_scale: float | None = None,
         hidden_size: int | None = None,
     ):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
-        self.gate_scale = gate_scale
         self.gate = None
-        if gate_scale is not None:
+        if gate_lr_scale is not None:
             assert hidden_size is not None, "a gated level needs hidden_size"
             self.gate = nn.Parameter(torch.zeros(hidden_size))
+            self.gate.lr_scale = gate_lr_scale  # type: ignore[attr-defined] - read by hrm_codegen.optim
 
     def forward(
         self,
@@ -271,9 +275,8 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
             hidden_states = layer(hidden_states, cache_key=layer_key, **attn_kwargs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        if gated and self.gate is not None and self.gate_scale is not None:
-            gate = (self.gate_scale * self.gate).to(hidden_states.dtype)
-            hidden_states = state + gate * (hidden_states - state)
+        if gated and self.gate is not None:
+            hidden_states = state + self.gate.to(hidden_states.dtype) * (hidden_states - state)
         return hidden_states
 
 
@@ -307,7 +310,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             self.embed_pos = CastedEmbedding(config.seq_len, config.hidden_size, embed_init_std, dtype)
 
         level_norms = config.norm_type == "pre" and config.final_norm == "levels"
-        gate_scale = config.recurrence_gate_scale if config.recurrence_gates else None
+        gate_lr_scale = config.recurrence_gate_lr_scale if config.recurrence_gates else None
 
         def level(num_layers: int) -> HierarchicalReasoningModel_ACTV1ReasoningModule:
             norm = (
@@ -315,7 +318,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             )
             blocks = [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(num_layers)]
             return HierarchicalReasoningModel_ACTV1ReasoningModule(
-                blocks, norm, gate_scale, config.hidden_size
+                blocks, norm, gate_lr_scale, config.hidden_size
             )
 
         self.H_level = level(config.H_layers)
