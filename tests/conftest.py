@@ -47,3 +47,19 @@ TINY_HRM = {
 def tiny_hrm_config() -> dict:
     """A CPU-sized HRM config (a fresh copy per test)."""
     return dict(TINY_HRM)
+
+
+def kill_after_checkpoint(
+    command: list[str], step_dir: Path, cwd: Path, env: dict, timeout: float = 300
+) -> None:
+    """Start the training `command`, SIGKILL it once `step_dir` has been written (a resume test's interruption)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not step_dir.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"{step_dir} was not written before the run ended"

@@ -4,14 +4,13 @@
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_after_checkpoint
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from test_evaluate_cli import run_cli  # the evaluator as a user runs it
@@ -131,18 +130,9 @@ def test_sigkill_then_resume_with_a_schedule_equals_an_uninterrupted_run(tmp_pat
     )
     assert reference.returncode == 0, reference.stderr
     killed_dir = tmp_path / "ck" / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args, "run_name=killed"],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    kill_after_checkpoint(
+        [sys.executable, str(SCRIPT), *args, "run_name=killed"], killed_dir / "step_3", tmp_path, ENV
     )
-    deadline = time.time() + 300
-    while not (killed_dir / "step_3").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
     interrupted_at = read_meta(killed_dir / (killed_dir / "latest").read_text().strip())["step"]
     assert 3 <= interrupted_at < 12 and not (killed_dir / "step_12").exists()
     resumed = subprocess.run(

@@ -5,16 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 import torch
+from conftest import kill_after_checkpoint
 from omegaconf import OmegaConf
 from transformers import (
     AutoModelForCausalLM,
@@ -293,14 +292,8 @@ def test_a_retrofitted_run_resumes_after_sigkill_bit_exactly_evaluates_and_expor
     reference = subprocess.run([*command, "run_name=ref"], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
     killed = tmp_path / "ck" / "killed"
-    proc = subprocess.Popen(
-        [*command, "run_name=killed"], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while not (killed / "step_2" / "meta.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL and not (killed / "step_6").exists()
+    kill_after_checkpoint([*command, "run_name=killed"], killed / "step_2" / "meta.json", REPO, ENV)
+    assert not (killed / "step_6").exists()
     resumed = subprocess.run(
         [*command, "run_name=killed", "resume=auto"], cwd=REPO, env=ENV, capture_output=True, text=True
     )

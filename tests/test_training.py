@@ -2,15 +2,14 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_after_checkpoint
 from safetensors.torch import load_file, save_file
 
 from hrm_codegen import families
@@ -325,18 +324,9 @@ def test_sigkill_between_checkpoints_then_resume_equals_an_uninterrupted_run(pat
     reference = _script([*args, "run_name=ref"], tmp_path)
     assert reference.returncode == 0, reference.stderr
     killed_dir = tmp_path / "ck" / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args, "run_name=killed"],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    kill_after_checkpoint(
+        [sys.executable, str(SCRIPT), *args, "run_name=killed"], killed_dir / "step_6", tmp_path, ENV
     )
-    deadline = time.time() + 300
-    while not (killed_dir / "step_6").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
     assert (killed_dir / "step_6").exists() and not (killed_dir / "step_24").exists()
     interrupted_at = read_meta(killed_dir / (killed_dir / "latest").read_text().strip())["step"]
     assert interrupted_at < 24
