@@ -1,18 +1,22 @@
-"""Autoregressive decoding for the HRM: greedy or sampled, with a KV cache, EOS and stop strings."""
+"""Decoding for every model family through transformers' `generate`: greedy, sampled (one generator per
+sequence), beam search; a dynamic or static KV cache, `torch.compile`d steps; stop strings on the generated
+text only. The HRM (`HrmCodegenForCausalLM`) and the transformers baselines take exactly the same path."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
-
-from hrm_codegen.models.layers import KVCache, StaticKVCache
-
-if TYPE_CHECKING:
-    from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
+from transformers import (
+    CompileConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 Decoder = Callable[[list[int]], str]
 
@@ -23,9 +27,10 @@ class GenerationOutput:
 
     `sequences` [N, P + T]: the left-padded prompts, then the new ids, right-padded with pad_token_id;
     `completion_ids`: the new ids up to the one that stopped the sequence (EOS left out);
-    `finish_reasons`: "eos", "stop_string" or "length" (max_new_tokens or the model's seq_len);
+    `finish_reasons`: "eos", "stop_string" or "length" (max_new_tokens or the model's positions);
     `texts` (with a tokenizer): the decoded completions cut before the first stop string;
-    `logits` (return_logits=True) [N, T, vocab]: the raw next-token logits of each step.
+    `logits` (return_logits=True) [N, T, vocab]: the raw next-token logits of each step;
+    `compile_seconds`: the wall time of a call that compiled the decoding step (compilation included).
     """
 
     sequences: torch.Tensor
@@ -33,62 +38,7 @@ class GenerationOutput:
     finish_reasons: list[str]
     texts: list[str] | None = None
     logits: torch.Tensor | None = None
-    compile_seconds: float | None = None  # wall time of this call's first compiled step (None: none compiled)
-
-
-class StaticDecoder:
-    """A `StaticKVCache` of `rows` x `max_len` positions and the one-token decoding step over it.
-
-    With `compile`, the step is `torch.compile`d on its first call (inductor on the CPU,
-    `mode="reduce-overhead"` (CUDA graphs) on CUDA) and its wall time, compilation included, is kept in
-    `compile_seconds` (and `last_compile_seconds` until `generate` reads it). Every step has the same shapes
-    (tokens [rows, 1], positions [rows, 1], keys over the whole buffer), so it compiles once per decoder.
-    """
-
-    def __init__(
-        self, model: HierarchicalReasoningModel_ACTV1, rows: int, max_len: int, compile: bool
-    ) -> None:
-        self.model = model
-        self.cache = StaticKVCache(max_len)
-        self.compile = compile
-        self.compile_seconds: float | None = None
-        self.last_compile_seconds: float | None = None
-        self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-        self._new_mask = torch.ones(rows, 1, dtype=torch.bool, device=model.inner.H_init.device)
-
-    def _eager_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        logits = self.model.lm_forward(tokens, self._new_mask, position_ids=positions, kv_cache=self.cache)
-        return logits[:, -1]
-
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Next-token logits [rows, V] for one new token per row ([rows, 1] ids and positions)."""
-        if not self.compile:
-            return self._eager_step(tokens, positions)
-        if self._compiled is None:
-            on_cuda = tokens.is_cuda
-            if on_cuda:  # CUDA graphs replay fixed addresses: the buffers the step writes must not move
-                for tensor in self.cache.tensors():
-                    torch._dynamo.mark_static_address(tensor)
-            compiled = torch.compile(
-                self._eager_step, mode="reduce-overhead" if on_cuda else None, dynamic=False
-            )
-            start = time.perf_counter()
-            logits = compiled(tokens, positions).clone()
-            self.compile_seconds = self.last_compile_seconds = time.perf_counter() - start
-            self._compiled = compiled
-            return logits
-        return self._compiled(tokens, positions).clone()  # CUDA graphs overwrite their outputs on replay
-
-
-def static_decoder(
-    model: HierarchicalReasoningModel_ACTV1, rows: int, max_len: int, device: torch.device
-) -> StaticDecoder:
-    """The model's compiled decoder for `rows` x `max_len` (kept on the model, so later calls reuse it)."""
-    decoders: dict[tuple[int, int, str], StaticDecoder] = model.__dict__.setdefault("_static_decoders", {})
-    key = (rows, max_len, str(device))
-    if key not in decoders:
-        decoders[key] = StaticDecoder(model, rows, max_len, compile=True)
-    return decoders[key]
+    compile_seconds: float | None = None
 
 
 def filter_logits(
@@ -125,241 +75,10 @@ def next_tokens(
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)])
 
 
-def _decoder(tokenizer: Any) -> Decoder | None:
-    """The decode function of a tokenizer object (its `decode`) or of a decode callable; None for None."""
-    decode = getattr(tokenizer, "decode", tokenizer)
-    if decode is not None and not callable(decode):
-        raise TypeError(
-            f"tokenizer must have a decode method or be a callable, got {type(tokenizer).__name__}"
-        )
-    return cast("Decoder | None", decode)
-
-
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     """`text` up to (not including) the earliest occurrence of any stop string."""
     cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
     return text[:cut]
-
-
-def _check_inputs(
-    model: HierarchicalReasoningModel_ACTV1,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **args: Any,
-) -> torch.Tensor:
-    """Validate the arguments; return the boolean attention mask."""
-    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError(
-            f"input_ids must be [batch, prompt_len] with prompt_len >= 1, got {tuple(input_ids.shape)}"
-        )
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    if mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
-        )
-    if not bool(mask[:, -1].all()):
-        raise ValueError("prompts must be left-padded: the last column of attention_mask must be all ones")
-    longest = int(mask.sum(-1).max())
-    if longest >= model.config.seq_len:
-        raise ValueError(
-            f"a prompt has {longest} tokens, which leaves no room to generate within the model's "
-            f"seq_len={model.config.seq_len}"
-        )
-    if args["max_new_tokens"] < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {args['max_new_tokens']}")
-    if args["num_return_sequences"] < 1:
-        raise ValueError(f"num_return_sequences must be >= 1, got {args['num_return_sequences']}")
-    if args["do_sample"]:
-        if args["temperature"] <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {args['temperature']}")
-        if not 0 < args["top_p"] <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {args['top_p']}")
-        if args["top_k"] < 0:
-            raise ValueError(f"top_k must be >= 0, got {args['top_k']}")
-    if args["use_cache"] and not model.config.causal:
-        raise ValueError("the KV cache needs causal attention (causal=true); pass use_cache=False")
-    if args["cache_implementation"] not in ("static", "dynamic"):
-        raise ValueError(
-            f"cache_implementation must be 'static' or 'dynamic', got {args['cache_implementation']!r}"
-        )
-    if args["compile"] and not (args["use_cache"] and args["cache_implementation"] == "static"):
-        raise ValueError(
-            "compile=True compiles the one-token step over the static cache: needs use_cache=True "
-            "and cache_implementation='static'"
-        )
-    if args["stop_strings"] and args["decode"] is None:
-        raise ValueError("stop_strings need a tokenizer (or a decode callable) to decode the new tokens")
-    return mask
-
-
-@torch.no_grad()
-def generate(
-    model: HierarchicalReasoningModel_ACTV1,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    max_new_tokens: int = 256,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-    stop_strings: Sequence[str] | None = None,
-    tokenizer: Any = None,
-    num_return_sequences: int = 1,
-    use_cache: bool = True,
-    seed: int | Sequence[int] | None = None,
-    return_logits: bool = False,
-    token_type_ids: torch.Tensor | None = None,
-    cache_implementation: str = "static",
-    compile: bool = False,
-) -> GenerationOutput:
-    """Decode continuations of left-padded prompts [B, P] with the HRM (every ACT segment per token).
-
-    Each sequence stops at EOS, at a stop string, after `max_new_tokens`, or when it fills the model's
-    `seq_len` positions. `tokenizer` (with `decode`, `eos_id`, `pad_id`) or a decode callable is needed
-    for `stop_strings` and gives the trimmed `texts`; `eos_token_id`/`pad_token_id` default to its ids.
-    `use_cache=False` recomputes the whole sequence at every step (the reference the cache must match).
-    `seed` seeds one RNG for the batch, or one RNG per returned sequence when it is a list of N seeds, which
-    makes each sequence's sample independent of what else is in the batch.
-    `cache_implementation` (transformers' word): "static" (default), a preallocated cache over which every
-    one-token step has the same shapes, or "dynamic", the growing reference cache. `compile=True` (static
-    cache only) decodes with a `torch.compile`d step, compiled on first use and kept on the model for later
-    calls of the same batch size; `GenerationOutput.compile_seconds` reports that first call's wall time.
-    `token_type_ids` [B, P] (1 = prompt token; used when the model's config has prefix_lm) makes the prompt
-    bidirectional: the cache is prefilled with the prefix mask and the new tokens (type 0) decode causally.
-    """
-    decode = _decoder(tokenizer)
-    mask = _check_inputs(
-        model,
-        input_ids,
-        attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        stop_strings=stop_strings,
-        num_return_sequences=num_return_sequences,
-        use_cache=use_cache,
-        decode=decode,
-        cache_implementation=cache_implementation,
-        compile=compile,
-    )
-    if eos_token_id is None:
-        eos_token_id = getattr(tokenizer, "eos_id", None)
-    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or ())
-    if pad_token_id is None:
-        pad_token_id = getattr(tokenizer, "pad_id", None)
-        pad_token_id = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-    stops = tuple(stop_strings or ())
-    device = input_ids.device
-
-    n = num_return_sequences
-    expand = torch.arange(input_ids.shape[0], device=device).repeat_interleave(n)
-    prompt_len = mask.sum(-1)[expand]  # real tokens per returned sequence
-    budget = (model.config.seq_len - prompt_len).clamp(max=max_new_tokens).tolist()  # new tokens allowed
-    total = len(expand)
-    max_steps = max(budget)
-    seeds = [seed] if isinstance(seed, int) else list(seed) if seed is not None else []
-    if len(seeds) > 1 and len(seeds) != total:
-        raise ValueError(f"seed: got {len(seeds)} seeds for {total} returned sequences; pass one or one each")
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]  # [] = torch's global RNG
-    new_ids = torch.full((total, max_steps), pad_token_id, dtype=torch.long, device=device)
-    step_logits: list[torch.Tensor] = []
-    finish_reasons = ["length"] * total
-    lengths = [0] * total  # new tokens of each sequence, including the one that stopped it
-
-    ids, ids_mask, ids_types = input_ids, mask, token_type_ids
-    cache: KVCache | None = None
-    decoder: StaticDecoder | None = None
-    compile_seconds = None
-    if use_cache and cache_implementation == "static":
-        # Fixed rows (finished ones keep stepping on pad tokens) so each step has the same shapes.
-        width = input_ids.shape[1] + max_steps
-        decoder = (
-            static_decoder(model, total, max(width, model.config.seq_len), device)
-            if compile
-            else StaticDecoder(model, total, width, compile=False)
-        )
-        decoder.cache.reset()
-        cache = decoder.cache
-        types = token_type_ids[expand] if token_type_ids is not None else None
-        logits = model.lm_forward(input_ids[expand], mask[expand], types, kv_cache=cache, logits_to_keep=1)
-        logits = logits[:, -1]
-    elif use_cache:
-        cache = KVCache()
-        logits = model.lm_forward(input_ids, mask, token_type_ids, kv_cache=cache, logits_to_keep=1)[:, -1]
-        if n > 1:
-            cache.reorder(expand)
-            logits = logits[expand]
-    else:
-        ids, ids_mask = input_ids[expand], mask[expand]
-        ids_types = token_type_ids[expand] if token_type_ids is not None else None
-        logits = model.lm_forward(ids, ids_mask, ids_types, logits_to_keep=1)[:, -1]
-
-    active = torch.arange(total, device=device)  # returned-sequence index of each row still decoding
-    all_tokens = torch.full(
-        (total,), pad_token_id, dtype=torch.long, device=device
-    )  # static: every row's input
-    for step in range(max_steps):
-        if return_logits:
-            full = logits.new_zeros(total, logits.shape[-1])
-            step_logits.append(full.index_copy_(0, active, logits))
-        row_generators = [generators[i] for i in active.tolist()] if len(generators) > 1 else generators
-        tokens = next_tokens(logits, do_sample, temperature, top_k, top_p, row_generators)
-        new_ids[active, step] = tokens
-        done = torch.zeros_like(tokens, dtype=torch.bool)
-        for eos in eos_ids:
-            done |= tokens == eos
-        done_list = done.tolist()
-        for row, seq in enumerate(active.tolist()):
-            if done_list[row]:
-                finish_reasons[seq] = "eos"
-            elif stops and tail_has_stop(new_ids[seq, : step + 1].tolist(), stops, decode):  # type: ignore[arg-type]
-                finish_reasons[seq] = "stop_string"
-                done_list[row] = True
-            elif step + 1 >= budget[seq]:
-                done_list[row] = True
-            if done_list[row]:
-                lengths[seq] = step + 1
-        keep = ~torch.tensor(done_list, dtype=torch.bool, device=device)
-        if not bool(keep.any()):
-            break
-        if decoder is not None:
-            all_tokens[active] = tokens
-        if not bool(keep.all()):
-            rows = keep.nonzero().squeeze(-1)
-            active, tokens = active[rows], tokens[rows]
-            if decoder is not None:
-                pass  # the static cache keeps every row
-            elif cache is not None:
-                cache.reorder(rows)
-            else:
-                ids, ids_mask = ids[rows], ids_mask[rows]
-                ids_types = ids_types[rows] if ids_types is not None else None
-        if decoder is not None:
-            # Real tokens before the new one; rows that finished may run past the model's positions: clamp.
-            positions = (prompt_len + step).clamp(max=model.config.seq_len - 1)[:, None]
-            logits = decoder.step(all_tokens[:, None], positions)[active]
-            if decoder.last_compile_seconds is not None:
-                compile_seconds, decoder.last_compile_seconds = decoder.last_compile_seconds, None
-            continue
-        new_mask = torch.ones(len(active), 1, dtype=torch.bool, device=device)
-        if cache is not None:
-            positions = (prompt_len[active] + step)[:, None]  # real tokens before the new one
-            logits = model.lm_forward(tokens[:, None], new_mask, position_ids=positions, kv_cache=cache)
-            logits = logits[:, -1]
-        else:
-            ids, ids_mask = torch.cat([ids, tokens[:, None]], 1), torch.cat([ids_mask, new_mask], 1)
-            if ids_types is not None:  # generated tokens are not prefix
-                ids_types = torch.cat([ids_types, torch.zeros_like(tokens)[:, None]], 1)
-            logits = model.lm_forward(ids, ids_mask, ids_types, logits_to_keep=1)[:, -1]
-
-    out = _finish(input_ids[expand], new_ids, lengths, finish_reasons, decode, stops, step_logits)
-    out.compile_seconds = compile_seconds
-    return out
 
 
 def tail_has_stop(ids: Sequence[int], stops: Sequence[str], decode: Decoder) -> bool:
@@ -375,25 +94,276 @@ def tail_has_stop(ids: Sequence[int], stops: Sequence[str], decode: Decoder) -> 
     return any(s in text for s in stops)
 
 
-def _finish(
-    prompts: torch.Tensor,
-    new_ids: torch.Tensor,
-    lengths: list[int],
-    finish_reasons: list[str],
-    decode: Decoder | None,
-    stops: tuple[str, ...],
-    step_logits: list[torch.Tensor],
+class StopOnGeneratedText(StoppingCriteria):
+    """Stops a row when the text it generated (never the prompt) holds a stop string."""
+
+    def __init__(self, prompt_width: int, stops: tuple[str, ...], decode: Decoder):
+        self.prompt_width, self.stops, self.decode = prompt_width, stops, decode
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_width :].tolist()
+        done = [tail_has_stop(ids, self.stops, self.decode) for ids in new]
+        return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
+
+
+class StopAtPositions(StoppingCriteria):
+    """Stops a row when its real tokens (prompt without padding, plus what it generated) fill `limit` positions."""
+
+    def __init__(self, prompt_width: int, prompt_lengths: torch.Tensor, limit: int):
+        self.prompt_width, self.prompt_lengths, self.limit = prompt_width, prompt_lengths, limit
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        lengths = self.prompt_lengths.repeat_interleave(input_ids.shape[0] // len(self.prompt_lengths))
+        done = lengths.to(input_ids.device) + (input_ids.shape[1] - self.prompt_width) >= self.limit
+        return cast(torch.BoolTensor, done)
+
+
+class PerRowSampler(LogitsProcessor):
+    """Samples each row's next token with that row's own generator (`next_tokens`) and leaves only that token
+    possible, so greedy `generate` emits it: with one seed per row a completion depends on its own seed alone,
+    never on the other rows of its batch (transformers' own sampling draws every row from one global RNG)."""
+
+    def __init__(
+        self, seeds: Sequence[int], temperature: float, top_k: int, top_p: float, device: torch.device
+    ):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        tokens = next_tokens(scores.float(), True, self.temperature, self.top_k, self.top_p, self.generators)
+        chosen = torch.full_like(scores, float("-inf"))
+        return cast(torch.FloatTensor, chosen.scatter_(1, tokens[:, None], 0.0))
+
+
+def compile_options(compile: bool, device: torch.device) -> dict[str, Any]:
+    """transformers' `generate` options for a `torch.compile`d decoding step: a static cache (constant shapes)
+    and a compile config (CUDA graphs on CUDA; plain inductor elsewhere, forced on the CPU, where transformers
+    would not compile by itself). compile=False: no automatic compilation either."""
+    if not compile:
+        return {"disable_compile": True}
+    config = CompileConfig(mode="reduce-overhead" if device.type == "cuda" else "default")
+    config._compile_all_devices = True  # type: ignore[assignment]
+    return {"cache_implementation": "static", "compile_config": config}
+
+
+def _decoder(tokenizer: Any) -> Decoder | None:
+    """The decode function of a tokenizer object (its `decode`) or of a decode callable; None for None."""
+    decode = getattr(tokenizer, "decode", tokenizer)
+    if decode is not None and not callable(decode):
+        raise TypeError(
+            f"tokenizer must have a decode method or be a callable, got {type(tokenizer).__name__}"
+        )
+    return cast("Decoder | None", decode)
+
+
+def max_positions(model: Any) -> int | None:
+    """The positions a model can take (the HRM's seq_len, a transformers model's max_position_embeddings)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def _check(input_ids: torch.Tensor, mask: torch.Tensor, limit: int | None, **args: Any) -> None:
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"input_ids must be [batch, prompt_len] with prompt_len >= 1, got {tuple(input_ids.shape)}"
+        )
+    if mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
+    if not bool(mask[:, -1].all()):
+        raise ValueError("prompts must be left-padded: the last column of attention_mask must be all ones")
+    longest = int(mask.sum(-1).max())
+    if limit is not None and longest >= limit:
+        raise ValueError(
+            f"a prompt has {longest} tokens, which leaves no room to generate within the model's {limit} positions"
+        )
+    for key in ("max_new_tokens", "num_return_sequences", "num_beams"):
+        if args[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {args[key]}")
+    if args["do_sample"]:
+        if args["temperature"] <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {args['temperature']}")
+        if not 0 < args["top_p"] <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {args['top_p']}")
+        if args["top_k"] < 0:
+            raise ValueError(f"top_k must be >= 0, got {args['top_k']}")
+        if args["num_beams"] > 1:
+            raise ValueError("sampling with beam search is not supported: num_beams=1 when do_sample")
+    if args["cache_implementation"] not in (None, "static", "dynamic"):
+        raise ValueError(
+            f"cache_implementation must be 'static' or 'dynamic', got {args['cache_implementation']!r}"
+        )
+    if args["compile"] and (not args["use_cache"] or args["cache_implementation"] == "dynamic"):
+        raise ValueError(
+            "compile=True compiles the one-token step over the static cache: needs use_cache=True and "
+            "cache_implementation='static' (or unset)"
+        )
+    if args["stop_strings"] and args["decode"] is None:
+        raise ValueError("stop_strings need a tokenizer (or a decode callable) to decode the new tokens")
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_strings: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    num_return_sequences: int = 1,
+    num_beams: int = 1,
+    use_cache: bool = True,
+    seed: int | Sequence[int] | None = None,
+    return_logits: bool = False,
+    prefix_mask: torch.Tensor | None = None,
+    cache_implementation: str | None = None,
+    compile: bool = False,
 ) -> GenerationOutput:
-    """Build the output: completions without their EOS, texts cut before the first stop string."""
-    completion_ids = [
-        new_ids[seq, : length - (reason == "eos")].tolist()
-        for seq, (length, reason) in enumerate(zip(lengths, finish_reasons, strict=True))
-    ]
-    texts = [cut_at_stop(decode(ids), stops) for ids in completion_ids] if decode is not None else None
-    return GenerationOutput(
-        sequences=torch.cat([prompts, new_ids[:, : max(lengths, default=0)]], 1),
-        completion_ids=completion_ids,
-        finish_reasons=finish_reasons,
-        texts=texts,
-        logits=torch.stack(step_logits, 1) if step_logits else None,
+    """Decode continuations of left-padded prompts [B, P] with any transformers causal LM (the HRM included).
+
+    Each sequence stops at EOS, at a stop string, after `max_new_tokens`, or when it fills the model's
+    positions. `tokenizer` (with `decode`, `eos_id`, `pad_id`) or a decode callable is needed for
+    `stop_strings` and gives the trimmed `texts`; `eos_token_id`/`pad_token_id` default to its ids.
+    `use_cache=False` recomputes the whole sequence at every step (the reference the cache must match).
+    `seed` seeds one RNG for the batch, or one RNG per returned sequence when it is a list of N seeds, which
+    makes each sequence's sample independent of what else is in the batch. `cache_implementation`: "dynamic"
+    (transformers' default) or "static" (a preallocated cache: every one-token step has the same shapes);
+    `compile=True` decodes with a `torch.compile`d step over a static cache (compiled on first use, kept by
+    transformers for later calls). `prefix_mask` [B, P] (True on prompt tokens; for models with PrefixLM)
+    makes the prompt bidirectional; the new tokens decode causally.
+    """
+    decode = _decoder(tokenizer)
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    limit = max_positions(model)
+    _check(
+        input_ids,
+        mask,
+        limit,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=num_return_sequences,
+        num_beams=num_beams,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        cache_implementation=cache_implementation,
+        compile=compile,
+        use_cache=use_cache,
+        stop_strings=stop_strings,
+        decode=decode,
     )
+    if eos_token_id is None:
+        eos_token_id = getattr(tokenizer, "eos_id", None)
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or ())
+    if pad_token_id is None:
+        pad_token_id = getattr(tokenizer, "pad_id", None)
+        pad_token_id = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    stops = tuple(stop_strings or ())
+    device = input_ids.device
+    rows = input_ids.shape[0] * num_return_sequences
+    prompt_lengths = mask.sum(-1).repeat_interleave(num_return_sequences)  # real tokens per returned sequence
+    criteria: list[StoppingCriteria] = []
+    if limit is not None:  # positions count real tokens: each row stops when it fills the model's positions
+        max_new_tokens = min(max_new_tokens, limit - int(prompt_lengths.min()))
+        criteria.append(StopAtPositions(input_ids.shape[1], prompt_lengths, limit))
+
+    options: dict[str, Any] = {"do_sample": False}  # sampling is done by PerRowSampler, then picked greedily
+    if do_sample:
+        seeds = [seed] if isinstance(seed, int) else list(seed) if seed is not None else []
+        if len(seeds) > 1 and len(seeds) != rows:
+            raise ValueError(
+                f"seed: got {len(seeds)} seeds for {rows} returned sequences; pass one or one each"
+            )
+        seeds = seeds or [int(torch.randint(0, 2**62, ()).item())]
+        options["logits_processor"] = LogitsProcessorList(
+            [PerRowSampler(seeds, temperature, top_k, top_p, device)]
+        )
+    if stops:
+        assert decode is not None
+        criteria.append(StopOnGeneratedText(input_ids.shape[1], stops, decode))
+    if criteria:
+        options["stopping_criteria"] = StoppingCriteriaList(criteria)
+    if use_cache:
+        options.update(compile_options(compile, device))
+        if cache_implementation is not None:
+            options["cache_implementation"] = cache_implementation
+    if num_beams == 1 and num_return_sequences > 1:  # transformers' greedy search returns one per row: expand
+        input_ids, mask = (
+            input_ids.repeat_interleave(num_return_sequences, 0),
+            mask.repeat_interleave(num_return_sequences, 0),
+        )
+        prefix_mask = None if prefix_mask is None else prefix_mask.repeat_interleave(num_return_sequences, 0)
+        num_return_sequences = 1
+    if prefix_mask is not None:
+        options["prefix_mask"] = prefix_mask.bool()
+    already_compiled = getattr(model, "_compiled_call", None) is not None
+    start = time.perf_counter()
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=mask.long(),
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=num_return_sequences,
+        num_beams=num_beams,
+        eos_token_id=eos_ids or None,
+        pad_token_id=pad_token_id,
+        use_cache=use_cache,
+        return_dict_in_generate=True,
+        output_logits=return_logits,
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    compiled_now = compile and not already_compiled and getattr(model, "_compiled_call", None) is not None
+    budgets = [
+        max_new_tokens if limit is None else min(max_new_tokens, limit - n) for n in prompt_lengths.tolist()
+    ]
+    if num_beams > 1:  # the returned sequences of beam search: num_return_sequences per prompt
+        budgets = [max_new_tokens] * out.sequences.shape[0]
+    result = _finish(input_ids.shape[1], out.sequences, eos_ids, stops, decode, budgets)
+    if return_logits and out.logits:
+        result.logits = torch.stack(list(out.logits), 1)
+    result.compile_seconds = seconds if compiled_now else None
+    return result
+
+
+def _finish(
+    prompt_width: int,
+    sequences: torch.Tensor,
+    eos_ids: list[int],
+    stops: tuple[str, ...],
+    decode: Decoder | None,
+    budgets: list[int],
+) -> GenerationOutput:
+    """Per row: the new ids up to what stopped it (EOS left out), why, and the text cut before a stop string;
+    `budgets`: the new tokens each row may have (max_new_tokens, or fewer where the model's positions end)."""
+    completion_ids, reasons = [], []
+    for ids, budget in zip(sequences[:, prompt_width:].tolist(), budgets, strict=True):
+        ids = ids[:budget]
+        eos_at = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+        head = ids[:eos_at] if eos_at is not None else ids
+        end = _stop_end(head, stops, decode)
+        if end is not None:
+            completion_ids.append(head[:end])
+            reasons.append("stop_string")
+        else:
+            completion_ids.append(head)
+            reasons.append("eos" if eos_at is not None else "length")
+    texts = [cut_at_stop(decode(ids), stops) for ids in completion_ids] if decode is not None else None
+    return GenerationOutput(sequences, completion_ids, reasons, texts)
+
+
+def _stop_end(ids: list[int], stops: tuple[str, ...], decode: Decoder | None) -> int | None:
+    """The length of the shortest prefix of `ids` whose text holds a stop string, or None (no stop string)."""
+    if not stops or decode is None or not any(s in decode(ids) for s in stops):
+        return None
+    return next((end for end in range(1, len(ids) + 1) if tail_has_stop(ids[:end], stops, decode)), len(ids))

@@ -144,7 +144,7 @@ def hrm_config(
     config = check_source(model)
     split.check(config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    return HRMConfig.from_dict(
+    return HRMConfig.from_arch(
         {
             "vocab_size": config.vocab_size,
             "seq_len": seq_len or config.max_position_embeddings,
@@ -282,13 +282,16 @@ def retrofit(
     }
     run_config = _run_config(config, tokenizer, source_info.get("source", ""))
 
-    def extra(step_dir: Path) -> None:
+    from hrm_codegen.families.hrm import HRM
+
+    def extra(step_dir: Path) -> None:  # the weights as every HRM step has them (`<step>/hf/`), the record
+        HRM.save_weights(hrm, hrm.state_dict(), tokenizer, step_dir)
         (step_dir / RETROFIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     save_checkpoint(
         out,
         0,
-        model_state=hrm.state_dict(),
+        model_state=None,
         config=run_config,
         tokenizer=tokenizer,
         train_state={"total_steps": 0, "retrofit": record},
@@ -302,7 +305,7 @@ def _run_config(config: HRMConfig, tokenizer: CodeTokenizer, source: str):
     from hrm_codegen.train_config import compose_config
 
     cfg = compose_config(["arch=hrm_v1", "run_name=retrofit"])
-    arch = {"name": "hrm", **config.to_dict()}
+    arch = {"name": "hrm", **config.arch_dict()}
     cfg.arch = OmegaConf.create(arch)
     cfg.tokenizer.name_or_path = str(source)
     cfg.tokenizer.fingerprint = tokenizer.fingerprint

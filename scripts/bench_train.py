@@ -114,7 +114,7 @@ def build_contenders(args: argparse.Namespace) -> list[Contender]:
         num_heads=args.num_heads,
         forward_dtype=args.dtype,
         attn_backend="sdpa",
-    ).to_dict()
+    ).arch_dict()
     hrm = HierarchicalReasoningModel_ACTV1(hrm_dict).to(args.device)
     contenders = [
         Contender(

@@ -124,7 +124,7 @@ def test_bp_steps_zero_is_full_backpropagation_at_any_cycle_count(tiny_hrm_confi
 @pytest.mark.parametrize("bp_steps", [-1, 1, 7])
 def test_bp_steps_out_of_range_is_refused(tiny_hrm_config, bp_steps):
     with pytest.raises(ValueError, match="bp_steps"):
-        HRMConfig.from_dict({**tiny_hrm_config, "bp_steps": bp_steps})  # H_cycles=2, L_cycles=2: at most 6
+        HRMConfig.from_arch({**tiny_hrm_config, "bp_steps": bp_steps})  # H_cycles=2, L_cycles=2: at most 6
     model = make_model(tiny_hrm_config)
     with pytest.raises(ValueError, match="bp_steps"):
         model.bp_steps = bp_steps
@@ -185,10 +185,10 @@ def test_trainer_calls_the_warmup_before_each_step(gpt2_dir, mbpp_path, tmp_path
 
 
 def test_flops_count_backward_only_within_bp_steps(tiny_hrm_config):
-    cfg = HRMConfig.from_dict(tiny_hrm_config)  # H_cycles=2, L_cycles=2, one layer per level
+    cfg = HRMConfig.from_arch(tiny_hrm_config)  # H_cycles=2, L_cycles=2, one layer per level
     one, full = (
         hrm_flops_per_token(cfg),
-        hrm_flops_per_token(HRMConfig.from_dict({**tiny_hrm_config, "bp_steps": 6})),
+        hrm_flops_per_token(HRMConfig.from_arch({**tiny_hrm_config, "bp_steps": 6})),
     )
     layer = one["no_grad"] / 4  # 6 layer evaluations, 2 of them trained
     assert full["no_grad"] == 0.0
@@ -201,7 +201,7 @@ def test_flops_count_backward_only_within_bp_steps(tiny_hrm_config):
 def test_pre_norm_trains_and_post_stays_the_default(tiny_hrm_config):
     assert compose_config(["arch=hrm_v1"]).arch.norm_type == "post"
     with pytest.raises(ValueError, match="norm_type"):
-        HRMConfig.from_dict({**tiny_hrm_config, "norm_type": "sandwich"})
+        HRMConfig.from_arch({**tiny_hrm_config, "norm_type": "sandwich"})
     post, pre = make_model(tiny_hrm_config), make_model(tiny_hrm_config, norm_type="pre")
     assert post.state_dict().keys() == pre.state_dict().keys()  # scale-free norms: no new parameters
     ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(5))

@@ -73,7 +73,7 @@ def test_model_config_strips_name_and_takes_vocab_from_tokenizer():
     cfg = compose_config(["arch=tiny"])
     mc = model_config(cfg, vocab_size=50257)
     assert "name" not in mc and mc["vocab_size"] == 50257
-    assert HRMConfig.from_dict(mc).hidden_size == cfg.arch.hidden_size
+    assert HRMConfig.from_arch(mc).hidden_size == cfg.arch.hidden_size
     model = build_model(cfg, 321)
     assert isinstance(model, HierarchicalReasoningModel_ACTV1)
     assert model.inner.embed_tokens.embedding_weight.shape == (321, cfg.arch.hidden_size)

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from hrm_codegen.generation import GenerationOutput, cut_at_stop, filter_logits, generate
-from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, KVCache
+from transformers import DynamicCache
+
+from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
 
 VOCAB_TEXT = [chr(ord("a") + i % 26) if i % 7 else "\n" for i in range(97)]  # a fake decoder's token texts
 
@@ -89,11 +91,11 @@ def test_cache_prefill_logits_match_lm_forward(tiny_hrm_config):
     ids, mask = padded_prompts([7, 5])
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     full = model.lm_forward(ids, mask)
-    cache = KVCache()
-    prefix = model.lm_forward(ids[:, :4], mask[:, :4], kv_cache=cache)
-    steps = [
+    cache = DynamicCache()
+    prefix = model.lm_forward(ids[:, :4], mask[:, :4], cache=cache)
+    steps = [  # transformers' convention: the mask covers the cached and the new positions
         model.lm_forward(
-            ids[:, i : i + 1], mask[:, i : i + 1], position_ids=positions[:, i : i + 1], kv_cache=cache
+            ids[:, i : i + 1], mask[:, : i + 1], position_ids=positions[:, i : i + 1], cache=cache
         )
         for i in range(4, 7)
     ]
@@ -250,12 +252,20 @@ def test_per_sequence_seeds_make_samples_independent_of_the_batch(tiny_hrm_confi
         generate(model, ids, mask, seed=[1, 2, 3], **kwargs)
 
 
-def test_transformers_compile_option_maps_to_static_cache_and_compile_config():
-    from hrm_codegen.families.transformers_lm import hf_generate_options
+def test_compile_option_maps_to_static_cache_and_compile_config():
+    from hrm_codegen.generation import compile_options
 
-    on = hf_generate_options({"compile": True}, torch.device("cpu"))
+    on = compile_options(True, torch.device("cpu"))
     assert on["cache_implementation"] == "static" and on["compile_config"]._compile_all_devices
     assert on["compile_config"].mode == "default"
-    off = hf_generate_options({"compile": False, "cache_implementation": "static"}, torch.device("cpu"))
-    assert off == {"cache_implementation": "static", "disable_compile": True}
-    assert hf_generate_options({"num_beams": 2}, torch.device("cpu")) == {"num_beams": 2}
+    assert compile_options(False, torch.device("cpu")) == {"disable_compile": True}
+
+
+@pytest.mark.parametrize("halt_max_steps", [1, 2])
+def test_beam_search_with_the_cache_equals_without(tiny_hrm_config, halt_max_steps):
+    model = make_model(tiny_hrm_config, halt_max_steps=halt_max_steps)
+    ids, mask = padded_prompts([7, 3])
+    cached = generate(model, ids, mask, max_new_tokens=8, num_beams=3, num_return_sequences=2)
+    full = generate(model, ids, mask, max_new_tokens=8, num_beams=3, num_return_sequences=2, use_cache=False)
+    assert cached.sequences.shape[0] == 4
+    assert torch.equal(cached.sequences, full.sequences)

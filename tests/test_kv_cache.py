@@ -1,4 +1,6 @@
-"""KV caches with explicit slots: static == dynamic == full recomputation; slot order is checked; compiled decode."""
+"""The HRM's KV cache is a transformers `Cache` with one layer (slot) per (segment, H cycle, L cycle, level,
+layer) attention call: static == dynamic == full recomputation; a step with another layout of calls is refused;
+the compiled decoding step equals the eager one."""
 
 import time
 
@@ -8,9 +10,9 @@ from test_generation import (  # the same tiny models and prompts as the referen
     make_model,
     padded_prompts,
 )
+from transformers import DynamicCache, StaticCache
 
 from hrm_codegen.generation import generate
-from hrm_codegen.models.layers import KVCache, StaticKVCache
 
 
 @pytest.mark.parametrize("halt_max_steps", [1, 2])
@@ -29,8 +31,8 @@ def test_static_equals_dynamic_equals_full_recompute(tiny_hrm_config, halt_max_s
     torch.testing.assert_close(dynamic.logits, full.logits, atol=1e-4, rtol=0)
 
 
-def test_static_cache_rows_that_finish_early_keep_their_completions(tiny_hrm_config):
-    """The static cache keeps finished rows stepping on pad tokens; the other rows must not notice."""
+def test_rows_that_run_out_of_positions_first_keep_their_completions(tiny_hrm_config):
+    """A row that fills the model's positions stops there while the others go on (static cache and none)."""
     model = make_model(tiny_hrm_config, seq_len=20, halt_max_steps=2)
     ids, mask = padded_prompts([12, 3])  # row 0 runs out of positions after 8 tokens, row 1 goes on
     static = generate(model, ids, mask, max_new_tokens=14, cache_implementation="static")
@@ -39,65 +41,76 @@ def test_static_cache_rows_that_finish_early_keep_their_completions(tiny_hrm_con
     assert [len(c) for c in static.completion_ids] == [8, 14]
 
 
-def _prefill(model, cache, ids, mask):
-    return model.lm_forward(ids, mask, kv_cache=cache, logits_to_keep=1)
+def test_one_slot_per_attention_call(tiny_hrm_config):
+    """Slots follow the call order of a segment: L calls then the H call per H cycle, layer by layer."""
+    model = make_model(tiny_hrm_config, halt_max_steps=2)
+    cfg, inner = model.config, model.inner
+    assert inner.cache_slot(0, 0, 0, "L") == 0
+    assert inner.cache_slot(0, 0, 1, "L") == cfg.L_layers
+    assert inner.cache_slot(0, 0, None, "H") == cfg.L_cycles * cfg.L_layers
+    assert inner.cache_slot(1, 0, 0, "L") == cfg.layer_evals_per_segment
+    ids, mask = padded_prompts([5, 3])
+    cache = DynamicCache()
+    model.lm_forward(ids, mask, cache=cache)
+    assert len(cache.layers) == cfg.num_hidden_layers == 2 * cfg.layer_evals_per_segment
 
 
-@pytest.mark.parametrize("cache_class", [KVCache, lambda: StaticKVCache(16)], ids=["dynamic", "static"])
-def test_a_step_with_another_slot_order_raises(tiny_hrm_config, cache_class):
+def test_a_step_with_another_layout_of_calls_is_refused(tiny_hrm_config):
     model = make_model(tiny_hrm_config, halt_max_steps=1)
     ids, mask = padded_prompts([5, 3])
-    cache = cache_class()
-    _prefill(model, cache, ids, mask)
-    assert cache.order[0] == (0, 0, 0, "L", 0) and cache.order[2] == (0, 0, None, "H", 0)
     one = torch.ones(2, 1, dtype=torch.long)
-    # A step that runs two segments calls keys the prefill never allocated.
-    with pytest.raises(RuntimeError, match="made no such call"):
-        model.lm_forward(one, one, position_ids=one * 5, kv_cache=cache, num_segments=2)
-    # Layers called in another order than at prefill.
-    cache = cache_class()
-    _prefill(model, cache, ids, mask)
-    k = torch.zeros(2, 1, 4, 8)
-    cache.begin_step(one.bool())
-    with pytest.raises(RuntimeError, match=r"has key \(0, 0, None, 'H', 0\)"):
-        cache.update((0, 0, None, "H", 0), k, k)
+    full_mask = torch.cat([mask, one], 1)
+    cache = DynamicCache()
+    model.lm_forward(ids, mask, cache=cache)
+    with pytest.raises(RuntimeError, match="every step must make the prefill's attention calls"):
+        model.lm_forward(one, full_mask, cache=cache, num_segments=2)  # a second segment's calls
+    cache = DynamicCache()
+    model.lm_forward(ids, mask, cache=cache)
+    model.set_cycles(model.config.H_cycles, model.config.L_cycles + 1)
+    with pytest.raises(RuntimeError, match="every step must make the prefill's attention calls"):
+        model.lm_forward(one, full_mask, cache=cache)  # other cycles than at the prefill
 
 
-def test_a_step_that_skips_calls_raises(tiny_hrm_config):
+def test_a_static_cache_without_a_slot_per_call_is_refused(tiny_hrm_config):
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([5, 3])
-    cache = KVCache()
-    _prefill(model, cache, ids, mask)
-    one = torch.ones(2, 1, dtype=torch.long)
-    model.lm_forward(one, one, position_ids=one * 5, kv_cache=cache, num_segments=1)  # half the calls
-    with pytest.raises(RuntimeError, match="previous step made"):
-        cache.begin_step(one.bool())
+    small = model.config.__class__(**{**model.config.arch_dict(), "halt_max_steps": 1})
+    with pytest.raises(ValueError, match="one slot per"):
+        model.lm_forward(ids, mask, cache=StaticCache(config=small, max_cache_len=16))
 
 
 def test_static_cache_steps_match_lm_forward(tiny_hrm_config):
+    """Steps over a transformers StaticCache: the mask covers its whole buffer, `cache_columns` say where the
+    new positions are written."""
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([7, 5])
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     full = model.lm_forward(ids, mask)
-    cache = StaticKVCache(12)
-    prefix = model.lm_forward(ids[:, :4], mask[:, :4], kv_cache=cache)
+    width = 12
+    cache = StaticCache(config=model.config, max_cache_len=width)
+    buffer_mask = torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
+    prefix = model.lm_forward(
+        ids[:, :4], buffer_mask * (torch.arange(width) < 4), cache=cache, cache_columns=torch.arange(4)
+    )
     steps = [
         model.lm_forward(
-            ids[:, i : i + 1], mask[:, i : i + 1], position_ids=positions[:, i : i + 1], kv_cache=cache
+            ids[:, i : i + 1],
+            buffer_mask * (torch.arange(width) <= i),
+            position_ids=positions[:, i : i + 1],
+            cache=cache,
+            cache_columns=torch.tensor([i]),
         )
         for i in range(4, 7)
     ]
     real = mask.bool()
     torch.testing.assert_close(torch.cat([prefix, *steps], 1)[real], full[real], atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="holds 12 positions"):
-        model.lm_forward(ids, mask, kv_cache=cache)
 
 
 @pytest.mark.slow
 def test_compiled_decode_equals_eager(tiny_hrm_config):
-    """One torch.compile of the one-token step (inductor on the CPU), reused by a second call.
+    """transformers compiles the HRM's one-token step over its StaticCache (inductor on the CPU) and reuses it.
 
-    Slow: the inductor compilation took about 110 s on the shared 2-core machine (the rest is instant).
+    Slow: the inductor compilation takes minutes on the shared 2-core machine (the rest is instant).
     """
     model = make_model(tiny_hrm_config, halt_max_steps=2)
     ids, mask = padded_prompts([6, 3])

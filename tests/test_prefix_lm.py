@@ -151,7 +151,7 @@ def test_collate_pads_token_type_ids_with_zero_and_corpus_items_have_none():
 
 def test_flash_attn_backend_is_refused_with_prefix_lm(tiny_hrm_config):
     with pytest.raises(ValueError, match="prefix_lm"):
-        HRMConfig.from_dict({**tiny_hrm_config, "prefix_lm": True, "attn_backend": "flash_attn"})
+        HRMConfig.from_arch({**tiny_hrm_config, "prefix_lm": True, "attn_backend": "flash_attn"})
 
 
 def test_mbpp_batches_mark_the_prompt_tokens(gpt2_dir, mbpp_path):

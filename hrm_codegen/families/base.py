@@ -19,10 +19,12 @@ from torch import nn
 from hrm_codegen.checkpoint import (
     WEIGHTS_FILE,  # a step's weights, for families without a transformers layout
 )
-from hrm_codegen.generation import tail_has_stop
+from hrm_codegen.generation import generate, tail_has_stop
 from hrm_codegen.losses_codegen import LossOutput, codegen_loss
 
 __all__ = ["tail_has_stop"]
+
+HF_DIR = "hf"  # the save_pretrained directory inside a step directory
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,50 @@ class ModelFamily:
         attention_mask: torch.Tensor,
         request: GenerationRequest,
     ) -> Generated:
-        """Decode left-padded prompts [B, P]; one `Generated` row per prompt row."""
-        raise NotImplementedError(f"arch.name={self.name} cannot generate")
+        """Decode left-padded prompts [B, P]; one `Generated` row per prompt row. Every family's model is a
+        transformers causal LM, so this is transformers' `generate` (`decode_request`) unless overridden."""
+        return decode_request(model, input_ids, attention_mask, request)
+
+
+def decode_request(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    request: GenerationRequest,
+    prefix_mask: torch.Tensor | None = None,
+) -> Generated:
+    """Decode a family's `GenerationRequest` with `generation.generate` (one seed per row when given)."""
+    r = request
+    options = dict(r.options)
+    seeds: Any = list(r.seeds) if len(r.seeds) > 1 else (r.seeds[0] if r.seeds else None)
+    out = generate(
+        model,
+        input_ids,
+        attention_mask,
+        max_new_tokens=r.max_new_tokens,
+        do_sample=r.do_sample,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        eos_token_id=r.eos_token_id,
+        pad_token_id=r.pad_token_id,
+        stop_strings=r.stop_strings,
+        tokenizer=r.decode,
+        seed=seeds if r.do_sample else None,
+        prefix_mask=prefix_mask,
+        compile=bool(options.pop("compile", False)),
+        **options,
+    )
+    return Generated(out.completion_ids, out.finish_reasons, out.compile_seconds)
+
+
+def step_weights_file(path: Path) -> Path:
+    """The weights of a step directory: `<step>/hf/model.safetensors` (the save_pretrained layout), or the
+    `model.safetensors` of steps written before it; a weights file as it is."""
+    if not path.is_dir():
+        return path
+    old = path / WEIGHTS_FILE
+    return old if old.is_file() else path / HF_DIR / WEIGHTS_FILE
 
 
 FAMILIES: dict[str, ModelFamily] = {}

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from hrm_codegen.families.base import Generated, GenerationRequest, ModelFamily, TrainState, register_family
+from hrm_codegen.families.base import (
+    HF_DIR,
+    Generated,
+    GenerationRequest,
+    ModelFamily,
+    TrainState,
+    decode_request,
+    register_family,
+    step_weights_file,
+)
 from hrm_codegen.flops import hrm_flops_per_token
-from hrm_codegen.generation import generate
 from hrm_codegen.losses_codegen import LossOutput, codegen_loss
+from hrm_codegen.models.configuration_hrm import HRM_DEFAULTS
 from hrm_codegen.models.hrm_act_v1 import (
     HierarchicalReasoningModel_ACTV1,
     HierarchicalReasoningModel_ACTV1Carry,
@@ -24,14 +33,14 @@ from hrm_codegen.models.hrm_act_v1 import (
 
 
 def _hrm_arch_schema() -> type:
-    """A dataclass with exactly HRMConfig's keys plus `name`; vocab_size null means "from the tokenizer"."""
-    hints = typing.get_type_hints(HRMConfig)
+    """A dataclass with exactly HRMConfig's keys (`HRM_DEFAULTS`) plus `name`, for Hydra's validation; its
+    types come from the defaults (null defaults are optional ints); vocab_size null means "from the tokenizer"."""
     specs: list[tuple[str, Any, Any]] = [("name", str, field(default="hrm"))]
-    for f in dataclasses.fields(HRMConfig):
-        if f.name == "vocab_size":
-            specs.append((f.name, int | None, field(default=None)))
+    for key, default in HRM_DEFAULTS.items():
+        if key == "vocab_size":
+            specs.append((key, int | None, field(default=None)))
         else:
-            specs.append((f.name, hints[f.name], field(default=f.default)))
+            specs.append((key, int | None if default is None else type(default), field(default=default)))
     return dataclasses.make_dataclass("HRMArchConfig", specs)
 
 
@@ -125,7 +134,7 @@ class HrmFamily(ModelFamily):
         return {"hrm_schema": HRMArchConfig}
 
     def check(self, config: dict[str, Any]) -> None:
-        HRMConfig.from_dict(config).validate()
+        HRMConfig.from_arch(config).validate()
 
     def check_packing(self, config: dict[str, Any]) -> None:
         """The HRM keeps packed examples apart by `segment_ids`; its Q-head cannot (see the message)."""
@@ -185,8 +194,23 @@ class HrmFamily(ModelFamily):
         return [f"  enable_q_head=false: no Q-head; turning it on adds {other - total_params:,} parameters"]
 
     def flops_per_token(self, config: dict[str, Any], seq_len: int) -> dict[str, float]:
-        flops = hrm_flops_per_token(HRMConfig.from_dict(config), seq_len)
+        flops = hrm_flops_per_token(HRMConfig.from_arch(config), seq_len)
         return {"train": flops["total"], **flops}
+
+    def save_weights(
+        self, model: nn.Module, state: Mapping[str, torch.Tensor], tokenizer: Any, directory: Path
+    ) -> None:
+        """save_pretrained layout in `<step>/hf/`: `AutoModelForCausalLM.from_pretrained(<step>/hf)` loads it
+        after `import hrm_codegen`, and with trust_remote_code=True (its shipped model code) without it."""
+        from hrm_codegen.hf_export import save_hf
+
+        save_hf(cast(HierarchicalReasoningModel_ACTV1, model), tokenizer, directory / HF_DIR, dict(state))
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        """From a step directory (its `hf/`, or the `model.safetensors` of older steps) or a weights file."""
+        from hrm_codegen.checkpoint import load_model_weights
+
+        load_model_weights(model, step_weights_file(path))
 
     def max_length(self, model: nn.Module) -> int | None:
         return cast(HierarchicalReasoningModel_ACTV1, model).config.seq_len
@@ -198,31 +222,11 @@ class HrmFamily(ModelFamily):
         attention_mask: torch.Tensor,
         request: GenerationRequest,
     ) -> Generated:
-        """KV-cached decoding (`hrm_codegen.generation.generate`), one seed per row when given; with
-        arch.prefix_lm the prompt is prefilled with the prefix mask and the new tokens decode causally."""
-        r = request
-        seeds: Any = list(r.seeds) if len(r.seeds) > 1 else (r.seeds[0] if r.seeds else None)
+        """transformers' `generate` (`hrm_codegen.generation.generate`, the path of every family); with
+        arch.prefix_lm every real prompt token is prefix (bidirectional), as in training."""
         hrm = cast(HierarchicalReasoningModel_ACTV1, model)
-        # PrefixLM: every real prompt token is prefix (bidirectional), as in training.
-        token_type_ids = attention_mask.long() if hrm.config.prefix_lm else None
-        out = generate(
-            hrm,
-            input_ids,
-            attention_mask,
-            token_type_ids=token_type_ids,
-            max_new_tokens=r.max_new_tokens,
-            do_sample=r.do_sample,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            eos_token_id=r.eos_token_id,
-            pad_token_id=r.pad_token_id,
-            stop_strings=r.stop_strings,
-            tokenizer=r.decode,
-            seed=seeds if r.do_sample else None,
-            **dict(r.options),
-        )
-        return Generated(out.completion_ids, out.finish_reasons, out.compile_seconds)
+        prefix = attention_mask.bool() if hrm.config.prefix_lm else None
+        return decode_request(model, input_ids, attention_mask, request, prefix_mask=prefix)
 
 
 HRM = register_family(HrmFamily())

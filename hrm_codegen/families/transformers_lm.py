@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Any, cast
@@ -18,64 +18,21 @@ from typing import Any, cast
 import torch
 from omegaconf import MISSING
 from torch import nn
-from transformers import (
-    CompileConfig,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import PreTrainedModel
 
 from hrm_codegen.families.base import (
-    WEIGHTS_FILE,
-    Generated,
-    GenerationRequest,
+    HF_DIR,
     ModelFamily,
     register_family,
-    tail_has_stop,
+    step_weights_file,
 )
 from hrm_codegen.families.hrm import HRMArchConfig
 from hrm_codegen.flops import llama_flops_per_token
-from hrm_codegen.generation import next_tokens
 from hrm_codegen.models.baseline import build_baseline, check_baseline_packing
 
-HF_DIR = "hf"  # the save_pretrained directory inside a step directory
 # Written into the config.json of a model started from a pretrained one (train.init_from): its steps rebuild
 # the architecture from `<step>/hf/config.json`, not from `arch`.
 PRETRAINED_SOURCE_KEY = "hrm_codegen_init_from"
-
-
-class _StopOnGeneratedText(StoppingCriteria):
-    """Stops a row when the text it generated (never the prompt) ends with a stop string."""
-
-    def __init__(self, prompt_width: int, stops: tuple[str, ...], decode: Callable[[list[int]], str]):
-        self.prompt_width, self.stops, self.decode = prompt_width, stops, decode
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        new = input_ids[:, self.prompt_width :].tolist()
-        done = [tail_has_stop(ids, self.stops, self.decode) for ids in new]
-        return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
-
-
-class _PerRowSampler(LogitsProcessor):
-    """Samples each row's next token with that row's own generator (the HRM's sampler, `next_tokens`) and
-    leaves only that token possible, so greedy `generate` emits it: a completion depends on its own seed alone,
-    never on the other rows of its batch (transformers' sampling draws every row from one global RNG)."""
-
-    def __init__(
-        self, seeds: tuple[int, ...], temperature: float, top_k: int, top_p: float, device: torch.device
-    ):
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        tokens = next_tokens(scores.float(), True, self.temperature, self.top_k, self.top_p, self.generators)
-        chosen = torch.full_like(scores, float("-inf"))
-        return cast(torch.FloatTensor, chosen.scatter_(1, tokens[:, None], 0.0))
 
 
 def load_tied_weights(model: nn.Module, file: Path) -> None:
@@ -156,116 +113,14 @@ class TransformersFamily(ModelFamily):
     def save_weights(
         self, model: nn.Module, state: Mapping[str, torch.Tensor], tokenizer: Any, directory: Path
     ) -> None:
-        """save_pretrained layout in `<step>/hf/` (config.json, weights, generation config, tokenizer).
+        """save_pretrained layout in `<step>/hf/` (config.json, weights, generation config, tokenizer)."""
+        from hrm_codegen.hf_export import save_hf
 
-        The special-token ids go into the generation config and config.json, except pad_token_id in
-        config.json, which would make the embedding of GPT-2's EOS (= its pad token) untrainable when the
-        export is fine-tuned further.
-        """
-        hf_model = cast(PreTrainedModel, model)
-        hf_model.config.bos_token_id, hf_model.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
-        hf_model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
-        )
-        hf_model.save_pretrained(directory / HF_DIR, state_dict=dict(state))
-        tokenizer.save(directory / HF_DIR)
+        save_hf(cast(PreTrainedModel, model), tokenizer, directory / HF_DIR, dict(state))
 
     def load_weights(self, model: nn.Module, path: Path) -> None:
         """From a step directory (its `hf/`, or the `model.safetensors` of older steps) or a weights file."""
-        if path.is_dir():
-            old = path / WEIGHTS_FILE
-            path = old if old.is_file() else path / HF_DIR / WEIGHTS_FILE
-        load_tied_weights(model, path)
-
-    def generate(
-        self,
-        model: nn.Module,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        request: GenerationRequest,
-    ) -> Generated:
-        """transformers' `generate` (its KV cache); stop strings see only the generated tokens."""
-        r = request
-        max_new_tokens = r.max_new_tokens
-        limit = self.max_length(model)
-        if limit is not None:
-            max_new_tokens = max(1, min(max_new_tokens, limit - input_ids.shape[1]))
-        # Sampling: one generator per row (or one for the batch when a single seed is given) picks each token;
-        # greedy decoding over the processed scores then emits it.
-        sampling: dict[str, Any] = {"do_sample": False}
-        if r.do_sample:
-            seeds = r.seeds or (int(torch.randint(0, 2**62, ()).item()),)
-            if len(seeds) not in (1, input_ids.shape[0]):
-                raise ValueError(
-                    f"got {len(seeds)} seeds for {input_ids.shape[0]} rows; pass one or one per row"
-                )
-            sampler = _PerRowSampler(seeds, r.temperature, r.top_k, r.top_p, input_ids.device)
-            sampling["logits_processor"] = LogitsProcessorList([sampler])
-        criteria = None
-        if r.stop_strings:
-            if r.decode is None:
-                raise ValueError("stop_strings need a decode function for the generated tokens")
-            criteria = StoppingCriteriaList(
-                [_StopOnGeneratedText(input_ids.shape[1], r.stop_strings, r.decode)]
-            )
-        options = hf_generate_options(r.options, input_ids.device)
-        with torch.no_grad():
-            out = model.generate(  # type: ignore[operator]
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=r.pad_token_id,
-                eos_token_id=r.eos_token_id,
-                stopping_criteria=criteria,
-                **sampling,
-                **options,
-            )
-        completions, reasons = [], []
-        for ids in out[:, input_ids.shape[1] :].tolist():
-            eos_at = ids.index(r.eos_token_id) if r.eos_token_id in ids else None
-            head = ids[:eos_at] if eos_at is not None else ids[:max_new_tokens]
-            end = _stop_end(head, r)
-            if end is not None:
-                completions.append(head[:end])
-                reasons.append("stop_string")
-            else:
-                completions.append(head)
-                reasons.append("eos" if eos_at is not None else "length")
-        return Generated(completions, reasons)
-
-
-def hf_generate_options(options: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """transformers `generate` keyword arguments from `GenerationRequest.options`.
-
-    `compile` (ours) becomes transformers' own: True is `cache_implementation="static"` (unless given) with a
-    `compile_config` (CUDA graphs on CUDA, plain inductor elsewhere, forced on the CPU, where transformers
-    would not compile by itself); False is `disable_compile=True`. Other keys (`cache_implementation`, ...)
-    pass through as they are.
-    """
-    out = dict(options)
-    compile_flag = out.pop("compile", None)
-    if compile_flag:
-        out.setdefault("cache_implementation", "static")
-        if "compile_config" not in out:
-            config = CompileConfig(mode="reduce-overhead" if device.type == "cuda" else "default")
-            config._compile_all_devices = True  # type: ignore[assignment]
-            out["compile_config"] = config
-    elif compile_flag is not None:
-        out["disable_compile"] = True
-    return out
-
-
-def _stop_end(ids: list[int], r: GenerationRequest) -> int | None:
-    """The length of the shortest prefix of `ids` whose text holds a stop string, or None (no stop string)."""
-    if not r.stop_strings or r.decode is None:
-        return None
-    text = r.decode(ids)
-    if not any(s in text for s in r.stop_strings):
-        return None
-    for end in range(1, len(ids) + 1):
-        if tail_has_stop(ids[:end], r.stop_strings, r.decode):
-            return end
-    return len(ids)
+        load_tied_weights(model, step_weights_file(path))
 
 
 def _transformer_arch_schema() -> type:

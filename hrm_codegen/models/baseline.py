@@ -9,14 +9,13 @@ apart through their restarting position_ids (`check_baseline_packing` says when 
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import transformers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from hrm_codegen.models.hrm_act_v1 import HRMConfig
+from hrm_codegen.models.configuration_hrm import HRM_KEYS, HRMConfig
 from hrm_codegen.tokenization import CodeTokenizer
 
 MATCHES = ("params", "compute")
@@ -58,7 +57,7 @@ def llama_config_from_hrm(
 ) -> LlamaConfig:
     """A LlamaConfig with the HRM's width, heads (grouped-query too), MLP size, RoPE, norm and head settings and a
     matched depth."""
-    cfg = hrm_cfg if isinstance(hrm_cfg, HRMConfig) else HRMConfig.from_dict(dict(hrm_cfg))
+    cfg = hrm_cfg if isinstance(hrm_cfg, HRMConfig) else HRMConfig.from_arch(dict(hrm_cfg))
     if cfg.pos_encodings != "rope":
         raise ValueError(
             f"the transformer baseline uses RoPE; pos_encodings={cfg.pos_encodings!r} is not supported"
@@ -131,14 +130,14 @@ def build_baseline(cfg_dict: dict[str, Any]) -> LlamaForCausalLM:
     Baseline keys: `name` (ignored), `match` ("params" or "compute", default "params"), `num_hidden_layers`
     (overrides the matched depth), `bos_token_id`, `eos_token_id`, `pad_token_id`, `initializer_range`.
     """
-    hrm_keys = {f.name for f in fields(HRMConfig)}
+    hrm_keys = set(HRM_KEYS)
     unknown = sorted(set(cfg_dict) - hrm_keys - set(BASELINE_KEYS))
     if unknown:
         raise ValueError(
             f"unknown transformer-baseline config key(s) {unknown}; expected HRM keys {sorted(hrm_keys)} "
             f"or baseline keys {list(BASELINE_KEYS)}"
         )
-    hrm_cfg = HRMConfig.from_dict({k: v for k, v in cfg_dict.items() if k in hrm_keys})
+    hrm_cfg = HRMConfig.from_arch({k: v for k, v in cfg_dict.items() if k in hrm_keys})
     extra = {k: cfg_dict[k] for k in BASELINE_KEYS if k in cfg_dict and k != "name"}
     return LlamaForCausalLM(llama_config_from_hrm(hrm_cfg, **extra))
 

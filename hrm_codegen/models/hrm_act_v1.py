@@ -1,27 +1,39 @@
-"""Hierarchical Reasoning Model (ACT v1) for autoregressive code generation.
+"""Hierarchical Reasoning Model (ACT v1) for autoregressive code generation, as a transformers model.
 
 A re-implementation of Sapient's HRM (sapientinc/HRM, Apache-2.0, `models/hrm/hrm_act_v1.py` at the
 commit recorded in `UPSTREAM_COMMIT`) with upstream's parameter names and config keys, and these patches:
 causal attention (`causal`), an `input_ids` embedding path without puzzle embeddings, the Q-head/ACT
 halting behind `enable_q_head`, 1-D RoPE (or learned positions), and a KV cache for generation.
+
+`HrmCodegenForCausalLM` (upstream's name `HierarchicalReasoningModel_ACTV1` is the same class) is a
+`PreTrainedModel` + `GenerationMixin`: `forward(carry, batch)` runs one ACT segment (upstream's training
+interface), `forward(input_ids=..., ...)` is a causal LM for transformers' `generate`. Every attention call of
+a forward, (segment, H cycle, L cycle, level, layer), has its own layer of a transformers `Cache` (its slot;
+`HRMConfig.num_hidden_layers` counts them), so `DynamicCache` and `StaticCache` (and with it `torch.compile`
+of the decoding step) work as for any transformers model.
+
+Imports only torch, transformers and its two sibling modules: `save_pretrained` ships the three files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from hrm_codegen.models.layers import (
-    ATTN_BACKENDS,
+from .configuration_hrm import HRMConfig, check_bp_steps
+from .layers import (
     Attention,
     CastedEmbedding,
     CastedLinear,
-    KVCache,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
@@ -29,145 +41,11 @@ from hrm_codegen.models.layers import (
     trunc_normal_init_,
 )
 
+__all__ = ["HRMConfig", "HrmCodegenForCausalLM", "HierarchicalReasoningModel_ACTV1", "check_bp_steps"]
+
 UPSTREAM_COMMIT = "af3e8b1"  # sapientinc/HRM, 2025-07-31: the architecture this port follows
-
-
-@dataclass
-class HRMConfig:
-    """Model configuration; keys and defaults follow upstream `config/arch/hrm_v1.yaml` plus the codegen keys."""
-
-    vocab_size: int = 50257
-    seq_len: int = 512
-    batch_size: int = 1  # kept for upstream config compatibility; the model does not depend on it
-    H_cycles: int = 2
-    L_cycles: int = 2
-    H_layers: int = 4
-    L_layers: int = 4
-    hidden_size: int = 512
-    expansion: float = 4.0
-    num_heads: int = 8
-    pos_encodings: str = "rope"
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    halt_max_steps: int = 1
-    halt_exploration_prob: float = 0.1
-    forward_dtype: str = "float32"
-    puzzle_emb_ndim: int = 0
-    num_puzzle_identifiers: int = 0
-    causal: bool = True
-    enable_q_head: bool = False
-    attn_backend: str = "auto"
-    # PrefixLM: tokens with token_type_ids == 1 (BOS and the prompt) attend bidirectionally within their prompt.
-    prefix_lm: bool = False
-    # Level evaluations (H and L steps together) that carry gradient; 2 = upstream's 1-step gradient.
-    bp_steps: int = 2
-    norm_type: str = "post"  # post (upstream) or pre (HRM-Text: pre-norm blocks, each level ends with a norm)
-    # What real (retrofitted) checkpoints need; each off by default, so the defaults stay upstream's model.
-    num_key_value_heads: int | None = None  # grouped-query attention; null = num_heads
-    intermediate_size: int | None = None  # the SwiGLU width; null = from `expansion` as upstream
-    attention_bias: bool = False  # biases on the q, k, v projections (Qwen2)
-    norm_weights: bool = False  # RMSNorms with a learnable scale (a source's norms); false = scale-free
-    final_norm: str = (
-        "levels"  # pre-norm: "levels" (each level ends with a norm) or "head" (one, before the head)
-    )
-    scale_embeddings: bool = True  # multiply the token embeddings by sqrt(hidden_size) (upstream)
-    tie_word_embeddings: bool = False  # the LM head reads the embedding table
-    zero_init_states: bool = False  # z_H and z_L start at zero instead of the H_init / L_init vectors
-    # Function-preserving recurrence: every level call after a level's first in a segment is gated,
-    # z <- z + gate * (level(z + injection) - z) with a zero-initialised gate vector per level, so a retrofitted
-    # model computes its source at any cycle count until training opens the gates. The gates learn with the
-    # learning rate times recurrence_gate_lr_scale (AdamW moves a parameter ~lr per step; a bare gate would
-    # barely open in a short fine-tune, and a scale inside the forward would inflate its gradient over the
-    # global clipping norm).
-    recurrence_gates: bool = False
-    recurrence_gate_lr_scale: float = 100.0
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> HRMConfig:
-        """Build and validate a config from a plain mapping (unknown keys are an error)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown HRM config key(s) {unknown}; expected a subset of {sorted(known)}")
-        cfg = cls(**config)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Raise ValueError naming the offending key when the configuration cannot be built."""
-        if self.puzzle_emb_ndim != 0:
-            raise ValueError(
-                f"puzzle_emb_ndim={self.puzzle_emb_ndim}: the code-generation port has no puzzle embeddings; "
-                "set puzzle_emb_ndim to 0"
-            )
-        if self.pos_encodings not in ("rope", "learned"):
-            raise ValueError(f"pos_encodings must be 'rope' or 'learned', got {self.pos_encodings!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        kv_heads = self.kv_heads
-        if kv_heads < 1 or self.num_heads % kv_heads:
-            raise ValueError(
-                f"num_key_value_heads={kv_heads} must be >= 1 and divide num_heads={self.num_heads}"
-            )
-        if self.intermediate_size is not None and self.intermediate_size < 1:
-            raise ValueError(f"intermediate_size must be >= 1 or null, got {self.intermediate_size}")
-        if self.final_norm not in ("levels", "head"):
-            raise ValueError(f"final_norm must be 'levels' or 'head', got {self.final_norm!r}")
-        if self.final_norm == "head" and self.norm_type != "pre":
-            raise ValueError("final_norm='head' is for norm_type='pre' (post-norm blocks end normalised)")
-        if self.halt_max_steps < 1:
-            raise ValueError(f"halt_max_steps must be >= 1, got {self.halt_max_steps}")
-        if self.forward_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"forward_dtype must be float32, bfloat16 or float16, got {self.forward_dtype!r}"
-            )
-        if self.attn_backend not in ATTN_BACKENDS:
-            raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
-        for key in ("H_cycles", "L_cycles", "H_layers", "L_layers", "vocab_size", "seq_len"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.norm_type not in ("post", "pre"):
-            raise ValueError(f"norm_type must be 'post' or 'pre', got {self.norm_type!r}")
-        check_bp_steps(self.bp_steps, self.H_cycles, self.L_cycles)
-        if self.prefix_lm and self.attn_backend == "flash_attn":
-            raise ValueError(
-                "prefix_lm=true needs an explicit attention mask, which FlashAttention cannot take; "
-                "set attn_backend to auto or sdpa (SDPA with the prefix mask) or prefix_lm=false"
-            )
-
-    @property
-    def kv_heads(self) -> int:
-        """Key/value heads: num_key_value_heads, or num_heads without grouped-query attention."""
-        return self.num_key_value_heads or self.num_heads
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict view (what `HierarchicalReasoningModel_ACTV1(config_dict)` accepts)."""
-        return asdict(self)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The torch dtype of the forward pass."""
-        return getattr(torch, self.forward_dtype)
-
-    @property
-    def layer_evals_per_segment(self) -> int:
-        """Transformer-block evaluations per token in one ACT segment."""
-        return self.H_cycles * (self.L_cycles * self.L_layers + self.H_layers)
-
-    @property
-    def max_bp_steps(self) -> int:
-        """The bp_steps of full backpropagation through a segment: every H and L step."""
-        return self.H_cycles * (self.L_cycles + 1)
-
-
-def check_bp_steps(bp_steps: int, h_cycles: int, l_cycles: int) -> None:
-    """Raise ValueError unless bp_steps is 0 (full backpropagation) or 2 <= bp_steps <= H_cycles * (L_cycles + 1)."""
-    most = h_cycles * (l_cycles + 1)
-    if bp_steps != 0 and not 2 <= bp_steps <= most:
-        raise ValueError(
-            f"bp_steps must be between 2 (the 1-step gradient) and H_cycles * (L_cycles + 1) = {most} "
-            f"(full backpropagation), or 0 (full backpropagation at any cycle count), got {bp_steps}"
-        )
+# The name of the cache in transformers' outputs and forward arguments (`cache` from 5.2x, `past_key_values` before).
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def gradient_steps(bp_steps: int, h_cycles: int, l_cycles: int | None = None) -> tuple[int, int]:
@@ -260,19 +138,19 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
         self,
         hidden_states: torch.Tensor,
         input_injection: torch.Tensor,
-        cache_key: tuple | None = None,
+        slot: int | None = None,
         gated: bool = False,
         **attn_kwargs,
     ) -> torch.Tensor:
-        """`cache_key` (segment, H cycle, L cycle, level): the KV-cache slot of layer i is (*cache_key, i).
+        """`slot`: the KV-cache slot of this call's first layer (layer i writes slot + i).
 
         `gated`: this call is not the level's first in the segment (the gate applies when there is one).
         """
         state = hidden_states
         hidden_states = hidden_states + input_injection
         for i, layer in enumerate(self.layers):
-            layer_key = None if cache_key is None else (*cache_key, i)
-            hidden_states = layer(hidden_states, cache_key=layer_key, **attn_kwargs)
+            layer_slot = None if slot is None else slot + i
+            hidden_states = layer(hidden_states, slot=layer_slot, **attn_kwargs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
         if gated and self.gate is not None:
@@ -286,7 +164,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
     def __init__(self, config: HRMConfig):
         super().__init__()
         self.config = config
-        dtype = config.dtype
+        dtype = config.forward_torch_dtype
         embed_init_std = 1.0 / math.sqrt(config.hidden_size)
         self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
 
@@ -342,7 +220,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
     def _input_embeddings(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         embedding = self.embed_tokens(input_ids.to(torch.int32))
         if self.config.pos_encodings == "learned":
-            if int(position_ids.max()) >= self.config.seq_len:
+            if not torch.compiler.is_compiling() and int(position_ids.max()) >= self.config.seq_len:
                 raise ValueError(f"position {int(position_ids.max())} exceeds seq_len={self.config.seq_len}")
             embedding = 0.707106781 * (embedding + self.embed_pos(position_ids))
         return self.embed_scale * embedding
@@ -358,8 +236,8 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         """Uninitialised carry of shape [B, S, hidden]; reset it before use."""
         shape = (batch_size, seq_len, self.config.hidden_size)
         return HierarchicalReasoningModel_ACTV1InnerCarry(
-            z_H=torch.empty(shape, dtype=self.config.dtype, device=device),
-            z_L=torch.empty(shape, dtype=self.config.dtype, device=device),
+            z_H=torch.empty(shape, dtype=self.config.forward_torch_dtype, device=device),
+            z_L=torch.empty(shape, dtype=self.config.forward_torch_dtype, device=device),
         )
 
     def reset_carry(self, reset_flag: torch.Tensor, carry: HierarchicalReasoningModel_ACTV1InnerCarry):
@@ -370,6 +248,20 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             z_L=torch.where(flag, self.L_init.to(carry.z_L.dtype), carry.z_L),
         )
 
+    def cache_slot(self, segment: int, h_step: int, l_step: int | None, level: str) -> int:
+        """The KV-cache slot (a transformers `Cache` layer index) of the first layer of one level call.
+
+        A segment's calls in order: for each H cycle, L_cycles L-level calls then one H-level call, each
+        taking as many slots as its level has layers. Layer i of the call writes slot + i.
+        """
+        cfg = self.config
+        per_cycle = self.L_cycles * cfg.L_layers + cfg.H_layers
+        base = (segment * self.H_cycles + h_step) * per_cycle
+        if level == "L":
+            assert l_step is not None, "an L-level call has its L cycle"
+            return base + l_step * cfg.L_layers
+        return base + self.L_cycles * cfg.L_layers
+
     def forward(
         self,
         carry: HierarchicalReasoningModel_ACTV1InnerCarry,
@@ -377,7 +269,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         position_ids: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         last_index: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        cache: Cache | None = None,
         logits_to_keep: int = 0,
         segment: int = 0,
     ):
@@ -386,7 +278,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         `attn_mask` is a boolean [B, 1, S, K] mask (`build_attn_mask`), None for unpadded input;
         `logits_to_keep` > 0 computes logits for the last that many positions only.
         """
-        attn_kwargs: dict[str, Any] = {"attn_mask": attn_mask, "kv_cache": kv_cache}
+        attn_kwargs: dict[str, Any] = {"attn_mask": attn_mask, "cache": cache}
         if self.config.pos_encodings == "rope":
             attn_kwargs["cos_sin"] = self.rotary_emb(position_ids)
         x = self._input_embeddings(input_ids, position_ids)
@@ -401,10 +293,11 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             for l_step in range(l_cycles):
                 l_index = h_step * l_cycles + l_step
                 with _grad_if(l_index >= first_l_grad):
-                    key = (segment, h_step, l_step, "L")
-                    z_L = self.L_level(z_L, z_H + x, key, gated=l_index > 0, **attn_kwargs)
+                    slot = self.cache_slot(segment, h_step, l_step, "L") if cache is not None else None
+                    z_L = self.L_level(z_L, z_H + x, slot, gated=l_index > 0, **attn_kwargs)
             with _grad_if(h_step >= h_cycles - h_grad):
-                z_H = self.H_level(z_H, z_L, (segment, h_step, None, "H"), gated=h_step > 0, **attn_kwargs)
+                slot = self.cache_slot(segment, h_step, None, "H") if cache is not None else None
+                z_H = self.H_level(z_H, z_L, slot, gated=h_step > 0, **attn_kwargs)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
         if self.norm is not None:
@@ -439,16 +332,41 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.bool() * positions).argmax(-1)
 
 
-class HierarchicalReasoningModel_ACTV1(nn.Module):
-    """HRM with the adaptive-computation-time wrapper; `forward(carry, batch)` runs one segment per call."""
+class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
+    """The HRM with the adaptive-computation-time wrapper, as a transformers causal LM.
 
-    def __init__(self, config_dict: dict[str, Any] | HRMConfig):
-        super().__init__()
-        self.config = (
-            config_dict if isinstance(config_dict, HRMConfig) else HRMConfig.from_dict(dict(config_dict))
-        )
-        self.config.validate()
+    `forward(carry, batch)` runs one ACT segment per call (upstream's interface: `initial_carry`, deep
+    supervision, the Q-head); `forward(input_ids=..., attention_mask=..., cache=...)` returns the logits of
+    halt_max_steps fresh segments (`lm_forward`), which is what `generate` and evaluation use.
+    """
+
+    config_class = HRMConfig
+    base_model_prefix = "inner"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["HierarchicalReasoningModel_ACTV1Block"]
+    _supports_sdpa = True
+
+    def __init__(self, config: HRMConfig | dict[str, Any]):
+        if not isinstance(config, HRMConfig):
+            config = HRMConfig.from_arch(dict(config))
+        config.validate_hrm()
+        super().__init__(config)
+        self.config: HRMConfig
         self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Parameters: nothing (the modules initialise themselves; loaded weights overwrite that). The RoPE tables,
+        which are not saved, are recomputed: transformers loads into a model built on the meta device."""
+        if isinstance(module, RotaryEmbedding) and not module.cos_cached.is_meta:
+            module.reset_tables()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.inner.embed_tokens
+
+    def get_output_embeddings(self) -> None:
+        return None  # tied: the head reads embed_tokens' table; untied: `inner.lm_head` (a CastedLinear)
 
     @property
     def cycles(self) -> tuple[int, int]:
@@ -457,11 +375,13 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
 
     def set_cycles(self, H_cycles: int, L_cycles: int) -> None:  # noqa: N803 - upstream's key names
         """Run `H_cycles` x `L_cycles` from now on (a cycles schedule, test-time recurrence); the parameters
-        do not depend on the cycle counts. A bp_steps above these cycles' steps backpropagates through all."""
+        do not depend on the cycle counts. A bp_steps above these cycles' steps backpropagates through all.
+        The config follows, so a cache built from it (`StaticCache(config=...)`) has the slots they need."""
         for key, value in (("H_cycles", H_cycles), ("L_cycles", L_cycles)):
             if int(value) < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         self.inner.H_cycles, self.inner.L_cycles = int(H_cycles), int(L_cycles)
+        self.config.H_cycles, self.config.L_cycles = int(H_cycles), int(L_cycles)
 
     @property
     def bp_steps(self) -> int:
@@ -473,8 +393,8 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         check_bp_steps(value, *self.cycles)
         self.inner.bp_steps = int(value)
 
-    def _batch_views(self, data: dict[str, torch.Tensor], kv_cache: KVCache | None = None):
-        """(input_ids, position_ids, attn_mask, last_index) for a batch dict.
+    def _batch_views(self, data: dict[str, torch.Tensor]):
+        """(input_ids, position_ids, attn_mask, last_index) for an uncached batch dict.
 
         Optional keys: `attention_mask` [B, S] (1 = real token), `position_ids`, `segment_ids`
         (packed batches: example index per token; attention never crosses examples) and `token_type_ids`
@@ -491,25 +411,66 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         if position_ids is None:
             position_ids = default_position_ids(input_ids, mask)
         key_mask = mask.bool() if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        if kv_cache is not None:  # the caller (lm_forward) began the step: the mask covers the cache
-            key_mask = kv_cache.key_mask
-            assert key_mask is not None, "begin the cache step before _batch_views"
-        if prefix is not None and prefix.shape[1] < key_mask.shape[1]:  # cached keys: earlier calls' prompt
-            prefix = torch.cat(
-                [prefix.new_zeros(prefix.shape[0], key_mask.shape[1] - prefix.shape[1]), prefix], 1
-            )
-        needs_mask = (
-            kv_cache is not None or segment_ids is not None or prefix is not None or not bool(key_mask.all())
-        )
+        needs_mask = segment_ids is not None or prefix is not None or not bool(key_mask.all())
         attn_mask = (
             build_attn_mask(key_mask, input_ids.shape[1], self.config.causal, segment_ids, prefix)
             if needs_mask
             else None
         )
-        if kv_cache is not None:  # over the cache's key layout (a static cache: its whole buffer)
-            attn_mask = kv_cache.widen_mask(attn_mask)
         last_index = last_real_index(mask) if mask is not None else None
         return input_ids, position_ids, attn_mask, last_index
+
+    def _cached_views(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        prefix_mask: torch.Tensor | None,
+        cache: Cache,
+        cache_columns: torch.Tensor | None,
+    ):
+        """(position_ids, attn_mask) of a cached step: `input_ids` [B, S] are the new positions.
+
+        `attention_mask` [B, K] covers the cache's key columns (transformers' convention: the cached and the
+        new positions; a static cache's whole buffer, False where nothing is written). `cache_columns` [S]: the
+        columns the new positions are written at (default: the last S of K). `prefix_mask` [B, P <= K] marks
+        the prompt tokens (PrefixLM) from column 0 on.
+        """
+        batch, new = input_ids.shape
+        if attention_mask is None:
+            past = int(cache.get_seq_length())
+            attention_mask = torch.ones(batch, past + new, dtype=torch.bool, device=input_ids.device)
+        key_mask = attention_mask.bool()
+        width = key_mask.shape[1]
+        if cache_columns is None:
+            cache_columns = torch.arange(width - new, width, device=input_ids.device)
+        if position_ids is None:  # real tokens before each new position
+            position_ids = (key_mask.long().cumsum(-1) - 1).clamp_min(0)[:, cache_columns]
+        prefix = None
+        if prefix_mask is not None and self.config.prefix_lm:
+            prefix = F.pad(prefix_mask.bool(), (0, width - prefix_mask.shape[1]), value=False)
+        attn_mask = build_attn_mask(key_mask, new, self.config.causal, None, prefix, cache_columns)
+        return position_ids, attn_mask
+
+    def _check_cache_layout(self, cache: Cache, segments: int) -> None:
+        """Refuse a cache filled by another layout of calls: each (segment, cycle, level, layer) has a fixed slot,
+        so a step that runs other cycles or segments than the prefill would read another call's keys."""
+        layout = (segments, *self.cycles, self.config.L_layers, self.config.H_layers)
+        recorded = getattr(cache, "hrm_layout", None)
+        if recorded is None:
+            cache.hrm_layout = layout  # type: ignore[attr-defined]
+        elif recorded != layout:
+            raise RuntimeError(
+                f"KV cache: filled with (segments, H_cycles, L_cycles, L_layers, H_layers) = {recorded}, but this "
+                f"step runs {layout}; every step must make the prefill's attention calls"
+            )
+        slots = self.inner.cache_slot(segments, 0, 0, "L")  # the first slot after the last segment's
+        fixed = getattr(cache, "layer_class_to_replicate", None) is None
+        if fixed and len(cache.layers) < slots:
+            raise ValueError(
+                f"KV cache: {len(cache.layers)} layers for {slots} attention calls per step (one slot per "
+                "(segment, H cycle, L cycle, level, layer)); build it from the model's config"
+            )
 
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> HierarchicalReasoningModel_ACTV1Carry:
         """A carry in which every sequence is halted, so the first `forward` loads `batch` and resets."""
@@ -522,7 +483,59 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
             current_data={k: torch.zeros_like(v) for k, v in batch.items()},
         )
 
-    def forward(self, carry: HierarchicalReasoningModel_ACTV1Carry, batch: dict[str, torch.Tensor]):
+    def forward(
+        self,
+        carry: HierarchicalReasoningModel_ACTV1Carry | None = None,
+        batch: dict[str, torch.Tensor] | None = None,
+        *,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        cache_columns: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """`forward(carry, batch)`: one ACT segment (returns (new carry, outputs)). Otherwise a causal LM step:
+        logits of `input_ids` (only the new positions when a cache is given, as `cache` or `past_key_values`),
+        a loss with `labels`, and the cache; see `lm_forward` for the other arguments."""
+        if carry is not None or batch is not None:
+            if carry is None or batch is None:
+                raise ValueError("the ACT forward takes both carry and batch: model(carry, batch)")
+            return self.act_forward(carry, batch)
+        if input_ids is None or kwargs.get("inputs_embeds") is not None:
+            raise ValueError("the HRM takes input_ids (inputs_embeds are not supported)")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if cache is not None and not self.config.causal:
+            raise ValueError("the KV cache needs causal attention (causal=true); pass use_cache=False")
+        logits = self.lm_forward(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            cache=cache,
+            logits_to_keep=logits_to_keep or 0,
+            prefix_mask=prefix_mask,
+            cache_columns=cache_columns,
+        )
+        loss = None
+        if labels is not None:
+            shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+            loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)
+        if return_dict is False:
+            return (logits,) if loss is None else (loss, logits)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits)
+        if cache is not None:
+            output[_CACHE_FIELD] = cache
+        return output
+
+    def act_forward(self, carry: HierarchicalReasoningModel_ACTV1Carry, batch: dict[str, torch.Tensor]):
         """One ACT segment: halted sequences restart on `batch`; returns (new carry, outputs)."""
         cfg = self.config
         inner_carry = self.inner.reset_carry(carry.halted, carry.inner_carry)
@@ -562,45 +575,96 @@ class HierarchicalReasoningModel_ACTV1(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         num_segments: int | None = None,
-        kv_cache: KVCache | None = None,
+        cache: Cache | None = None,
         logits_to_keep: int = 0,
+        prefix_mask: torch.Tensor | None = None,
+        cache_columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Plain LM use: logits [B, S, vocab] after `num_segments` (default halt_max_steps) fresh segments.
 
-        With `kv_cache`, `input_ids` are only the new positions; their keys/values are appended to the cache.
-        `token_type_ids` (1 = prompt token) makes the prompt bidirectional when config.prefix_lm (ignored
-        otherwise); with a cache, prefill the prompt with it and decode the new tokens without it.
+        Without a cache, `attention_mask` [B, S] marks the real tokens and `token_type_ids` [B, S] (1 = prompt
+        token) makes the prompt bidirectional when config.prefix_lm (ignored otherwise). With `cache` (a
+        transformers `Cache`), `input_ids` are only the new positions, `attention_mask` covers the cache's keys
+        (see `_cached_views`), and `prefix_mask` [B, P] or, at the prefill, `token_type_ids` mark the prompt.
         `logits_to_keep` > 0 returns logits for the last that many positions only (generation needs one).
         """
-        batch = {"input_ids": input_ids}
-        if attention_mask is not None:
-            batch["attention_mask"] = attention_mask
-        if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
-        if position_ids is not None:
-            batch["position_ids"] = position_ids
-        if kv_cache is not None:  # a new step: its positions' mask joins the cache's
-            new_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            kv_cache.begin_step(new_mask.bool())
-        ids, pos, attn_mask, last_index = self._batch_views(batch, kv_cache)
+        segments = num_segments or self.config.halt_max_steps
+        if cache is None:
+            batch = {"input_ids": input_ids}
+            if attention_mask is not None:
+                batch["attention_mask"] = attention_mask
+            if token_type_ids is None and prefix_mask is not None:  # generated columns are not prompt
+                width = input_ids.shape[1] - prefix_mask.shape[1]
+                token_type_ids = F.pad(prefix_mask.long(), (0, width), value=0)
+            if token_type_ids is not None:
+                batch["token_type_ids"] = token_type_ids
+            if position_ids is not None:
+                batch["position_ids"] = position_ids
+            ids, pos, attn_mask, last_index = self._batch_views(batch)
+        else:
+            self._check_cache_layout(cache, segments)
+            if prefix_mask is None and token_type_ids is not None:
+                prefix_mask = token_type_ids == 1
+            ids, last_index = input_ids, None
+            pos, attn_mask = self._cached_views(
+                input_ids, attention_mask, position_ids, prefix_mask, cache, cache_columns
+            )
         batch_size, seq_len = ids.shape
         carry = self.inner.reset_carry(
             torch.ones(batch_size, dtype=torch.bool, device=ids.device),
             self.inner.empty_carry(batch_size, seq_len, ids.device),
         )
-        segments = num_segments or self.config.halt_max_steps
-        views = (ids, pos, attn_mask, last_index, kv_cache)
+        views = (ids, pos, attn_mask, last_index, cache)
         # Earlier segments only feed the carry: skip most of their LM head.
         for segment in range(segments - 1):
             carry, _, _ = self.inner(carry, *views, logits_to_keep=1, segment=segment)
         _, logits, _ = self.inner(carry, *views, logits_to_keep=logits_to_keep, segment=segments - 1)
         return logits
 
-    def num_parameters(self) -> dict[str, int]:
-        """Parameter counts by component (embeddings, H level, L level, LM head, Q-head)."""
-        counts: dict[str, int] = {}
-        for name, p in self.inner.named_parameters():
-            component = name.split(".")[0]
-            counts[component] = counts.get(component, 0) + p.numel()
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
+        use_cache: bool | None = True,
+        logits_to_keep: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One decoding step's inputs: the positions not yet cached, the mask over the cache's keys (for a static
+        cache the whole buffer, with the columns written at: constant shapes, so a compiled step compiles once),
+        their positions, and the prompt marks. Prompts are left-padded, as transformers expects."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = int(cache.get_seq_length()) if cache is not None else 0
+        new_ids = input_ids[:, past:]
+        new = new_ids.shape[1]
+        if attention_mask is None:  # transformers may drop a mask of ones; the static cache needs one
+            attention_mask = torch.ones_like(input_ids)
+        inputs: dict[str, Any] = {"input_ids": new_ids.contiguous(), "use_cache": use_cache, "cache": cache}
+        if attention_mask is not None:
+            if cache is not None and cache.is_compileable:
+                width = int(_max_cache_length(cache))
+                attention_mask = F.pad(attention_mask, (0, width - attention_mask.shape[1]), value=0)
+                inputs["cache_columns"] = torch.arange(past, past + new, device=input_ids.device)
+            inputs["attention_mask"] = attention_mask
+        if position_ids is None and attention_mask is not None:  # real tokens before each position
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past : past + new]
+        if position_ids is not None:  # rows that finished keep stepping on pad tokens: keep them in the table
+            inputs["position_ids"] = position_ids[:, -new:].clamp(max=self.config.seq_len - 1)
+        if prefix_mask is not None:
+            inputs["prefix_mask"] = prefix_mask
+        elif token_type_ids is not None and past == 0:  # the prompt's marks; later columns are generated text
+            inputs["prefix_mask"] = token_type_ids == 1
+        if logits_to_keep is not None:
+            inputs["logits_to_keep"] = logits_to_keep
+        return inputs
+
+
+HierarchicalReasoningModel_ACTV1 = HrmCodegenForCausalLM  # upstream's name for the ACT model
+
+
+def _max_cache_length(cache: Cache) -> int:
+    """The key columns of a static cache (`get_max_length` in recent transformers, `get_max_cache_shape` before)."""
+    getter = getattr(cache, "get_max_length", None) or getattr(cache, "get_max_cache_shape")  # noqa: B009
+    return int(getter())

@@ -1,4 +1,7 @@
-"""Building blocks of the HRM: casted linear/embedding, RoPE, causal attention with a KV cache, SwiGLU."""
+"""Building blocks of the HRM: casted linear/embedding, RoPE, causal attention with a KV cache, SwiGLU.
+
+Imports only torch, transformers and the config module: `save_pretrained` ships it with the model code.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import Cache
+
+from .configuration_hrm import ATTN_BACKENDS
 
 try:  # FlashAttention is optional and GPU-only.
     from flash_attn import flash_attn_func  # type: ignore[import-not-found]
 except Exception:  # noqa: BLE001 - any import failure (missing, wrong CUDA build) means "not available"
     flash_attn_func = None
-
-ATTN_BACKENDS = ("auto", "sdpa", "eager", "flash_attn")
 
 
 def trunc_normal_init_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0):
@@ -96,14 +100,26 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, max_position_embeddings: int, base: float):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        t = torch.arange(max_position_embeddings, dtype=torch.float32)
-        freqs = torch.outer(t, inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
+        self.dim, self.max_position_embeddings, self.base = dim, max_position_embeddings, base
+        cos, sin = self._tables()
         self.cos_cached: torch.Tensor
         self.sin_cached: torch.Tensor
-        self.register_buffer("cos_cached", emb.cos(), persistent=False)
-        self.register_buffer("sin_cached", emb.sin(), persistent=False)
+        self.register_buffer("cos_cached", cos, persistent=False)
+        self.register_buffer("sin_cached", sin, persistent=False)
+
+    def _tables(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = torch.arange(0, self.dim, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (self.base ** (steps / self.dim))
+        t = torch.arange(self.max_position_embeddings, dtype=torch.float32, device=device)
+        emb = torch.cat((torch.outer(t, inv_freq),) * 2, dim=-1)
+        return emb.cos(), emb.sin()
+
+    def reset_tables(self) -> None:
+        """Recompute the tables where they live (transformers builds a model on the meta device, then moves it)."""
+        cos, sin = self._tables(self.cos_cached.device)
+        with torch.no_grad():
+            self.cos_cached.copy_(cos)
+            self.sin_cached.copy_(sin)
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (cos, sin) of shape [B, S, head_dim] for integer `position_ids` [B, S]."""
@@ -128,222 +144,36 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
     return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
 
-CacheKey = tuple  # (segment, H cycle, L cycle or None, level "H"/"L", layer): one attention call of a step
-
-
-class KVCache:
-    """Dynamic (growing) key/value cache: one slot per attention call of a step, keyed explicitly.
-
-    With causal attention each (segment, H cycle, L cycle, level, layer) call sees only earlier positions, so
-    each call keeps its own slot, addressed by the key the model passes (`cache_key`). The first step
-    (prefill) records the order of the keys; every later step must call the same keys in the same order, or
-    `update` raises (a model that skipped or reordered a call would otherwise read another call's keys).
-    `begin_step()` starts a step (the model's `lm_forward` calls it); each call appends its new keys and
-    values to its slot with `torch.cat`. This is the reference the `StaticKVCache` must match.
-    """
-
-    def __init__(self) -> None:
-        self.slots: dict[CacheKey, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.order: list[CacheKey] = []  # the keys of a step, in call order (fixed by the first step)
-        self._key_mask: torch.Tensor | None = None  # [B, T] bool, True where the cached position is real
-        self.cursor = 0  # calls made in the current step
-        self._frozen = False  # True once a step has run: the key order is fixed
-
-    def _begin(self) -> None:
-        if self.order:  # a step has run (Python state only, so a compiled step keeps constant guards)
-            if self.cursor != len(self.order):
-                raise RuntimeError(
-                    f"KV cache: the previous step made {self.cursor} attention calls, the prefill made "
-                    f"{len(self.order)}; every step must call the same (segment, cycle, level, layer) keys"
-                )
-            self._frozen = True
-        self.cursor = 0
-
-    def _check_key(self, key: CacheKey | None) -> None:
-        """Record `key` (first step) or check it is the next one of the first step's order."""
-        if key is None:
-            raise ValueError("a cached attention call needs its cache_key (segment, H, L, level, layer)")
-        if not self._frozen:
-            if key in self.order:
-                raise RuntimeError(f"KV cache: key {key} called twice in one step")
-            self.order.append(key)
-        else:
-            expected = self.order[self.cursor] if self.cursor < len(self.order) else None
-            if key != expected:
-                raise RuntimeError(
-                    f"KV cache: attention call {self.cursor} of this step has key {key}, but the prefill "
-                    f"{'called ' + str(expected) if expected is not None else 'made no such call'} there; "
-                    "a step must call the layers in the prefill's order"
-                )
-        self.cursor += 1
-
-    def begin_step(self, new_key_mask: torch.Tensor) -> None:
-        """Start a step: record which of the new positions [B, S] are real tokens."""
-        self._begin()
-        old = self._key_mask
-        self._key_mask = new_key_mask if old is None else torch.cat([old, new_key_mask], 1)
-
-    @property
-    def key_mask(self) -> torch.Tensor | None:
-        """[B, T] bool over the cached positions (including the current step's), True on real tokens."""
-        return self._key_mask
-
-    @property
-    def seq_len(self) -> int:
-        """Number of positions cached so far (including the ones of the current step)."""
-        return 0 if self.key_mask is None else self.key_mask.shape[1]
-
-    def widen_mask(self, attn_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """The step's attention mask over the keys `update` returns (here: the cached positions, as is)."""
-        return attn_mask
-
-    def update(
-        self, key: CacheKey | None, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append k, v ([B, S, H, D]) to slot `key`; return its full keys and values [B, T, H, D]."""
-        self._check_key(key)
-        assert key is not None
-        if key in self.slots:
-            old_k, old_v = self.slots[key]
-            k, v = torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)
-        self.slots[key] = (k, v)
-        return k, v
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (e.g. to expand prompts for several samples, or drop finished ones)."""
-        self.slots = {
-            key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.slots.items()
-        }
-        if self._key_mask is not None:
-            self._key_mask = self._key_mask.index_select(0, index)
-
-
-class StaticKVCache(KVCache):
-    """Preallocated cache of `max_len` positions: slots are allocated at prefill, later steps write in place.
-
-    Every attention call attends over the whole buffer ([B, H, max_len, D], zero-initialised) with a mask
-    that hides the positions not written yet, so a one-token step has the same shapes at every position:
-    that step keeps its state in tensors (the next column to write, `position`) and can be compiled once
-    (`torch.compile`, CUDA graphs). Slots are keyed like `KVCache`'s; a step that calls a key the prefill did
-    not allocate, or calls the keys in another order, raises. `reset()` empties it for the next prompts
-    (same batch size), keeping its buffers (and their addresses) and its key order.
-    """
-
-    def __init__(self, max_len: int) -> None:
-        super().__init__()
-        self.max_len = max_len
-        self.buffers: dict[CacheKey, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.mask_buffer: torch.Tensor | None = None  # [B, max_len] bool
-        self.position: torch.Tensor | None = None  # 0-d long: the next column to write
-        self.columns: torch.Tensor | None = None  # [S] long: the columns of the current step
-        self.length = 0  # columns written, as a Python int (kept by multi-token steps only)
-        self._one_token = False
-
-    def begin_step(self, new_key_mask: torch.Tensor) -> None:
-        """Start a step: write the new positions' mask at the next columns (tensor-only for one token)."""
-        self._begin()
-        batch, width = new_key_mask.shape
-        if self.mask_buffer is None:
-            self.mask_buffer = torch.zeros(batch, self.max_len, dtype=torch.bool, device=new_key_mask.device)
-            self.position = torch.zeros((), dtype=torch.long, device=new_key_mask.device)
-        assert self.position is not None
-        if not torch.compiler.is_compiling():
-            start = int(self.position)
-            if start + width > self.max_len:
-                raise ValueError(f"StaticKVCache holds {self.max_len} positions; step needs {start + width}")
-            if batch != self.mask_buffer.shape[0]:
-                raise ValueError(f"StaticKVCache holds {self.mask_buffer.shape[0]} rows; step has {batch}")
-            self.length = start + width
-        self._one_token = width == 1
-        self.columns = self.position + torch.arange(width, device=new_key_mask.device)
-        self.mask_buffer.index_copy_(1, self.columns, new_key_mask.bool())
-        self.position.add_(width)
-
-    @property
-    def key_mask(self) -> torch.Tensor | None:
-        """The mask of the written positions (multi-token steps), or of the whole buffer (one-token steps)."""
-        if self.mask_buffer is None:
-            return None
-        return self.mask_buffer if self._one_token else self.mask_buffer[:, : self.length]
-
-    @property
-    def seq_len(self) -> int:
-        return self.length
-
-    def widen_mask(self, attn_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """The mask over the whole buffer: a one-token step (a decoded token, causal) sees every written real
-        position and itself; a multi-token step's mask over the written positions is padded with False."""
-        assert self.mask_buffer is not None and self.columns is not None
-        if self._one_token:
-            own = torch.arange(self.max_len, device=self.mask_buffer.device) == self.columns
-            return (self.mask_buffer | own)[:, None, None, :]
-        assert attn_mask is not None, "a cached step always has a mask"
-        return F.pad(attn_mask, (0, self.max_len - attn_mask.shape[-1]), value=False)
-
-    def update(
-        self, key: CacheKey | None, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v ([B, S, H, D]) at the step's columns of slot `key`; return the buffers as [B, max_len, H, D]."""
-        self._check_key(key)
-        assert key is not None and self.columns is not None
-        if key not in self.buffers:
-            shape = (k.shape[0], k.shape[2], self.max_len, k.shape[3])
-            self.buffers[key] = (k.new_zeros(shape), v.new_zeros(shape))
-        key_buf, value_buf = self.buffers[key]
-        key_buf.index_copy_(2, self.columns, k.transpose(1, 2))
-        value_buf.index_copy_(2, self.columns, v.transpose(1, 2))
-        return key_buf.transpose(1, 2), value_buf.transpose(1, 2)
-
-    def reset(self) -> None:
-        """Empty the cache for new prompts of the same batch size (buffers, their addresses and key order kept)."""
-        for key_buf, value_buf in self.buffers.values():
-            key_buf.zero_()
-            value_buf.zero_()
-        if self.mask_buffer is not None and self.position is not None:
-            self.mask_buffer.zero_()
-            self.position.zero_()
-        self.length, self.cursor = 0, len(self.order)
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every buffer the steps write in place (for `torch._dynamo.mark_static_address`)."""
-        out = [t for pair in self.buffers.values() for t in pair]
-        return out + [t for t in (self.mask_buffer, self.position) if t is not None]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (new buffers: do it before compiling a step over the cache)."""
-        self.buffers = {
-            key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.buffers.items()
-        }
-        if self.mask_buffer is not None:
-            self.mask_buffer = self.mask_buffer.index_select(0, index)
-
-
 def build_attn_mask(
     key_mask: torch.Tensor,
     query_len: int,
     causal: bool,
     segment_ids: torch.Tensor | None = None,
     prefix_mask: torch.Tensor | None = None,
+    query_columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Boolean [B, 1, Q, K] mask (True = attend) for the last `query_len` of K key positions.
+    """Boolean [B, 1, Q, K] mask (True = attend) for `query_len` queries over K key columns.
 
-    `key_mask` [B, K] hides padding keys; `segment_ids` [B, K] (packed batches) hides keys of other
-    examples. `prefix_mask` [B, K] (PrefixLM, True on prompt tokens) lets a prompt query also see the
-    later prompt keys of its own example: the prompt is bidirectional, everything else stays causal.
-    A query always sees itself, so no row is empty and padding rows stay finite.
+    The queries sit at key columns `query_columns` [Q] (default: the last `query_len`; a static KV cache puts
+    them where it writes). `key_mask` [B, K] hides padding keys and columns not written yet; `segment_ids`
+    [B, K] (packed batches) hides keys of other examples. `prefix_mask` [B, K] (PrefixLM, True on prompt
+    tokens) lets a prompt query also see the later prompt keys of its own example: the prompt is
+    bidirectional, everything else stays causal. A query always sees itself, so no row is empty.
     """
     k_len = key_mask.shape[1]
-    q_pos = torch.arange(k_len - query_len, k_len, device=key_mask.device)[:, None]
+    if query_columns is None:
+        query_columns = torch.arange(k_len - query_len, k_len, device=key_mask.device)
+    q_pos = query_columns[:, None]
     k_pos = torch.arange(k_len, device=key_mask.device)[None, :]
     allowed = key_mask.bool()[:, None, :]
     if causal:
         visible = (k_pos <= q_pos)[None]
         if prefix_mask is not None:
             prefix = prefix_mask.bool()
-            visible = visible | (prefix[:, -query_len:, None] & prefix[:, None, :])
+            visible = visible | (prefix[:, query_columns, None] & prefix[:, None, :])
         allowed = allowed & visible
     if segment_ids is not None:
-        allowed = allowed & (segment_ids[:, -query_len:, None] == segment_ids[:, None, :])
+        allowed = allowed & (segment_ids[:, query_columns, None] == segment_ids[:, None, :])
     allowed = allowed | (k_pos == q_pos)[None]
     return allowed[:, None]
 
@@ -393,14 +223,14 @@ class Attention(nn.Module):
         hidden_states: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
         attn_mask: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        cache_key: CacheKey | None = None,
+        cache: Cache | None = None,
+        slot: int | None = None,
     ) -> torch.Tensor:
         """Attend over `hidden_states` [B, S, hidden].
 
         `attn_mask` is a boolean [B, 1, S, K] mask from `build_attn_mask` (None = plain causal or full
-        attention over S); with `kv_cache` the new keys/values go to its slot `cache_key` (this call's
-        (segment, H cycle, L cycle, level, layer)) and K covers the cache.
+        attention over S); with `cache` (a transformers `Cache`) the new keys/values go to its layer `slot`
+        (this call's (segment, H cycle, L cycle, level, layer) slot) and K covers the cache.
         """
         batch, seq, _ = hidden_states.shape
         n_q, n_kv = self.num_heads, self.num_key_value_heads
@@ -408,17 +238,19 @@ class Attention(nn.Module):
         q, k, v = qkv.split([n_q, n_kv, n_kv], dim=2)
         if cos_sin is not None:
             q, k = apply_rotary_pos_emb(q, k, *cos_sin)
-        if kv_cache is not None:
-            k, v = kv_cache.update(cache_key, k, v)
-        if self._use_flash(q, attn_mask is None and kv_cache is None):
+        if self._use_flash(q, attn_mask is None and cache is None):
             out = flash_attn_func(q, k, v, causal=self.causal)  # type: ignore[misc]
         else:
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+            if cache is not None:
+                if slot is None:
+                    raise ValueError("a cached attention call needs its slot (segment, H, L, level, layer)")
+                k, v = cache.update(k, v, slot)
             if n_kv != n_q:
                 k, v = k.repeat_interleave(n_q // n_kv, dim=1), v.repeat_interleave(n_q // n_kv, dim=1)
-            if attn_mask is None and kv_cache is not None and (self.causal and seq > 1):
-                raise ValueError("a cached multi-token step needs an explicit attn_mask")
-            is_causal = self.causal and attn_mask is None and kv_cache is None
+            if attn_mask is None and cache is not None:
+                raise ValueError("a cached step needs an explicit attn_mask (over the cache's keys)")
+            is_causal = self.causal and attn_mask is None and cache is None
             if self.backend == "eager":
                 out = self._eager(q, k, v, attn_mask, is_causal)
             else:
