@@ -17,6 +17,7 @@ and its logits compared with the checkpoint's, within a tolerance set by the for
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +102,16 @@ def export_hf(ckpt: str | Path, out: str | Path, *, force: bool = False, verify:
 def verify_logits(model: HrmCodegenForCausalLM, out: Path) -> float:
     """Load the export with its shipped code (`trust_remote_code=True`) and compare its logits with `model`'s
     on a small padded batch; raise ExportError beyond the forward dtype's tolerance. Returns the max |diff|."""
-    from transformers import AutoModelForCausalLM
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    exported: Any = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
-    if type(exported).__module__.startswith("hrm_codegen"):
-        raise ExportError(f"{out}: loaded this package's class, not the shipped code (auto_map missing?)")
+    auto_map = json.loads((out / "config.json").read_text()).get("auto_map", {})
+    if "AutoModelForCausalLM" not in auto_map:
+        raise ExportError(
+            f"{out}/config.json has no auto_map for AutoModelForCausalLM: the model code is not shipped"
+        )
+    # The shipped class itself (AutoModelForCausalLM would pick this package's registered class in this process).
+    shipped: Any = get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], str(out))
+    exported = shipped.from_pretrained(str(out))
     generator = torch.Generator().manual_seed(0)
     length = min(16, model.config.seq_len)
     device = next(model.parameters()).device

@@ -30,7 +30,7 @@ def upstream_one_step_logits(model: HierarchicalReasoningModel_ACTV1, ids: torch
     """Upstream's segment written out: every step under no_grad but the last L and the last H step."""
     inner, cfg = model.inner, model.config
     positions = torch.arange(ids.shape[1]).expand_as(ids)
-    kwargs = {"attn_mask": None, "kv_cache": None, "cos_sin": inner.rotary_emb(positions)}
+    kwargs = {"attn_mask": None, "cache": None, "cos_sin": inner.rotary_emb(positions)}
     x = inner._input_embeddings(ids, positions)
     carry = inner.reset_carry(
         torch.ones(ids.shape[0], dtype=torch.bool), inner.empty_carry(ids.shape[0], ids.shape[1])

@@ -1,6 +1,5 @@
 """Hydra configs: the merge order, the groups and presets, the schema, and bad overrides failing early."""
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +10,12 @@ from omegaconf import OmegaConf
 
 from hrm_codegen.inference import build_model, model_config
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, HRMConfig
+from hrm_codegen.models.configuration_hrm import HRM_KEYS as HRM_ARCH_KEYS
 from hrm_codegen.train_config import CONFIG_DIR, compose_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_codegen.py"
-HRM_KEYS = {f.name for f in dataclasses.fields(HRMConfig)}
+HRM_KEYS = set(HRM_ARCH_KEYS)
 
 UPSTREAM = {  # sapientinc/HRM config/arch/hrm_v1.yaml and model defaults
     "H_cycles": 2,

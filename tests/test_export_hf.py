@@ -1,8 +1,8 @@
-"""scripts/export_hf.py: an HRM checkpoint becomes a directory that plain transformers loads with
-`trust_remote_code=True` where hrm_codegen cannot be imported, with the project's logits and greedy tokens;
-a transformers-family checkpoint is copied; the shipped model code is generated from the package's own."""
+"""The HRM's steps and exports are save_pretrained directories: `AutoModelForCausalLM.from_pretrained(<step>/hf)`
+gives the HRM after `import hrm_codegen`; scripts/export_hf.py writes a directory that plain transformers loads
+with `trust_remote_code=True` where hrm_codegen cannot be imported (the package's model files, shipped as they
+are), with the project's logits and greedy/beam tokens; the check of the logits holds in every dtype."""
 
-import ast
 import os
 import subprocess
 import sys
@@ -13,13 +13,12 @@ from typing import cast
 import pytest
 import torch
 
-from hrm_codegen import hf_export
 from hrm_codegen.checkpoint import save_checkpoint
 from hrm_codegen.families import get_family
 from hrm_codegen.generation import generate
-from hrm_codegen.hf_export import ExportError, export_hf, model_source
+from hrm_codegen.hf_export import ExportError, export_hf, verify_logits
 from hrm_codegen.inference import build_model, load_checkpoint
-from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
+from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1, HrmCodegenForCausalLM
 from hrm_codegen.tokenization import load_tokenizer
 from hrm_codegen.train_config import compose_config
 
@@ -28,6 +27,7 @@ EXPORT = REPO / "scripts" / "export_hf.py"
 TINY = ["arch.hidden_size=32", "arch.seq_len=64", "arch.H_layers=1", "arch.L_layers=1"]
 PROMPTS = ["def add(a, b):", "# Write a function that returns the largest of three numbers.\ndef"]
 NEW_TOKENS = 16
+SHIPPED = ("configuration_hrm.py", "layers.py", "hrm_act_v1.py")  # hrm_codegen/models/, as they are
 
 # Runs with hrm_codegen made unimportable: the editable install's finder and the repository leave sys.path.
 ISOLATED = textwrap.dedent(
@@ -82,17 +82,51 @@ def tokenizer(gpt2_dir):
     return load_tokenizer(gpt2_dir)
 
 
-@pytest.fixture(scope="module")
-def hrm_run(tmp_path_factory, gpt2_dir, tokenizer):
+def _hrm_checkpoint(run_dir: Path, gpt2_dir: Path, tokenizer, *overrides: str) -> Path:
     """A launcher checkpoint of a tiny HRM (GPT-2 vocabulary, hidden 32, one layer per level, 2x2 cycles)."""
     cfg = compose_config(
-        ["arch=tiny", *TINY, "arch.H_cycles=2", "arch.L_cycles=2", f"tokenizer.name_or_path={gpt2_dir}"]
+        [
+            "arch=tiny",
+            *TINY,
+            "arch.H_cycles=2",
+            "arch.L_cycles=2",
+            f"tokenizer.name_or_path={gpt2_dir}",
+            *overrides,
+        ]
     )
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer.vocab_size)
-    run_dir = tmp_path_factory.mktemp("ck") / "hrm"
-    save_checkpoint(run_dir, 1, model_state=model.state_dict(), config=cfg, tokenizer=tokenizer)
+    family = get_family("hrm")
+    save_checkpoint(
+        run_dir,
+        1,
+        model_state=None,
+        config=cfg,
+        tokenizer=tokenizer,
+        extra_files=lambda d: family.save_weights(model, model.state_dict(), tokenizer, d),
+    )
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def hrm_run(tmp_path_factory, gpt2_dir, tokenizer):
+    return _hrm_checkpoint(tmp_path_factory.mktemp("ck") / "hrm", gpt2_dir, tokenizer)
+
+
+def test_a_step_loads_with_the_auto_classes_after_import(hrm_run):
+    """`<step>/hf` is a save_pretrained directory: AutoModelForCausalLM gives the HRM, with the step's logits."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    step = hrm_run / "step_1"
+    assert AutoConfig.from_pretrained(step / "hf").model_type == "hrm_codegen"
+    auto = AutoModelForCausalLM.from_pretrained(step / "hf").eval()
+    assert type(auto) is HrmCodegenForCausalLM
+    ours = load_checkpoint(hrm_run).model
+    ids = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 3, 4, 5]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        expected = ours(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(auto(input_ids=ids, attention_mask=mask).logits, expected, atol=0, rtol=0)
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,17 +142,17 @@ def test_export_loads_in_plain_transformers_with_the_projects_logits_and_tokens(
         [sys.executable, str(EXPORT), "--ckpt", str(hrm_run), "--out", str(out)],
         capture_output=True,
         text=True,
-        env=_env(tmp_path),
+        env={**_env(tmp_path), "PYTHONPATH": str(REPO)},  # this checkout's package
         cwd=REPO,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "logits match" in done.stdout
     names = {p.name for p in out.iterdir()}
-    expected = {"config.json", "configuration_hrm_codegen.py", "modeling_hrm_codegen.py", "model.safetensors"}
+    expected = {"config.json", "model.safetensors", *SHIPPED}
     assert expected | {"generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= names
-    modeling = (out / "modeling_hrm_codegen.py").read_text()
-    assert "import hrm_codegen" not in modeling and "from hrm_codegen" not in modeling
+    for name in SHIPPED:  # the package's own files, not a generated or sliced copy
+        assert (out / name).read_text() == (REPO / "hrm_codegen" / "models" / name).read_text(), name
 
     loaded = load_checkpoint(hrm_run)
     model = cast(HierarchicalReasoningModel_ACTV1, loaded.model)
@@ -150,7 +184,7 @@ def test_export_loads_in_plain_transformers_with_the_projects_logits_and_tokens(
 
     with torch.no_grad():
         for name, (ids, mask) in (("plain", plain_inputs), ("padded", padded_inputs)):
-            expected_logits = model.lm_forward(ids, mask)
+            expected_logits = model(input_ids=ids, attention_mask=mask).logits
             real = mask.bool()
             torch.testing.assert_close(
                 result[f"{name}_logits"][real], expected_logits[real], atol=1e-5, rtol=0, msg=name
@@ -197,30 +231,20 @@ def test_transformers_family_checkpoint_is_copied(tmp_path, gpt2_dir, tokenizer)
         export_hf(run_dir, tmp_path / "out")
 
 
-def test_model_source_is_generated_from_the_package_modules():
-    source = model_source()
-    tree = ast.parse(source)
-    imported = [
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    ]
-    assert not [m for m in imported if m and m.startswith("hrm_codegen")]
-    defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-    assert {"HierarchicalReasoningModel_ACTV1", "HRMConfig", "KVCache", "HrmCodegenForCausalLM"} <= defined
-    for module in ("hrm_codegen/models/layers.py", "hrm_codegen/models/hrm_act_v1.py"):
-        body = (REPO / module).read_text()
-        first_def = next(line for line in body.splitlines() if line.startswith(("def ", "class ")))
-        assert first_def in source, module
-
-
-def test_a_model_module_importing_outside_packages_fails_loudly(monkeypatch):
-    from hrm_codegen.inference import LoadedModel  # its module imports omegaconf
-
-    monkeypatch.setitem(hf_export.REQUIRED, "LoadedModel", LoadedModel)
-    with pytest.raises(ExportError, match=r"hrm_codegen\.\w+.* imports"):
-        model_source()
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_logit_check_holds_in_half_precision_and_catches_wrong_weights(
+    dtype, tmp_path, gpt2_dir, tokenizer
+):
+    """The export of a half-precision model is checked (within that dtype's tolerance), not skipped."""
+    run = _hrm_checkpoint(tmp_path / "run", gpt2_dir, tokenizer, f"arch.forward_dtype={dtype}")
+    out = tmp_path / "export"
+    result = export_hf(run, out)
+    assert result.max_abs_diff is not None
+    other = cast(HrmCodegenForCausalLM, load_checkpoint(run).model)
+    with torch.no_grad():
+        other.inner.embed_tokens.embedding_weight.mul_(3.0)  # other weights: the export no longer matches
+    with pytest.raises(ExportError, match=f"beyond the {dtype} tolerance"):
+        verify_logits(other, out)
 
 
 def test_evaluate_model_runs_an_export_only_with_trust_remote_code(hrm_run, tokenizer, tmp_path, monkeypatch):

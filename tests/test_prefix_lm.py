@@ -99,8 +99,8 @@ def test_cached_decoding_with_a_prefix_equals_full_recomputation(tiny_hrm_config
     kwargs = {"max_new_tokens": 10, "num_return_sequences": num_return_sequences, "return_logits": True}
     if num_return_sequences > 1:
         kwargs |= {"do_sample": True, "seed": list(range(3 * num_return_sequences))}
-    cached = generate(model, ids, mask, token_type_ids=mask.long(), **kwargs)
-    full = generate(model, ids, mask, token_type_ids=mask.long(), use_cache=False, **kwargs)
+    cached = generate(model, ids, mask, prefix_mask=mask.bool(), **kwargs)
+    full = generate(model, ids, mask, prefix_mask=mask.bool(), use_cache=False, **kwargs)
     assert cached.completion_ids == full.completion_ids
     assert cached.logits is not None and full.logits is not None
     torch.testing.assert_close(cached.logits, full.logits, atol=1e-4, rtol=1e-4)
@@ -114,7 +114,7 @@ def test_the_family_decodes_with_every_real_prompt_token_as_prefix(tiny_hrm_conf
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     out = get_family("hrm").generate(model, ids, mask, GenerationRequest(max_new_tokens=6))
-    reference = generate(model, ids, mask, token_type_ids=mask.long(), max_new_tokens=6, use_cache=False)
+    reference = generate(model, ids, mask, prefix_mask=mask.bool(), max_new_tokens=6, use_cache=False)
     assert out.completion_ids == reference.completion_ids
 
 

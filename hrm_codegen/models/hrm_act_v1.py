@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -347,9 +347,9 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
     _no_split_modules = ["HierarchicalReasoningModel_ACTV1Block"]
     _supports_sdpa = True
 
-    def __init__(self, config: HRMConfig | dict[str, Any]):
-        if not isinstance(config, HRMConfig):
-            config = HRMConfig.from_arch(dict(config))
+    def __init__(self, config: HRMConfig | dict[str, Any]):  # noqa: D107
+        if not isinstance(config, PretrainedConfig):  # a mapping of HRM keys (a shipped copy's config is
+            config = HRMConfig.from_arch(dict(config))  # another class object: any PretrainedConfig is taken)
         config.validate_hrm()
         super().__init__(config)
         self.config: HRMConfig
