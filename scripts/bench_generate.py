@@ -1,6 +1,6 @@
-"""Benchmark decoding on the CPU: HRM (eager dynamic cache, static cache, static + compiled, int8) vs a
-compute-matched Llama (transformers generate: dynamic, static, static + compiled, int8), and HRM-Text when the
-`hrm_text` family is registered.
+"""Benchmark decoding on the CPU: the HRM vs a compute-matched Llama (and HRM-Text when the `hrm_text` family is
+registered), every model through the same path, `hrm_codegen.generation.generate` (transformers' generate):
+dynamic cache ("eager"), static cache, static cache + torch.compile, int8 weights (dynamic cache).
 
 For each model and batch size it prints tokens/s, the process's peak resident memory so far, the weight bytes
 read per generated token (linear-layer weights times their calls per step, over the batch), the bandwidth
@@ -97,57 +97,27 @@ def weight_bytes_per_step(model: nn.Module, forward: Callable[[], object]) -> in
     return total
 
 
-def hrm_runner(model: HierarchicalReasoningModel_ACTV1, **kw: Any) -> Callable[[torch.Tensor, int], object]:
+def runner(model: nn.Module, **kw: Any) -> Callable[[torch.Tensor, int], object]:
+    """Greedy decoding of exactly `new` tokens (no EOS) through the project's one decoding path."""
+    model.generation_config.eos_token_id = None  # type: ignore[union-attr]
+
     def run(ids: torch.Tensor, new: int) -> object:
-        return generate(model, ids, max_new_tokens=new, **kw)
+        return generate(model, ids, max_new_tokens=new, pad_token_id=0, **kw)
 
     return run
 
 
-def llama_runner(model: nn.Module, **kw: Any) -> Callable[[torch.Tensor, int], object]:
-    def run(ids: torch.Tensor, new: int) -> object:
-        return model.generate(  # type: ignore[operator]
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=0,
-            **kw,
-        )
-
-    return run
-
-
-def compiled_llama_options() -> dict[str, Any]:
-    from hrm_codegen.families.transformers_lm import hf_generate_options
-
-    return hf_generate_options({"compile": True}, torch.device("cpu"))
-
-
-def bench_model(name: str, model: nn.Module, is_hrm: bool, args, bandwidth: float) -> None:
+def bench_model(name: str, model: nn.Module, args, bandwidth: float) -> None:
     """Print one table row per batch size for `model`."""
     quantized = quantize_weights(copy.deepcopy(model), args.quant)
-    if is_hrm:
-        hrm = model  # type: ignore[assignment]
-        runners = {
-            "eager": hrm_runner(hrm, cache_implementation="dynamic"),  # type: ignore[arg-type]
-            "static": hrm_runner(hrm, cache_implementation="static"),  # type: ignore[arg-type]
-            "compiled": hrm_runner(hrm, cache_implementation="static", compile=True),  # type: ignore[arg-type]
-            "int8": hrm_runner(quantized, cache_implementation="static"),  # type: ignore[arg-type]
-        }
-        one = torch.randint(0, args.vocab_size, (1, 1))
-        step_bytes = weight_bytes_per_step(model, lambda: model.lm_forward(one, logits_to_keep=1))  # type: ignore[operator]
-    else:
-        runners = {
-            "eager": llama_runner(model),
-            "static": llama_runner(model, cache_implementation="static", disable_compile=True),
-            "compiled": llama_runner(model, **compiled_llama_options()),
-            "int8": llama_runner(quantized),
-        }
-        one = torch.randint(0, args.vocab_size, (1, 1))
-        step_bytes = weight_bytes_per_step(model, lambda: model(one))
+    runners = {
+        "eager": runner(model, cache_implementation="dynamic"),
+        "static": runner(model, cache_implementation="static"),
+        "compiled": runner(model, compile=True),
+        "int8": runner(quantized, cache_implementation="dynamic"),
+    }
+    one = torch.randint(0, args.vocab_size, (1, 1))
+    step_bytes = weight_bytes_per_step(model, lambda: model(input_ids=one, logits_to_keep=1))
     if args.no_compile:
         del runners["compiled"]
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
@@ -223,12 +193,12 @@ def main() -> None:
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
-    models: list[tuple[str, nn.Module, bool]] = [
-        ("HRM hrm_v1", HierarchicalReasoningModel_ACTV1(hrm_config).eval(), True)
+    models: list[tuple[str, nn.Module]] = [
+        ("HRM hrm_v1", HierarchicalReasoningModel_ACTV1(hrm_config).eval())
     ]
     if not args.no_llama:
         llama = LlamaForCausalLM(llama_config_from_hrm(hrm_config, match="compute")).eval()
-        models.append((f"Llama {llama.config.num_hidden_layers}L (compute-matched)", llama, False))
+        models.append((f"Llama {llama.config.num_hidden_layers}L (compute-matched)", llama))
     if "hrm_text" in FAMILIES:
         try:
             text_config = {
@@ -240,12 +210,11 @@ def main() -> None:
                 "num_heads": args.num_heads,
                 "num_layers_per_stack": args.layers,
             }
-            # A transformers model: timed through its own generate (as the Llama).
-            models.append(("HRM-Text", FAMILIES["hrm_text"].build(text_config).eval(), False))
+            models.append(("HRM-Text", FAMILIES["hrm_text"].build(text_config).eval()))
         except Exception as err:  # noqa: BLE001
             print(f"(HRM-Text not benchmarked: {type(err).__name__}: {err})")
-    for name, model, is_hrm in models:
-        bench_model(name, model, is_hrm, args, bandwidth)
+    for name, model in models:
+        bench_model(name, model, args, bandwidth)
         del model
 
     small = HierarchicalReasoningModel_ACTV1(
@@ -260,7 +229,7 @@ def main() -> None:
             L_cycles=2,
         )
     ).eval()
-    print("\nsmall HRM (hidden 256, 2+2 layers, 2x2 cycles): static cache vs full recomputation")
+    print("\nsmall HRM (hidden 256, 2+2 layers, 2x2 cycles): dynamic cache vs full recomputation")
     print("| batch | full recompute tok/s | cache tok/s | speed-up |\n|---|---|---|---|")
     with torch.inference_mode():
         for batch in [int(b) for b in args.batch_sizes.split(",")]:

@@ -3,7 +3,8 @@
     python scripts/export_hf.py --ckpt checkpoints/<run> --out exports/<run>        # latest step of a run
     python scripts/export_hf.py --ckpt checkpoints/<run>/step_200 --out DIR --force
 
-An HRM checkpoint becomes config.json + generated modeling code + model.safetensors + tokenizer, loaded with
+An HRM checkpoint becomes its save_pretrained directory (config.json with auto_map, the package's model files as they
+are, model.safetensors, tokenizer), loaded with
 `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` where hrm_codegen is not installed; the
 export is loaded back and its logits checked against the checkpoint's (skip with --no-verify). A transformers
 -family checkpoint (the Llama baseline) is copied from its step's hf/ directory.

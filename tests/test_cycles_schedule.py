@@ -35,7 +35,7 @@ def _paths(gpt2_dir: Path, mbpp_path: Path, root: Path) -> list[str]:
 
 
 def _weights(step_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(step_dir / "model.safetensors"))
+    return load_file(str(step_dir / "hf" / "model.safetensors"))
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -143,8 +143,8 @@ def test_sigkill_then_resume_with_a_schedule_equals_an_uninterrupted_run(tmp_pat
         text=True,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert (killed_dir / "step_12" / "model.safetensors").read_bytes() == (
-        tmp_path / "ck" / "ref" / "step_12" / "model.safetensors"
+    assert (killed_dir / "step_12" / "hf" / "model.safetensors").read_bytes() == (
+        tmp_path / "ck" / "ref" / "step_12" / "hf" / "model.safetensors"
     ).read_bytes()
     assert read_train_state(killed_dir / "step_12")["cycles"] == [2, 2]
     assert read_train_state(tmp_path / "ck" / "ref" / "step_6")["cycles"] == [1, 1]  # steps 0-5: (1, 1)
@@ -235,7 +235,7 @@ def test_arch_from_init_errors_name_the_keys(scheduled, tmp_path):
     cases = [
         (["train.arch_from_init=true"], r"train.arch_from_init=true needs train.init_from="),
         (
-            [f"train.init_from={step / 'model.safetensors'}"],
+            [f"train.init_from={step / 'hf' / 'model.safetensors'}"],
             r"train.init_from=.*model.safetensors: .* weights file",
         ),
         ([f"train.init_from={plain_dir}"], r"train.init_from=.*plain: .* is not a checkpoint"),

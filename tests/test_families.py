@@ -83,8 +83,8 @@ def test_every_family_trained_here_evaluates_with_ckpt_alone(paths, mbpp_path, t
     assert summary["num_problems"] == 2
     assert summary["config"]["source"] == f"{family} {(run_dir / 'step_2').resolve()}"
     step_files = {p.name for p in (run_dir / "step_2").iterdir()}
-    # weights are stored once per step: transformers families in hf/, the HRM in model.safetensors
-    assert ("hf" in step_files) != ("model.safetensors" in step_files), step_files
+    # weights are stored once per step, in the save_pretrained layout of hf/ (the HRM's too)
+    assert "hf" in step_files and "model.safetensors" not in step_files, step_files
 
 
 class _BigramLM(nn.Module):

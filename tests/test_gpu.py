@@ -109,7 +109,7 @@ def test_bf16_training_on_cuda_learns_and_saves_fp32_weights(gpt2_dir, mbpp_path
     losses = [r["loss"] for r in read_metrics(tmp_path / "gpu") if "loss" in r]
     assert len(losses) == 40 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    weights = load_file(str(tmp_path / "gpu" / "step_40" / "model.safetensors"))
+    weights = load_file(str(tmp_path / "gpu" / "step_40" / "hf" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in weights.values())
     model, _ = load_model_for_inference(tmp_path / "gpu", device="cuda")
     assert next(model.parameters()).is_cuda

@@ -201,7 +201,7 @@ def test_script_writes_a_step_and_prints_the_split(llama_source, tmp_path):
     done = _script("--source", directory, "--out", tmp_path / "run", "--l-layers", "0:2", "--h-layers", "2:4")
     assert done.returncode == 0, done.stderr
     assert "4 layer evaluations per token" in done.stdout
-    assert (tmp_path / "run" / "step_0" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "step_0" / "hf" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize(
@@ -299,8 +299,8 @@ def test_a_retrofitted_run_resumes_after_sigkill_bit_exactly_evaluates_and_expor
     )
     assert resumed.returncode == 0, resumed.stderr
     ref = tmp_path / "ck" / "ref"
-    assert (killed / "step_6" / "model.safetensors").read_bytes() == (
-        ref / "step_6" / "model.safetensors"
+    assert (killed / "step_6" / "hf" / "model.safetensors").read_bytes() == (
+        ref / "step_6" / "hf" / "model.safetensors"
     ).read_bytes()
     states = [json.loads((ref / f"step_{s}" / "train_state.json").read_text())["cycles"] for s in (2, 6)]
     assert states == [[1, 1], [1, 2]]

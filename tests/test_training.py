@@ -57,7 +57,7 @@ def _train(paths, *overrides):
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / f"step_{step}" / "model.safetensors"))
+    return load_file(str(run_dir / f"step_{step}" / "hf" / "model.safetensors"))
 
 
 def _script(args, cwd, launcher=(sys.executable,), timeout=600):
@@ -332,8 +332,8 @@ def test_sigkill_between_checkpoints_then_resume_equals_an_uninterrupted_run(pat
     assert interrupted_at < 24
     resumed = _script([*args, "run_name=killed", "resume=auto"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert (killed_dir / "step_24" / "model.safetensors").read_bytes() == (
-        tmp_path / "ck" / "ref" / "step_24" / "model.safetensors"
+    assert (killed_dir / "step_24" / "hf" / "model.safetensors").read_bytes() == (
+        tmp_path / "ck" / "ref" / "step_24" / "hf" / "model.safetensors"
     ).read_bytes()
 
 

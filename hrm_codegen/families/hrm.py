@@ -167,7 +167,7 @@ class HrmFamily(ModelFamily):
         if schedule:
             hrm.set_cycles(*cycles_at(step, total_steps, schedule))
         ratio = float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0)
-        target = hrm.config.bp_steps
+        target = hrm.configured_bp_steps
         if ratio > 0 and target > 2:  # 0: full backpropagation whatever the cycles, nothing to warm up
             h_cycles, l_cycles = hrm.cycles  # above these cycles' steps is all of them (full backpropagation)
             hrm.bp_steps = min(bp_steps_at(step, total_steps, target, ratio), h_cycles * (l_cycles + 1))

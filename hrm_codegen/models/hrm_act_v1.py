@@ -382,6 +382,14 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError(f"{key} must be >= 1, got {value}")
         self.inner.H_cycles, self.inner.L_cycles = int(H_cycles), int(L_cycles)
         self.config.H_cycles, self.config.L_cycles = int(H_cycles), int(L_cycles)
+        # The config stays valid: a bp_steps above these cycles' steps is full backpropagation, bp_steps 0.
+        target = self.__dict__.setdefault("_config_bp_steps", self.config.bp_steps)
+        self.config.bp_steps = 0 if target > self.config.max_bp_steps else target
+
+    @property
+    def configured_bp_steps(self) -> int:
+        """The config's bp_steps as built (set_cycles may lower config.bp_steps to 0 for fewer cycles)."""
+        return self.__dict__.get("_config_bp_steps", self.config.bp_steps)
 
     @property
     def bp_steps(self) -> int:
