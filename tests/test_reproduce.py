@@ -1,65 +1,71 @@
-"""scripts/reproduce.py: the rows' recipes are consistent, and the results tables group and annotate rows."""
+"""scripts/reproduce.py: the rows (configs/results/) load and are consistent, nothing composes a config before a
+row runs, and the results tables group and annotate rows."""
 
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import hydra
 import pytest
 
-from hrm_codegen import train_config
+from hrm_codegen import report, reproduction
 from hrm_codegen.families.hrm import cycles_at
+from hrm_codegen.result_rows import Row, RowsFileError, Stage, load_rows
 from hrm_codegen.train_config import compose_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.py"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "reproduce.py"
 
 
 @pytest.fixture(scope="module")
-def reproduce():
-    """The script imported as a module; `import_composes` lists the overrides of the configs its import composed."""
-    composed: list[list[str]] = []
-
-    def recording(overrides=(), *rest, **kwargs):
-        composed.append(list(overrides))
-        return compose_config(overrides, *rest, **kwargs)
-
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # its dataclasses resolve their annotations through sys.modules
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_config, "compose_config", recording)
-        spec.loader.exec_module(module)
-    module.import_composes = composed
-    return module
+def rows() -> dict[str, Row]:
+    """The rows of configs/results/."""
+    return load_rows(list(report.GROUPS))
 
 
 def _arch(overrides: tuple[str, ...]) -> list[str]:
     return [o for o in overrides if o.startswith("arch=")]
 
 
-def test_every_row_composes_and_later_stages_start_from_the_previous_run_with_the_same_model(reproduce):
-    for name, row in reproduce.ROWS.items():
+def test_every_row_composes_and_later_stages_start_from_the_previous_run_with_the_same_model(rows):
+    for name, row in rows.items():
         configs = [compose_config([*stage.overrides, f"run_name={stage.run_name}"]) for stage in row.stages]
-        for stage, cfg in zip(row.stages, configs, strict=True):
-            assert (cfg.data.name == "corpus") == stage.corpus, (name, stage.run_name)
+        if any(cfg.data.name == "corpus" for cfg in configs):
+            assert row.corpus_tokens, name  # scripts/build_corpus.py --max-tokens
         for before, after, cfg in zip(row.stages, row.stages[1:], configs[1:], strict=False):
             assert Path(str(cfg.train.init_from)) == Path("checkpoints") / before.run_name, name
             assert _arch(before.overrides) == _arch(after.overrides), name
             assert configs[0].arch.name == cfg.arch.name
-        assert row.group in reproduce.GROUPS
+        assert row.group in report.GROUPS
 
 
-def test_gpu_rows_share_one_token_budget_and_run_in_bf16(reproduce):
-    gpu = [row for row in reproduce.ROWS.values() if row.group == "gpu"]
+def test_gpu_rows_share_one_token_budget_and_run_in_bf16(rows):
+    gpu = [row for row in rows.values() if row.group == "gpu"]
     assert len(gpu) == 3
     budgets = set()
     for row in gpu:
         for stage in row.stages:
             cfg = compose_config(list(stage.overrides))
             assert cfg.train.mixed_precision == "bf16"
-            budgets.add((stage.corpus, cfg.train.max_steps, cfg.train.epochs, cfg.train.global_batch_size))
+            budgets.add((cfg.data.name, cfg.train.max_steps, cfg.train.epochs, cfg.train.global_batch_size))
     assert len(budgets) == 2  # one pre-training budget and one fine-tuning budget for every model
+
+
+def test_flop_matched_steps_are_the_steps_the_recorded_runs_trained_for(rows):
+    """flops_matched_to, computed when a row runs, gives the step counts of the runs in docs/results."""
+    matched = [n for n, row in rows.items() if row.flops_matched_to and not row.seed_of]
+    assert len(matched) == 7
+    for name in matched:
+        record = REPO / "docs" / "results" / name / "row.json"
+        if not record.is_file():
+            continue
+        row = rows[name]
+        steps = [
+            reproduction.flop_matched_steps(row, stage, reproduction.stage_config(stage))
+            for stage in row.stages
+        ]
+        assert steps == [stage["steps"] for stage in json.loads(record.read_text())["stages"]], name
 
 
 def _record(row: str, label: str, group: str, notes: list[str] | None = None) -> dict:
@@ -85,8 +91,8 @@ def _record(row: str, label: str, group: str, notes: list[str] | None = None) ->
     return record
 
 
-def test_table_renders_rows_notes_and_commands(reproduce):
-    lines = reproduce.table([_record("a", "Model A", "gpu", ["2 samples lost"])], "gpu")
+def test_table_renders_rows_notes_and_commands():
+    lines = report.table([_record("a", "Model A", "gpu", ["2 samples lost"])], "gpu")
     text = "\n".join(lines)
     assert text.startswith("## MBPP results on one GPU")
     assert "| Model A | 1,234 | 5,678 | hw, 2026-11-22 | 1.5 min | 0.4% (of 500) | not run |" in text
@@ -94,16 +100,25 @@ def test_table_renders_rows_notes_and_commands(reproduce):
     assert "- Model A: 2 samples lost" in text
     assert "python scripts/train_codegen.py run_name=a" in text
     assert "mbpp_gpu.png" in text
-    assert "Notes on the measurements" not in "\n".join(reproduce.table([_record("b", "B", "cpu")], "cpu"))
+    assert "Notes on the measurements" not in "\n".join(report.table([_record("b", "B", "cpu")], "cpu"))
 
 
-def test_an_epoch_based_stage_counts_as_finished_and_is_not_rerun(
-    reproduce, tmp_path, monkeypatch, gpt2_dir, mbpp_path
-):
+def test_the_compare_seed_table_puts_a_model_s_seeds_on_one_line(rows, tmp_path):
+    records = [
+        _record("pretrain_then_mbpp_hrm", "HRM", "compare"),
+        _record("pretrain_then_mbpp_hrm_prenorm", "HRM pre-norm", "compare"),
+        {**_record("pretrain_then_mbpp_hrm_s1", "HRM, seed 1", "compare"), "val_loss": 1.7},
+    ]
+    text = report.markdown(records, rows, tmp_path, lambda record: 2e12)
+    assert "| HRM | 2 | 1.500 / 1.700 | 1.600 | 0.100 | 2.00 | 0.4% |" in text
+    assert "| HRM pre-norm | 1 | 1.500 | 1.500 | 0.000 | 2.00 | 0.4% |" in text
+
+
+def test_an_epoch_based_stage_counts_as_finished_and_is_not_rerun(tmp_path, monkeypatch, gpt2_dir, mbpp_path):
     """Running a row's stage twice leaves metrics.jsonl and wall_time.json as the first run wrote them."""
     (tmp_path / "scripts").symlink_to(SCRIPT.parent)
-    monkeypatch.setattr(reproduce, "REPO", tmp_path)
-    stage = reproduce.Stage(
+    monkeypatch.setattr(reproduction, "REPO", tmp_path)
+    stage = Stage(
         "epochs_stage",
         (
             "arch=tiny",
@@ -117,13 +132,14 @@ def test_an_epoch_based_stage_counts_as_finished_and_is_not_rerun(
             "train.num_threads=1",
         ),
     )
-    row = reproduce.Row("epochs", (stage,))
+    row = Row("epochs", "cpu", greedy_batch=1, sampled_batch=1, stages=(stage,))
     args = argparse.Namespace(mbpp=str(mbpp_path), tokenizer=str(gpt2_dir), corpus=None)
-    first = reproduce.train_stage(stage, row, args, [])
+    command = reproduction.train_command({}, row, stage, reproduction.stage_config(stage), args)
+    first = reproduction.train_stage(stage, command, [])
     run_dir = tmp_path / "checkpoints" / "epochs_stage"
     assert first["steps"] == 2  # 8 examples / 4 per step, one epoch
     metrics, wall = (run_dir / "metrics.jsonl").read_bytes(), (run_dir / "wall_time.json").read_bytes()
-    second = reproduce.train_stage(stage, row, args, [])
+    second = reproduction.train_stage(stage, command, [])
     assert second["steps"] == 2 and second["train_wall_s"] == first["train_wall_s"]
     assert (run_dir / "metrics.jsonl").read_bytes() == metrics
     assert (run_dir / "wall_time.json").read_bytes() == wall
@@ -142,11 +158,13 @@ RETROFIT_ROWS = (
 )
 
 
-def test_layer_matched_steps_spend_at_most_the_reference_layer_evaluations(reproduce):
+def test_layer_matched_steps_spend_at_most_the_reference_layer_evaluations():
     schedule = [[0.0, 1, 1], [0.25, 1, 2]]
-    assert reproduce.layer_matched_steps(42, 30, schedule, 15, 15) == 30  # 8 x 30 + 22 x 45 = 1230 <= 1260
-    assert reproduce.layer_matched_steps(42, 30, [[0.0, 1, 1]], 15, 15) == 42  # the identity: the same steps
-    assert reproduce.layer_matched_steps(42, 30, [[0.0, 1, 2]], 15, 15) == 28  # 28 x 45 = 1260
+    assert reproduction.layer_matched_steps(42, 30, schedule, 15, 15) == 30  # 8 x 30 + 22 x 45 = 1230 <= 1260
+    assert (
+        reproduction.layer_matched_steps(42, 30, [[0.0, 1, 1]], 15, 15) == 42
+    )  # the identity: the same steps
+    assert reproduction.layer_matched_steps(42, 30, [[0.0, 1, 2]], 15, 15) == 28  # 28 x 45 = 1260
 
     def cost(steps: int) -> int:  # as the trainer runs the schedule
         return sum(
@@ -154,24 +172,32 @@ def test_layer_matched_steps_spend_at_most_the_reference_layer_evaluations(repro
         )
 
     for reference in (10, 42, 100):
-        steps = reproduce.layer_matched_steps(reference, 30, schedule, 15, 15)
+        steps = reproduction.layer_matched_steps(reference, 30, schedule, 15, 15)
         assert cost(steps) <= reference * 30 < cost(steps + 1)
 
 
-def test_importing_composes_no_config_for_the_retrofit_rows(reproduce):
+def test_the_retrofit_rows_count_no_steps_by_hand(rows):
     """The retrofit rows' config-derived values (train.max_steps) are computed when a row runs."""
-    assert set(RETROFIT_ROWS) <= set(reproduce.ROWS)
-    assert not [o for o in reproduce.import_composes if any("posttrain" in x or "retrofit" in x for x in o)]
+    assert set(RETROFIT_ROWS) <= set(rows)
     for name in RETROFIT_ROWS:
-        row = reproduce.ROWS[name]
-        assert row.group == "retrofit" and row.batch_sizes == (8, 20) and row.sampled_limit == 100
+        row = rows[name]
+        assert row.group == "retrofit" and (row.greedy_batch, row.sampled_batch) == (8, 20)
+        assert row.sampled_limit == 100
         assert not any(o.startswith("train.max_steps=") for stage in row.stages for o in stage.overrides)
         assert row.humaneval == (name != "retrofit_L15x2_test_L1")
 
 
+def test_no_row_counts_train_steps_by_hand(rows):
+    """Step counts come from the experiment configs, or are matched when the row runs."""
+    overrides = [o for row in rows.values() for stage in row.stages for o in stage.overrides]
+    assert not [
+        o for o in overrides if o.startswith(("train.max_steps=", "train.epochs=", "data.corpus_dir="))
+    ]
+
+
 @pytest.fixture
-def fake_repo(reproduce, tmp_path, monkeypatch):
-    """reproduce.py on a temporary repository whose commands are faked: each writes the outputs the real one
+def fake_repo(tmp_path, monkeypatch):
+    """hrm_codegen.reproduction on a temporary repository whose commands are faked: each writes the outputs the real one
     would (source, retrofit step 0, a finished run, an evaluation summary); the commands run are listed."""
     executed: list[list[str]] = []
 
@@ -200,8 +226,9 @@ def fake_repo(reproduce, tmp_path, monkeypatch):
         elif script == "scripts/train_codegen.py":
             cfg = dict(o.partition("=")[::2] for o in rest)
             run, steps = tmp_path / "checkpoints" / cfg["run_name"], int(cfg.get("train.max_steps", 42))
-            if "train.init_from" in cfg:  # the retrofitted arch (train.arch_from_init)
-                arch = (tmp_path / cfg["train.init_from"] / "step_0" / "config.yaml").read_text()
+            init = tmp_path / cfg.get("train.init_from", "none") / "step_0" / "config.yaml"
+            if init.is_file():  # the retrofitted arch (train.arch_from_init)
+                arch = init.read_text()
                 step(run, steps, arch, {"tokens_seen": 2000 * steps})
             else:
                 step(run, steps, "arch:\n  name: transformer\n", {"tokens_seen": 2000 * steps}, hf_layers=30)
@@ -225,11 +252,11 @@ def fake_repo(reproduce, tmp_path, monkeypatch):
             )
         return 1.0
 
-    monkeypatch.setattr(reproduce, "REPO", tmp_path)
-    monkeypatch.setattr(reproduce, "RESULTS", tmp_path / "docs" / "results")
-    monkeypatch.setattr(reproduce, "execute", execute)
-    monkeypatch.setattr(reproduce, "count_parameters", lambda path, outside: 134515008)
-    monkeypatch.setattr(reproduce, "empty_rate", lambda samples, mbpp, problems: 0.0)
+    monkeypatch.setattr(reproduction, "REPO", tmp_path)
+    monkeypatch.setattr(reproduction, "RESULTS", tmp_path / "docs" / "results")
+    monkeypatch.setattr(reproduction, "execute", execute)
+    monkeypatch.setattr(reproduction, "count_parameters", lambda path, outside: 134515008)
+    monkeypatch.setattr(reproduction, "empty_rate", lambda samples, mbpp, problems: 0.0)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     args = argparse.Namespace(
         mbpp="data/mbpp/mbpp.jsonl",
@@ -261,19 +288,19 @@ def _evals(model: str, out: str, extra: str = "", humaneval: bool = True) -> lis
     ]
 
 
-def test_retrofit_rows_run_their_commands_and_the_table_shows_them(reproduce, fake_repo, tmp_path):
+def test_retrofit_rows_run_their_commands_and_the_table_shows_them(rows, fake_repo, tmp_path):
     args, executed = fake_repo
     fetch = f"python scripts/fetch_pretrained.py smollm2-135m-instruct --out {SMOLLM2}"
     retrofit = f"python scripts/retrofit.py --source {SMOLLM2} --out checkpoints/retro_L15x2 --l-layers 0:15"
     retrofit += " --h-layers 15:30 --L-cycles 2"
     with pytest.raises(SystemExit, match="run `python scripts/reproduce.py retrofit_posttrain` first"):
-        reproduce.reproduce("retrofit_L15x2", args)
-    assert [reproduce.shell(c) for c in executed] == [
+        reproduction.reproduce(rows, "retrofit_L15x2", args)
+    assert [reproduction.shell(c) for c in executed] == [
         fetch,
         retrofit,
     ]  # prepared, then stopped before training
 
-    posttrain = reproduce.reproduce("retrofit_posttrain", args)
+    posttrain = reproduction.reproduce(rows, "retrofit_posttrain", args)
     assert posttrain["commands"] == [
         fetch,
         f"python scripts/train_codegen.py experiment=posttrain_mbpp run_name=retrofit_posttrain {TRAIN_ARGS}",
@@ -282,7 +309,7 @@ def test_retrofit_rows_run_their_commands_and_the_table_shows_them(reproduce, fa
     assert posttrain["layer_evals_per_token"] == 30 and posttrain["humaneval"]["num_problems"] == 164
     assert len(executed) == 2 + 4  # the source was there: not fetched again
 
-    recurrent = reproduce.reproduce("retrofit_L15x2", args)
+    recurrent = reproduction.reproduce(rows, "retrofit_L15x2", args)
     assert recurrent["commands"] == [
         fetch,
         retrofit,
@@ -293,19 +320,19 @@ def test_retrofit_rows_run_their_commands_and_the_table_shows_them(reproduce, fa
     ]
     assert recurrent["layer_evals_per_token"] == 45 and recurrent["train_wall_s"] == 1.0
 
-    test_time = reproduce.reproduce("retrofit_L15x2_test_L3", args)
+    test_time = reproduction.reproduce(rows, "retrofit_L15x2_test_L3", args)
     assert test_time["commands"] == _evals(
         "--ckpt checkpoints/retrofit_L15x2_ft/step_30", "retrofit_L15x2_test_L3", "--arch-override L_cycles=3"
     )
     assert test_time["layer_evals_per_token"] == 60 and test_time["val_loss"] is None
     assert test_time["training_tokens"] == recurrent["training_tokens"]
-    one = reproduce.reproduce("retrofit_L15x2_test_L1", args)
+    one = reproduction.reproduce(rows, "retrofit_L15x2_test_L1", args)
     assert one["commands"][-1].endswith(
         "--arch-override L_cycles=1 --no-progress --output outputs/eval/retrofit_L15x2_test_L1/sampled"
     )
     assert one["humaneval"] is None and one["layer_evals_per_token"] == 30
 
-    zero_shot = reproduce.reproduce("retrofit_source_chat", args)
+    zero_shot = reproduction.reproduce(rows, "retrofit_source_chat", args)
     assert zero_shot["commands"] == [
         fetch,
         *_evals(f"--model {SMOLLM2}", "retrofit_source_chat", "--prompt-format chat"),
@@ -316,7 +343,7 @@ def test_retrofit_rows_run_their_commands_and_the_table_shows_them(reproduce, fa
     assert (results / "retrofit_source_chat" / "humaneval.json").is_file()
     assert not (results / "retrofit_source_chat" / "metrics.jsonl").exists()
 
-    reproduce.write_table(list(reproduce.ROWS))
+    reproduction.write_table(rows)
     text = (results / "results.md").read_text()
     assert "## Retrofitting SmolLM2-135M-Instruct into the HRM vs post-training it (CPU)" in text
     assert (
@@ -333,3 +360,145 @@ def test_retrofit_rows_run_their_commands_and_the_table_shows_them(reproduce, fa
     assert len(plots) == 1 and "mbpp_retrofit.png" in plots[0][3]
     runs = plots[0][plots[0].index("--runs") + 1 : plots[0].index("--evals")]
     assert runs == ["docs/results/retrofit_posttrain", "docs/results/retrofit_L15x2"]  # those with metrics
+
+
+@pytest.fixture
+def no_composing(monkeypatch):
+    """Hydra's compose raises: any config composed fails the test."""
+
+    def compose(*args, **kwargs):
+        raise AssertionError(f"a config was composed: {args} {kwargs}")
+
+    monkeypatch.setattr(hydra, "compose", compose)
+
+
+def test_a_flop_matched_row_builds_its_data_and_trains_for_the_steps_matched_when_it_runs(rows, fake_repo):
+    args, _ = fake_repo
+    record = reproduction.reproduce(rows, "pretrain_then_pairs_then_mbpp_llama_compute", args)
+    train = "python scripts/train_codegen.py experiment=pretrain_then_pairs_then_mbpp"
+    assert record["commands"][:5] == [
+        "python scripts/build_corpus.py --out data/corpus/pylib --python-lib --max-tokens 2000000 --tokenizer gpt2 "
+        "--mbpp data/mbpp/mbpp.jsonl",
+        "python scripts/build_pairs.py --python-lib --out data/pairs/pylib --mbpp data/mbpp/mbpp.jsonl "
+        "--tokenizer gpt2",
+        f"{train} arch=transformer_tiny_compute train.max_steps=47 "
+        f"run_name=pretrain_then_pairs_then_mbpp_llama_compute {TRAIN_ARGS} data.corpus_dir=data/corpus/pylib",
+        f"{train}_pairs arch=transformer_tiny_compute "
+        "train.init_from=checkpoints/pretrain_then_pairs_then_mbpp_llama_compute train.max_steps=47 "
+        f"run_name=pretrain_then_pairs_then_mbpp_pairs_llama_compute {TRAIN_ARGS}",
+        f"{train}_finetune arch=transformer_tiny_compute "
+        "train.init_from=checkpoints/pretrain_then_pairs_then_mbpp_pairs_llama_compute train.max_steps=87 "
+        f"run_name=pretrain_then_pairs_then_mbpp_finetune_llama_compute {TRAIN_ARGS}",
+    ]
+    assert [stage["steps"] for stage in record["stages"]] == [47, 47, 87]
+
+
+def test_importing_the_script_and_loading_the_rows_compose_no_config(no_composing):
+    spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "retrofit_L15x2" in load_rows(list(report.GROUPS))
+
+
+def test_table_composes_no_config(rows, fake_repo, tmp_path, no_composing):
+    """`table` reads the records alone (the compare group's training TFLOPs aside: they need the models)."""
+    results = tmp_path / "docs" / "results"
+    for name, group in (("mbpp_cpu_hrm", "cpu"), ("gpu_pretrain_then_mbpp_hrm", "gpu")):
+        (results / name).mkdir(parents=True)
+        (results / name / "row.json").write_text(json.dumps(_record(name, name, group)))
+    for name in ("retrofit_posttrain", "retrofit_L15x2_test_L3"):
+        (results / name).mkdir(parents=True)
+        record = {**_record(name, name, "retrofit"), "humaneval": None, "layer_evals_per_token": 30}
+        (results / name / "row.json").write_text(json.dumps(record))
+    reproduction.write_table(rows)
+    text = (results / "results.md").read_text()
+    assert "| mbpp_cpu_hrm | 1,234 |" in text and "| retrofit_posttrain | 30 | 5,678 |" in text
+
+
+def _write_rows(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+GOOD = "defaults: {greedy_batch: 8, sampled_batch: 20}\nrows:\n  a:\n    label: A\n    model: sources/x\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"cpu.yaml": "rows: [\n"}, r"cpu.yaml: not valid YAML"),
+        ({"cpu.yaml": GOOD, "other.yaml": GOOD}, r"\['other.yaml'\] name no results table"),
+        ({}, r"cpu.yaml: cannot be read"),
+        ({"cpu.yaml": GOOD + "    colour: red\n"}, r"cpu.yaml: row a: unknown key\(s\) \['colour'\]"),
+        (
+            {"cpu.yaml": GOOD + "    greedy_batch: '8'\n"},
+            r"cpu.yaml: row a: key greedy_batch: expected an integer",
+        ),
+        (
+            {"cpu.yaml": GOOD + "    humaneval: 1\n"},
+            r"cpu.yaml: row a: key humaneval: expected true or false",
+        ),
+        ({"cpu.yaml": "rows:\n  a: {label: A, model: x}\n"}, r"cpu.yaml: row a: key greedy_batch is missing"),
+        (
+            {"cpu.yaml": GOOD + "    evaluates: a\n"},
+            r"cpu.yaml: row a: expected exactly one of stages, model",
+        ),
+        (
+            {"cpu.yaml": GOOD + "    stages: [{run_name: r}]\n"},
+            r"cpu.yaml: row a: stage 0: expected the keys",
+        ),
+        (
+            {"cpu.yaml": GOOD + "    stages: [{run_name: r, overrides: experiment=x}]\n"},
+            r"cpu.yaml: row a: stage 0: key overrides: expected a list of strings",
+        ),
+        (
+            {"cpu.yaml": GOOD + "  b: {label: B, evaluates: c}\n"},
+            r"cpu.yaml: row b: key evaluates: 'c' is not a row that trains",
+        ),
+        (
+            {"cpu.yaml": GOOD + "  a_s1: {seed_of: a, seed: 1}\n"},
+            r"cpu.yaml: row a_s1: key seed_of: 'a' is not",
+        ),
+        (
+            {"cpu.yaml": GOOD + "  a_s1: {seed_of: a, seed: 1, label: X}\n"},
+            r"cpu.yaml: row a_s1: a seed variant has exactly the keys seed_of and seed",
+        ),
+        (
+            {"cpu.yaml": GOOD + "    prepare: [{command: [x.py]}]\n"},
+            r"cpu.yaml: row a: prepare 0: expected a mapping with the keys command and done",
+        ),
+        (
+            {
+                "cpu.yaml": GOOD.replace(
+                    "model: sources/x",
+                    "flops_matched_to: [arch=tiny]\n    stages: [{run_name: r, overrides: [arch=tiny]}]",
+                )
+            },
+            r"cpu.yaml: row a: stage 0: key overrides: flops_matched_to needs one experiment= override",
+        ),
+    ],
+)
+def test_a_bad_rows_file_stops_with_one_message_naming_file_row_and_key(tmp_path, files, message):
+    directory = _write_rows(tmp_path / "results", files)
+    with pytest.raises(RowsFileError, match=message):
+        load_rows(["cpu"], directory)
+
+
+def test_a_row_defined_twice_is_named_with_both_files(tmp_path):
+    directory = _write_rows(tmp_path / "results", {"cpu.yaml": GOOD, "gpu.yaml": GOOD})
+    with pytest.raises(RowsFileError, match=r"gpu.yaml: row a: already defined in .*cpu.yaml"):
+        load_rows(["cpu", "gpu"], directory)
+
+
+def test_the_script_reports_a_bad_rows_file_in_one_line(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    directory = _write_rows(tmp_path / "results", {"cpu.yaml": GOOD + "    colour: red\n"})
+    monkeypatch.setattr(module, "load_rows", lambda groups: load_rows(["cpu"], directory))
+    with pytest.raises(SystemExit, match=r"^error: .*cpu.yaml: row a: unknown key"):
+        module.main(["table"])

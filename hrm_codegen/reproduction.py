@@ -1,0 +1,442 @@
+"""Reproduce a row of the results tables: run its commands and record docs/results/<row>/ (scripts/reproduce.py).
+
+A row (`hrm_codegen.result_rows`) runs its commands in order, each printed and recorded in row.json: preparing
+commands, building the corpus or the mined pairs when a stage trains on them, one training run per stage
+(scripts/train_codegen.py), then scripts/evaluate.py: greedy pass@1 (n=1), pass@1/pass@10 from n=20 samples at
+temperature 0.8, top-p 0.95, and greedy pass@1 on HumanEval for the rows that ask. A step whose output is
+complete (a corpus manifest, a run at its last step, an evaluation summary) is skipped, so an interrupted row
+continues where it stopped. Configs are composed here, when a row runs: the corpus and pairs a stage trains on,
+and its train.max_steps when the row matches another model's training FLOPs or layer evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from hrm_codegen import report, runs
+from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
+from hrm_codegen.families import get_family
+from hrm_codegen.inference import load_model_for_inference, model_config
+from hrm_codegen.result_rows import Row, Stage
+from hrm_codegen.train_config import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+VOCAB_SIZE = 50257  # the analytic FLOPs of every row count GPT-2's head
+MAX_NEW_TOKENS = "128"
+SAMPLING = ["--num-samples", "20", "--temperature", "0.8", "--top-p", "0.95", "--k", "1,10"]
+GREEDY = ["--num-samples", "1", "--temperature", "0", "--k", "1"]
+
+
+def shell(command: list[str]) -> str:
+    """The command as one shell line (this interpreter shown as `python`), with the thread setting it ran under."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    shown = ["python" if part == sys.executable else part for part in command]
+    return (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(shown)
+
+
+def execute(command: list[str]) -> float:
+    """Run a command from the repository root, stop on failure; its wall time in seconds."""
+    print(f"$ {shell(command)}", flush=True)
+    start = time.perf_counter()
+    if subprocess.run(command, cwd=REPO).returncode != 0:
+        sys.exit(f"error: command failed: {shell(command)}")
+    return time.perf_counter() - start
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def stage_config(stage: Stage) -> DictConfig:
+    """The composed config of a stage's run."""
+    return compose_config([*stage.overrides, f"run_name={stage.run_name}"])
+
+
+def train_flops_per_token(cfg: DictConfig) -> float:
+    """The analytic training FLOPs per token of a config's model at its data's sequence length."""
+    family = get_family(cfg.arch.name)
+    return family.flops_per_token(model_config(cfg, VOCAB_SIZE), cfg.data.seq_len)["train"]
+
+
+def flop_matched_steps(row: Row, stage: Stage, cfg: DictConfig) -> int:
+    """The stage's train.max_steps: its experiment's steps scaled so that the stage's model (`cfg`) spends the
+    analytic training FLOPs the experiment spends with the row's `flops_matched_to` overrides (same batch and
+    block sizes, so the same data order, cut where the budget ends)."""
+    experiment = [o for o in stage.overrides if o.startswith("experiment=")]
+    reference = compose_config([*experiment, *row.flops_matched_to])
+    if reference.train.max_steps is None:
+        sys.exit(
+            f"error: {stage.run_name} matches the training FLOPs of {experiment[0]} with "
+            f"{list(row.flops_matched_to)}, which sets no train.max_steps"
+        )
+    return round(reference.train.max_steps * train_flops_per_token(reference) / train_flops_per_token(cfg))
+
+
+def layer_matched_steps(
+    reference_steps: int,
+    reference_layers: int,
+    schedule: Sequence[Sequence[float]],
+    l_layers: int,
+    h_layers: int,
+) -> int:
+    """The most optimizer steps N whose layer evaluations per token stay within the reference run's
+    (`reference_steps` x `reference_layers`): step s costs H_cycles x (L_cycles x `l_layers` + `h_layers`) with
+    the cycles of the `schedule` entry ([start_fraction, H_cycles, L_cycles]) in force at s, from step
+    round(start_fraction x N) on, as train.cycles_schedule runs them. Same tokens per step, so this matches the
+    analytic training FLOPs of the layers (embedding and head aside)."""
+
+    def per_step(entry: Sequence[float]) -> int:
+        return int(entry[1]) * (int(entry[2]) * l_layers + h_layers)
+
+    def cost(steps: int) -> int:
+        starts = [round(float(entry[0]) * steps) for entry in schedule]
+        total = 0
+        for step in range(steps):  # the last entry started by `step` (the first one before any), as cycles_at
+            started = [entry for entry, start in zip(schedule, starts, strict=True) if start <= step]
+            total += per_step(started[-1] if started else schedule[0])
+        return total
+
+    budget = reference_steps * reference_layers
+    bound = budget // min(per_step(entry) for entry in schedule)
+    return max(n for n in range(bound + 1) if cost(n) <= budget)
+
+
+def arch_overrides(eval_args: Sequence[str]) -> dict[str, Any]:
+    """The `--arch-override KEY=VALUE` pairs of evaluate.py arguments, values read as YAML scalars."""
+    pairs = [
+        value for flag, value in zip(eval_args, eval_args[1:], strict=False) if flag == "--arch-override"
+    ]
+    return {key: yaml.safe_load(value) for key, _, value in (pair.partition("=") for pair in pairs)}
+
+
+def saved_arch(step_dir: Path) -> dict[str, Any]:
+    """The `arch` section of a step directory's saved config."""
+    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(step_dir / runs.CONFIG_FILE).arch))
+
+
+def layer_evals(path: Path, overrides: Mapping[str, Any] | None = None) -> int | None:
+    """Decoder-layer evaluations per token of a model: H_cycles x (L_cycles x L_layers + H_layers) of an HRM
+    step's arch with `overrides` applied, else `num_hidden_layers` of a transformers directory (an outside
+    model, or a step's hf/ export); None when neither says."""
+    if (path / runs.CONFIG_FILE).is_file():
+        arch = {**saved_arch(path), **(overrides or {})}
+        if arch.get("name") == "hrm":
+            return arch["H_cycles"] * (arch["L_cycles"] * arch["L_layers"] + arch["H_layers"])
+    for config in (path / "config.json", path / "hf" / "config.json"):
+        if config.is_file():
+            return read_json(config).get("num_hidden_layers")
+    return None
+
+
+def matched_max_steps(rows: Mapping[str, Row], stage: Stage, cfg: DictConfig) -> int:
+    """The stage's train.max_steps, computed when it runs: `layer_matched_steps` against the finished final run
+    of row `stage.layers_matched_to`, with the stage's train.cycles_schedule (else its init arch's cycles) and
+    the L and H layers of its init checkpoint's arch (train.init_from, with train.arch_overrides)."""
+    reference = rows[stage.layers_matched_to].stages[-1].run_name
+    ref_dir = REPO / "checkpoints" / reference
+    if not runs.finished(ref_dir):
+        sys.exit(
+            f"error: {stage.run_name} trains for the layer evaluations of run {reference}, which has not "
+            f"finished: run `python scripts/reproduce.py {stage.layers_matched_to}` first"
+        )
+    ref_step = runs.latest_step_dir(ref_dir)
+    assert ref_step is not None
+    state, ref_layers = runs.read_train_state(ref_step), layer_evals(ref_step)
+    if ref_layers is None:
+        sys.exit(f"error: {ref_step} does not say its layers per token (no hf/config.json, not an HRM)")
+    init = runs.resolve_checkpoint(REPO / str(cfg.train.init_from))
+    arch = {**saved_arch(init), **cast(dict[str, Any], OmegaConf.to_container(cfg.train.arch_overrides))}
+    schedule = cast(list, OmegaConf.to_container(cfg.train.cycles_schedule)) or [
+        [0.0, arch["H_cycles"], arch["L_cycles"]]
+    ]
+    steps = state.get("total_steps") or state["step"]
+    return layer_matched_steps(steps, ref_layers, schedule, arch["L_layers"], arch["H_layers"])
+
+
+def corpus_dir(cfg: DictConfig, args: argparse.Namespace) -> str:
+    """The corpus directory a corpus stage trains on: --corpus, else its config's data.corpus_dir."""
+    return args.corpus or str(cfg.data.corpus_dir)
+
+
+def train_command(
+    rows: Mapping[str, Row], row: Row, stage: Stage, cfg: DictConfig, args: argparse.Namespace
+) -> list[str]:
+    """The stage's training command: its overrides, the step count matched when it runs, the data and tokenizer."""
+    steps = []
+    if row.flops_matched_to:
+        steps = [f"train.max_steps={flop_matched_steps(row, stage, cfg)}"]
+    elif stage.layers_matched_to:
+        steps = [f"train.max_steps={matched_max_steps(rows, stage, cfg)}"]
+    command = [
+        sys.executable,
+        "scripts/train_codegen.py",
+        *stage.overrides,
+        *steps,
+        f"run_name={stage.run_name}",
+        f"data.path={args.mbpp}",
+        f"tokenizer.name_or_path={args.tokenizer}",
+    ]
+    if cfg.data.name == "corpus":
+        command.append(f"data.corpus_dir={corpus_dir(cfg, args)}")
+    return command
+
+
+def train_stage(stage: Stage, command: list[str], commands: list[str]) -> dict[str, Any]:
+    """Train one stage with `command` unless it is finished; its run directory, wall time, tokens and final
+    validation loss."""
+    run_dir = REPO / "checkpoints" / stage.run_name
+    commands.append(shell(command))
+    if not runs.finished(run_dir):
+        if runs.latest_step_dir(run_dir) is not None:
+            command = [*command, "resume=auto"]
+        wall = execute(command)
+        runs.write_wall_time(run_dir, wall, shell(command))
+    return trained(run_dir)
+
+
+def trained(run_dir: Path) -> dict[str, Any]:
+    """A trained run's latest step directory, wall time, tokens, steps and final validation loss."""
+    step = runs.latest_step_dir(run_dir)
+    assert step is not None
+    state = runs.read_train_state(step)
+    return {
+        "run_dir": run_dir,
+        "step_dir": step,
+        "train_wall_s": runs.read_wall_time(run_dir),
+        "tokens": state["tokens_seen"],
+        "steps": state["step"],
+        "val_loss": runs.last_val_loss(run_dir),
+    }
+
+
+def run_unless_done(command: list[str], done: Path, commands: list[str]) -> None:
+    """Record `command` (python and its arguments) and run it unless `done` (relative to the repository) exists."""
+    command = [sys.executable, *command]
+    commands.append(shell(command))
+    if not (REPO / done).exists():
+        execute(command)
+
+
+def build_data(
+    name: str, row: Row, configs: list[DictConfig], args: argparse.Namespace, commands: list[str]
+) -> None:
+    """Build the corpus and the mined pairs the row's stages train on, unless they are there."""
+    for corpus in dict.fromkeys(corpus_dir(cfg, args) for cfg in configs if cfg.data.name == "corpus"):
+        if row.corpus_tokens is None:
+            sys.exit(
+                f"error: row {name} trains on the corpus {corpus} but configs/results/ gives no corpus_tokens"
+            )
+        tokens = ["--max-tokens", str(row.corpus_tokens)]
+        build = [
+            "scripts/build_corpus.py",
+            "--out",
+            corpus,
+            "--python-lib",
+            *tokens,
+            "--tokenizer",
+            args.tokenizer,
+        ]
+        build += ["--mbpp", args.mbpp]
+        run_unless_done(build, Path(corpus) / "manifest.json", commands)
+    for pairs in dict.fromkeys(str(cfg.data.pairs_path) for cfg in configs if cfg.data.name == "pairs"):
+        build = [
+            "scripts/build_pairs.py",
+            "--python-lib",
+            "--out",
+            str(Path(pairs).parent),
+            "--mbpp",
+            args.mbpp,
+        ]
+        build += ["--tokenizer", args.tokenizer]
+        run_unless_done(build, Path(pairs), commands)
+
+
+def evaluate(
+    row: Row, model: list[str], out: Path, kind: str, args: argparse.Namespace, commands: list[str]
+) -> dict[str, Any]:
+    """Run scripts/evaluate.py on `model` (--ckpt or --model and its path; it resumes from out/samples.jsonl):
+    `kind` greedy (MBPP test), sampled (MBPP test, n=20) or humaneval (greedy, every problem); the summary."""
+    if kind == "sampled":
+        limit = args.sampled_limit or row.sampled_limit
+        sampling = [*SAMPLING, "--batch-size", str(row.sampled_batch)] + (
+            ["--limit", str(limit)] if limit else []
+        )
+    else:
+        sampling = [*GREEDY, "--batch-size", str(row.greedy_batch)]
+        sampling += ["--limit", str(args.greedy_limit)] if args.greedy_limit and kind == "greedy" else []
+    data = ["--dataset", "humaneval"] if kind == "humaneval" else ["--mbpp", args.mbpp, "--split", "test"]
+    command = [
+        sys.executable,
+        "scripts/evaluate.py",
+        *model,
+        *data,
+        "--max-new-tokens",
+        MAX_NEW_TOKENS,
+        *sampling,
+        *row.eval_args,
+        "--no-progress",
+        "--output",
+        str(out.relative_to(REPO)),
+    ]
+    commands.append(shell(command))
+    execute(command)
+    summary = read_json(out / "summary.json")
+    record = {key: summary[key] for key in ("num_problems", "pass_at_k", "syntax_valid_rate")}
+    mbpp = None if kind == "humaneval" else args.mbpp
+    record["empty_completion_rate"] = empty_rate(out / "samples.jsonl", mbpp, summary["num_problems"])
+    record["generation_seconds"] = summary.get("generation_seconds")
+    return record
+
+
+def empty_rate(samples: Path, mbpp: str | None, num_problems: int) -> float:
+    """The share of completions that are empty or whitespace only, over the first `num_problems` MBPP test
+    problems (every completion of the file when `mbpp` is None: HumanEval).
+
+    Such a completion leaves a program of the test asserts alone, which parses: it counts as syntax-valid.
+    """
+    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if mbpp is not None:
+        task_ids = {p.task_id for p in mbpp_problems(load_mbpp(REPO / mbpp), "test")[:num_problems]}
+        rows = [r for r in rows if r["task_id"] in task_ids]
+    return sum(not r["completion"].strip() for r in rows) / len(rows)
+
+
+def count_parameters(path: Path, outside: bool) -> int:
+    """The parameters of a run's step directory (any family) or of an outside transformers directory."""
+    if outside:
+        from hrm_codegen.inference import load_pretrained
+
+        model = load_pretrained(path).model
+    else:
+        model, _ = load_model_for_inference(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+def evaluated_stages(rows: Mapping[str, Row], name: str) -> list[dict[str, Any]]:
+    """The runs of the row that row `name` evaluates, all finished (or a one-line error naming the row to run)."""
+    parent = rows[name].evaluates
+    if not runs.finished(REPO / "checkpoints" / rows[parent].stages[-1].run_name):
+        sys.exit(
+            f"error: {name} evaluates the final step of row {parent}, which has not finished: run "
+            f"`python scripts/reproduce.py {parent}` first"
+        )
+    return [trained(REPO / "checkpoints" / stage.run_name) for stage in rows[parent].stages]
+
+
+def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one row and write docs/results/<row>/ (row.json, metrics, evaluation summaries)."""
+    row = rows[name]
+    commands: list[str] = []
+    for prep in row.prepare:
+        run_unless_done(list(prep.command), Path(prep.done), commands)
+    configs = [stage_config(stage) for stage in row.stages]
+    build_data(name, row, configs, args, commands)
+    stages = [
+        train_stage(stage, train_command(rows, row, stage, cfg, args), commands)
+        for stage, cfg in zip(row.stages, configs, strict=True)
+    ]
+    if row.evaluates:
+        stages = evaluated_stages(rows, name)
+    evaluated = REPO / row.model if row.model else stages[-1]["step_dir"]
+    model = ["--model" if row.model else "--ckpt", str(evaluated.relative_to(REPO))]
+    outputs = REPO / "outputs" / "eval" / name
+    greedy = evaluate(row, model, outputs / "greedy", "greedy", args, commands)
+    sampled = (
+        None if args.greedy_only else evaluate(row, model, outputs / "sampled", "sampled", args, commands)
+    )
+    humaneval = (
+        evaluate(row, model, outputs / "humaneval", "humaneval", args, commands) if row.humaneval else None
+    )
+
+    walls = [s["train_wall_s"] for s in stages]
+    record = {
+        "row": name,
+        "label": row.label,
+        "parameters": count_parameters(evaluated, bool(row.model)),
+        "stages": [
+            {k: str(v.relative_to(REPO)) if isinstance(v, Path) else v for k, v in s.items()} for s in stages
+        ],
+        "training_tokens": sum(s["tokens"] for s in stages),
+        "train_wall_s": None if not walls or None in walls else sum(walls),
+        "val_loss": stages[-1]["val_loss"]
+        if row.stages
+        else None,  # a test-time row's differs from its run's
+        "layer_evals_per_token": layer_evals(evaluated, arch_overrides(row.eval_args)),
+        "greedy": greedy,
+        "sampled": sampled,
+        "humaneval": humaneval,
+        **({"model": row.model} if row.model else {}),
+        **({"evaluates": row.evaluates} if row.evaluates else {}),
+        "group": row.group,
+        "hardware": args.hardware or default_hardware(),
+        "date": datetime.date.today().isoformat(),
+        "commands": commands,
+        "reproduce": shell([sys.executable, "scripts/reproduce.py", name, *args.row_flags]),
+    }
+    target = RESULTS / name
+    target.mkdir(parents=True, exist_ok=True)
+    for stage in row.stages[:-1]:
+        shutil.copyfile(
+            REPO / "checkpoints" / stage.run_name / "metrics.jsonl",
+            target / f"{stage.run_name}.metrics.jsonl",
+        )
+    if row.stages:
+        shutil.copyfile(
+            REPO / "checkpoints" / row.stages[-1].run_name / "metrics.jsonl", target / "metrics.jsonl"
+        )
+    shutil.copyfile(outputs / "greedy" / "summary.json", target / "greedy.json")
+    for kind, evaluation in (("sampled", sampled), ("humaneval", humaneval)):
+        if evaluation is not None:
+            shutil.copyfile(outputs / kind / "summary.json", target / f"{kind}.json")
+        elif (target / f"{kind}.json").is_file():
+            (target / f"{kind}.json").unlink()  # from an earlier run of the row: not this record's
+    (target / "row.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {target / 'row.json'}")
+    return record
+
+
+def default_hardware() -> str:
+    """The hardware the rows run on, for the table: the GPU's name, or the CPU development machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"1x {torch.cuda.get_device_name()}"
+    return "CPU, 2 cores (shared dev machine)"
+
+
+def row_train_flops(rows: Mapping[str, Row], record: dict[str, Any]) -> float:
+    """Analytic training FLOPs of a reproduced row: per stage, the family's FLOPs per token x its tokens."""
+    stages = zip(rows[record["row"]].stages, record["stages"], strict=True)
+    return sum(train_flops_per_token(stage_config(stage)) * done["tokens"] for stage, done in stages)
+
+
+def write_table(rows: Mapping[str, Row]) -> None:
+    """docs/results/results.md and one plot per group (docs/results/mbpp_<group>.png) from the rows' records.
+
+    Composes no config, but for the compare group's training TFLOPs (the stages' models)."""
+    records = [read_json(RESULTS / n / "row.json") for n in rows if (RESULTS / n / "row.json").is_file()]
+    if not records:
+        sys.exit("error: no row has been reproduced yet (docs/results/<row>/row.json)")
+    text = report.markdown(records, rows, RESULTS, lambda record: row_train_flops(rows, record))
+    for group, members in report.by_group(records, rows).items():
+        command = report.plot_command(group, members, RESULTS, REPO)
+        if command is not None:
+            execute(command)
+    (RESULTS / "results.md").write_text(text, encoding="utf-8")
+    print(f"wrote {RESULTS / 'results.md'}")
