@@ -175,7 +175,9 @@ def test_pretrain_on_corpus_then_finetune_from_its_weights(paths, corpus_dir, ar
     finetune = [*SMALL, *paths, f"arch={arch}", "run_name=ft", f"train.init_from={pretrain['run_dir']}"]
     trainer = Trainer(compose_config([*finetune, "train.max_steps=2"]))
     start = trainer.accelerator.unwrap_model(trainer.model).state_dict()
-    pretrained = load_file(str(pre_step / HF_DIR / "model.safetensors"))  # every family: save_pretrained in hf/
+    pretrained = load_file(
+        str(pre_step / HF_DIR / "model.safetensors")
+    )  # every family: save_pretrained in hf/
     assert all(torch.equal(start[k], pretrained[k]) for k in pretrained)
     assert trainer.cfg.data.name == "mbpp" and trainer.state.step == 0  # weights only: a fresh run on MBPP
     result = trainer.fit()

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-
-from hrm_codegen.generation import GenerationOutput, cut_at_stop, filter_logits, generate
 from transformers import DynamicCache
 
+from hrm_codegen.generation import GenerationOutput, cut_at_stop, filter_logits, generate
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
 
 VOCAB_TEXT = [chr(ord("a") + i % 26) if i % 7 else "\n" for i in range(97)]  # a fake decoder's token texts
