@@ -311,7 +311,6 @@ class Trainer:
             ckpt.save_checkpoint(
                 self.run_dir,
                 self.state.step,
-                model_state=None,
                 config=self.saved_config(),
                 tokenizer=self.tokenizer,
                 optimizer_state=None if self.sharded else self.optimizer.state_dict(),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_step
 
-from hrm_codegen.checkpoint import save_checkpoint
 from hrm_codegen.completions import ModelCompletions, SamplingConfig, sample_seed
 from hrm_codegen.datasets.humaneval import humaneval_problems
 from hrm_codegen.datasets.mbpp import MBPP_STOP_STRINGS, load_mbpp, mbpp_problems
@@ -197,13 +197,7 @@ def test_sigint_or_sigterm_stops_at_once_and_a_rerun_resumes(
 def test_hrm_checkpoint_end_to_end_with_resume(tmp_path, mbpp_path, tokenizer, tiny_hrm_config, problems):
     model, arch = tiny_hrm(tokenizer, tiny_hrm_config)
     run_dir = tmp_path / "run"
-    save_checkpoint(
-        run_dir,
-        5,
-        model_state=model.state_dict(),
-        config={"arch": {"name": "hrm", **arch}},
-        tokenizer=tokenizer,
-    )
+    save_step(run_dir, 5, model, {"arch": {"name": "hrm", **arch}}, tokenizer)
     out = tmp_path / "eval"
     common = [
         "--model-type",

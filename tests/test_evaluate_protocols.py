@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_step
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hrm_codegen.completions import ModelCompletions, SamplingConfig
@@ -202,7 +203,6 @@ def test_sanitize_recovers_a_cut_off_tail(mbpp_path, tmp_path):
 
 
 def test_quantize_int8_runs_end_to_end_through_evaluate(tmp_path, mbpp_path, gpt2_dir, tokenizer):
-    from hrm_codegen.checkpoint import save_checkpoint
     from hrm_codegen.inference import build_model
     from hrm_codegen.train_config import compose_config
 
@@ -211,7 +211,7 @@ def test_quantize_int8_runs_end_to_end_through_evaluate(tmp_path, mbpp_path, gpt
     )
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer.vocab_size)
-    save_checkpoint(tmp_path / "run", 1, model_state=model.state_dict(), config=cfg, tokenizer=tokenizer)
+    save_step(tmp_path / "run", 1, model, cfg, tokenizer)
     common = [
         "--ckpt",
         str(tmp_path / "run"),
