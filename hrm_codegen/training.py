@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm.auto import tqdm
 
 from hrm_codegen import checkpoint as ckpt
@@ -37,7 +38,7 @@ from hrm_codegen.inference import model_config
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, codegen_loss
 from hrm_codegen.optim import build_optimizer, build_scheduler
-from hrm_codegen.tokenization import check_fingerprint, load_tokenizer
+from hrm_codegen.tokenization import CodeTokenizer, check_fingerprint, load_tokenizer
 from hrm_codegen.train_config import resolve_arch_from_init, validate_config
 
 logger = logging.getLogger(__name__)
@@ -61,12 +62,38 @@ class Trainer:
     """Everything one run needs, built from the config; `fit()` trains, `dry_run()` checks the set-up."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None) -> None:
-        cfg = resolve_arch_from_init(cfg)  # train.arch_from_init: the arch and tokenizer of train.init_from
+        # train.arch_from_init: the arch and tokenizer of the checkpoint train.init_from names
+        self.cfg = cfg = resolve_arch_from_init(cfg)
         validate_config(cfg)
-        self.cfg, train = cfg, cfg.train
+        self.family = get_family(cfg.arch.name)
+        self._set_up_processes()
+        self.pretrained = self._pretrained_source()
+        self.tokenizer = self._load_tokenizer()
+        self._build_data()
+        self.model_config = model_config(cfg, self.tokenizer.vocab_size)
+        self.states = [self.family.new_train_state(self.model_config) for _ in range(cfg.train.grad_accum)]
+        # A state carried across steps (deep supervision) needs fixed [B, S] batches.
+        self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
+        self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
+        self.resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume)
+        model = self._build_model()
+        optimizer = self._build_optimizer(model)
+        self.scheduler = build_scheduler(
+            optimizer, cfg.train.warmup_steps, self.total_steps, cfg.train.min_lr_ratio
+        )
+        self._prepare(model, optimizer)
+        self.state = TrainState()
+        self.metrics: MetricsLogger | None = None
+        if self.resume_dir is not None:
+            self._restore(self.resume_dir)
+
+    # -- set-up steps
+
+    def _set_up_processes(self) -> None:
+        """Threads, the Accelerator (processes, mixed precision), the micro-batch size and the seed."""
+        cfg, train = self.cfg, self.cfg.train
         if train.num_threads:
             torch.set_num_threads(train.num_threads)
-        self.family = get_family(cfg.arch.name)
         # Several processes on a machine without CUDA (`accelerate launch --multi_gpu`): data parallel on CPU (gloo).
         cpu = train.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
         self.accelerator = acc = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu)
@@ -80,41 +107,58 @@ class Trainer:
         deepspeed = acc.state.deepspeed_plugin
         if deepspeed is not None:  # there is no DataLoader to read the micro-batch size from
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = self.micro_batch_size
+        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         set_seed(cfg.seed)
 
-        # train.init_from naming an outside transformers model (directory or Hub id): weights, config, tokenizer
-        family, source = self.family, train.init_from
-        pretrained = (
-            source if source and family.can_init_from_pretrained and is_pretrained_source(source) else None
-        )
-        self.tokenizer = load_tokenizer(pretrained or cfg.tokenizer.name_or_path)
+    def _pretrained_source(self) -> str | None:
+        """train.init_from when it names an outside transformers model (directory or Hub id) the family can
+        start from: the run takes its weights, architecture and tokenizer."""
+        source = self.cfg.train.init_from
+        if source and self.family.can_init_from_pretrained and is_pretrained_source(source):
+            return str(source)
+        return None
+
+    def _load_tokenizer(self) -> CodeTokenizer:
+        """The pretrained source's tokenizer, else tokenizer.name_or_path; checked against tokenizer.fingerprint."""
+        cfg = self.cfg
+        tokenizer = load_tokenizer(self.pretrained or cfg.tokenizer.name_or_path)
         if cfg.tokenizer.fingerprint:
-            check_fingerprint(cfg.tokenizer.fingerprint, self.tokenizer, "config key tokenizer.fingerprint")
+            check_fingerprint(cfg.tokenizer.fingerprint, tokenizer, "config key tokenizer.fingerprint")
+        return tokenizer
+
+    def _build_data(self) -> None:
+        """The training and validation data, their batch order and the number of optimizer steps."""
+        cfg, train = self.cfg, self.cfg.train
         self.train_data, self.eval_data = build_datasets(cfg, self.tokenizer, use_cache=not cfg.dry_run)
         unit = "packed training blocks" if cfg.data.pack else "training examples"
         self.order = BatchOrder(len(self.train_data), train.global_batch_size, cfg.seed, unit)  # type: ignore[arg-type]
         self.total_steps = train.max_steps or max(1, math.ceil(train.epochs * self.order.steps_per_epoch))
 
-        self.model_config = model_config(cfg, self.tokenizer.vocab_size)
-        self.states = [self.family.new_train_state(self.model_config) for _ in range(train.grad_accum)]
-        # A state carried across steps (deep supervision) needs fixed [B, S] batches.
-        self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
-        model = (
-            family.init_from_pretrained(pretrained, self.model_config)
-            if pretrained
-            else family.build(self.model_config)
+    def _build_model(self) -> nn.Module:
+        """The model: the pretrained source's, else freshly built, with the weights of the resumed step or of
+        the checkpoint train.init_from names (files and tokenizer fingerprint verified)."""
+        family = self.family
+        if self.pretrained:
+            model = family.init_from_pretrained(self.pretrained, self.model_config)
+        else:
+            model = family.build(self.model_config)
+        source = self.cfg.train.init_from
+        init_from = self.resume_dir or (
+            ckpt.resolve_checkpoint(source) if source and not self.pretrained else None
         )
-        self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
-        resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume)
-        init_from = resume_dir or (ckpt.resolve_checkpoint(source) if source and not pretrained else None)
         if init_from is not None:
             if init_from.is_dir():
                 meta = ckpt.read_meta(init_from)
                 check_fingerprint(
                     meta["tokenizer_fingerprint"], self.tokenizer, str(init_from / ckpt.META_FILE)
                 )
-            self.family.load_weights(model, init_from)
-        optimizer = build_optimizer(
+            family.load_weights(model, init_from)
+        return model
+
+    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW over the model's parameters, with weight decay as train.* says."""
+        train = self.cfg.train
+        return build_optimizer(
             model,
             train.lr,
             tuple(train.betas),
@@ -123,22 +167,17 @@ class Trainer:
             train.decay_embeddings,
             train.decay_norms_and_biases,
         )
-        self.scheduler = build_scheduler(optimizer, train.warmup_steps, self.total_steps, train.min_lr_ratio)
-        if train.compile:
-            self.family.compile_for_training(model)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.state = TrainState()
-        self.metrics: MetricsLogger | None = None
-        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        if resume_dir is not None and self.sharded:
-            raise ValueError(
-                f"resume={cfg.resume}: under FSDP/DeepSpeed the optimizer state is sharded and not checkpointed; "
-                "restart from the weights with train.init_from=<step dir> instead"
-            )
-        if resume_dir is not None:
-            self._restore(resume_dir)
 
-    # -- set-up helpers
+    def _prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Compile (train.compile) and hand the model and optimizer to the Accelerator."""
+        if self.cfg.train.compile:
+            self.family.compile_for_training(model)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.resume_dir is not None and self.sharded:
+            raise ValueError(
+                f"resume={self.cfg.resume}: under FSDP/DeepSpeed the optimizer state is sharded and not "
+                "checkpointed; restart from the weights with train.init_from=<step dir> instead"
+            )
 
     def _broadcast_run_dir(self, run_dir: str | Path | None) -> Path:
         """The run directory as the main process names it (run names from the clock may differ per process)."""
