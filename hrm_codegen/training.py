@@ -11,6 +11,7 @@ HRM's ACT carry for deep supervision) and how weights are saved; the data comes 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -30,16 +31,18 @@ from tqdm.auto import tqdm
 
 from hrm_codegen import checkpoint as ckpt
 from hrm_codegen import runs
+from hrm_codegen.checkpoint import check_weights_fit
 from hrm_codegen.datasets.assembly import build_datasets
 from hrm_codegen.datasets.batching import BatchOrder, collate_batch
 from hrm_codegen.families import get_family
-from hrm_codegen.families.base import is_pretrained_source, params_sha256
-from hrm_codegen.inference import model_config
+from hrm_codegen.families.base import arch_from_hf_config, is_pretrained_source, params_sha256
+from hrm_codegen.families.transformers_lm import PRETRAINED_SOURCE_KEY
+from hrm_codegen.inference import load_checkpoint, model_config
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, codegen_loss
 from hrm_codegen.optim import build_optimizer, build_scheduler
 from hrm_codegen.tokenization import CodeTokenizer, check_fingerprint, load_tokenizer
-from hrm_codegen.train_config import resolve_arch_from_init, validate_config
+from hrm_codegen.train_config import check_train_settings, resolve_arch_from_init, validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +65,22 @@ class Trainer:
     """Everything one run needs, built from the config; `fit()` trains, `dry_run()` checks the set-up."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None) -> None:
-        # train.arch_from_init: the arch and tokenizer of the checkpoint train.init_from names
-        self.cfg = cfg = resolve_arch_from_init(cfg)
+        self.cfg = cfg = copy.deepcopy(cfg)  # the run records in it what it builds (arch, tokenizer)
+        self._set_up_processes()
+        self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
+        self.resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume)
+        # train.arch_from_init: the arch and tokenizer of the resumed step, else of the checkpoint init_from names
+        self.cfg = cfg = resolve_arch_from_init(cfg, self.resume_dir)
         validate_config(cfg)
         self.family = get_family(cfg.arch.name)
-        self._set_up_processes()
         self.pretrained = self._pretrained_source()
         self.tokenizer = self._load_tokenizer()
         self._build_data()
-        self.model_config = model_config(cfg, self.tokenizer.vocab_size)
+        model = self._build_model()
+        self.model_config = model_config(self.cfg, self.tokenizer.vocab_size)
         self.states = [self.family.new_train_state(self.model_config) for _ in range(cfg.train.grad_accum)]
         # A state carried across steps (deep supervision) needs fixed [B, S] batches.
         self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
-        self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
-        self.resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume)
-        model = self._build_model()
         optimizer = self._build_optimizer(model)
         self.scheduler = build_scheduler(
             optimizer, cfg.train.warmup_steps, self.total_steps, cfg.train.min_lr_ratio
@@ -92,6 +96,9 @@ class Trainer:
     def _set_up_processes(self) -> None:
         """Threads, the Accelerator (processes, mixed precision), the micro-batch size and the seed."""
         cfg, train = self.cfg, self.cfg.train
+        check_train_settings(
+            cfg
+        )  # the keys used here; validate_config checks the rest once the arch is known
         if train.num_threads:
             torch.set_num_threads(train.num_threads)
         # Several processes on a machine without CUDA (`accelerate launch --multi_gpu`): data parallel on CPU (gloo).
@@ -119,9 +126,19 @@ class Trainer:
         return None
 
     def _load_tokenizer(self) -> CodeTokenizer:
-        """The pretrained source's tokenizer, else tokenizer.name_or_path; checked against tokenizer.fingerprint."""
+        """The resumed step's tokenizer (and its tokenizer.name_or_path), else the pretrained source's (recorded as
+        tokenizer.name_or_path), else tokenizer.name_or_path's; checked against tokenizer.fingerprint."""
         cfg = self.cfg
-        tokenizer = load_tokenizer(self.pretrained or cfg.tokenizer.name_or_path)
+        if self.resume_dir is not None:
+            saved = OmegaConf.select(
+                OmegaConf.load(self.resume_dir / ckpt.CONFIG_FILE), "tokenizer.name_or_path"
+            )
+            cfg.tokenizer.name_or_path = saved or cfg.tokenizer.name_or_path
+            tokenizer = load_tokenizer(self.resume_dir / ckpt.TOKENIZER_DIR)
+        else:
+            if self.pretrained:
+                cfg.tokenizer.name_or_path = self.pretrained
+            tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
         if cfg.tokenizer.fingerprint:
             check_fingerprint(cfg.tokenizer.fingerprint, tokenizer, "config key tokenizer.fingerprint")
         return tokenizer
@@ -135,25 +152,45 @@ class Trainer:
         self.total_steps = train.max_steps or max(1, math.ceil(train.epochs * self.order.steps_per_epoch))
 
     def _build_model(self) -> nn.Module:
-        """The model: the pretrained source's, else freshly built, with the weights of the resumed step or of
-        the checkpoint train.init_from names (files and tokenizer fingerprint verified)."""
-        family = self.family
-        if self.pretrained:
-            model = family.init_from_pretrained(self.pretrained, self.model_config)
-        else:
-            model = family.build(self.model_config)
+        """The model: the resumed step's, else train.init_from's (a pretrained model, or a checkpoint of this
+        launcher loaded as inference loads it: files and tokenizer fingerprint verified), else a fresh one."""
         source = self.cfg.train.init_from
-        init_from = self.resume_dir or (
-            ckpt.resolve_checkpoint(source) if source and not self.pretrained else None
-        )
-        if init_from is not None:
-            if init_from.is_dir():
-                meta = ckpt.read_meta(init_from)
-                check_fingerprint(
-                    meta["tokenizer_fingerprint"], self.tokenizer, str(init_from / ckpt.META_FILE)
-                )
-            family.load_weights(model, init_from)
+        checkpoint = self.resume_dir or (source if source and not self.pretrained else None)
+        if checkpoint is not None:  # a resumed run never reads train.init_from again
+            model = load_checkpoint(checkpoint, self.tokenizer, self.cfg).model.train()
+        elif self.pretrained:
+            config = model_config(self.cfg, self.tokenizer.vocab_size)
+            model = self.family.init_from_pretrained(self.pretrained, config)
+        else:
+            model = self.family.build(model_config(self.cfg, self.tokenizer.vocab_size))
+        self._record_arch(model)
         return model
+
+    def _record_arch(self, model: nn.Module) -> None:
+        """Make the config's arch the one built when the model's architecture came from a pretrained transformers
+        config (train.init_from, or a step of a run that started so), so config.yaml records the real one.
+
+        When the family's arch keys cannot describe that model (the arch they give builds other parameters), the
+        composed arch stays, with a warning: the run's steps rebuild the model from their hf/config.json.
+        """
+        hf_config = getattr(model, "config", None)
+        if not getattr(hf_config, PRETRAINED_SOURCE_KEY, None):
+            return
+        composed = cast(dict[str, Any], OmegaConf.to_container(self.cfg.arch, resolve=True))
+        arch = arch_from_hf_config(hf_config, composed)
+        try:
+            with torch.device("meta"):
+                rebuilt = self.family.build(model_config(OmegaConf.create({"arch": arch}), 1))
+            check_weights_fit(model.state_dict(), rebuilt, f"the {type(model).__name__} of train.init_from")
+        except ValueError as err:
+            logger.warning(
+                "config.yaml keeps the composed arch: arch.name=%s keys cannot describe the model built (%s); "
+                "its steps rebuild it from their hf/config.json",
+                self.family.name,
+                err,
+            )
+            return
+        self.cfg.arch = arch
 
     def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """AdamW over the model's parameters, with weight decay as train.* says."""
