@@ -68,10 +68,12 @@ class Trainer:
         self.cfg = cfg = copy.deepcopy(cfg)  # the run records in it what it builds (arch, tokenizer)
         self._set_up_processes()
         self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
-        self.resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume)
+        self.resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume) if cfg.resume else None
         # train.arch_from_init: the arch and tokenizer of the resumed step, else of the checkpoint init_from names
         self.cfg = cfg = resolve_arch_from_init(cfg, self.resume_dir)
         validate_config(cfg)
+        if not cfg.resume:  # after the config's errors: never train over a run directory's checkpoints
+            runs.resume_step_dir(self.run_dir, None)
         self.family = get_family(cfg.arch.name)
         self.pretrained = self._pretrained_source()
         self.tokenizer = self._load_tokenizer()
