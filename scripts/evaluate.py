@@ -163,7 +163,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gen.add_argument("--temperature", type=float, help="0 = greedy (default: 0 for one sample, else 0.8)")
     gen.add_argument("--top-p", type=float, default=0.95, help="nucleus mass when sampling (default 0.95)")
     gen.add_argument("--top-k", type=int, default=0, help="top-k when sampling (0 = off)")
-    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="tokens to generate at most (default: the prompt format's harness default for the dataset)",
+    )
     gen.add_argument("--batch-size", type=int, default=8, help="sequences per generate call")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -212,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes = [args.samples is not None, args.ckpt is not None, args.model is not None]
     if sum(modes) != 1:
         fail("give exactly one of --samples FILE, --ckpt RUN_OR_STEP or --model DIR_OR_HUB_ID")
+    if args.max_new_tokens is None:
+        args.max_new_tokens = FORMATS[args.prompt_format].default_max_new_tokens(args.dataset)
     if args.dataset != "mbpp" and args.split != "test":
         fail(f"HumanEval has only the test split, got --split {args.split}")
     if args.num_samples < 1 or (args.limit is not None and args.limit < 1):
@@ -363,7 +369,9 @@ def run(args: argparse.Namespace) -> dict:
         stop_strings=stops,
     )
     options = {"compile": True} if args.compile else {}
-    completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress, options=options)
+    bos = FORMATS[args.prompt_format].bos  # the harness's rule: [BOS] prompt, or the tokenizer's own tokens
+    settings["prompt_bos"] = bos
+    completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress, options=options, bos=bos)
     truncated = completions.truncated_prompts(problems)
     if truncated:
         print(

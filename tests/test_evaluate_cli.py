@@ -310,10 +310,13 @@ def test_hf_model_end_to_end(tmp_path, mbpp_path, gpt2_dir, problems):
     records = {r["task_id"]: r for r in read_jsonl(out / "samples.jsonl")}
     assert sorted(records) == ["11", "12"]
     assert json.loads((out / "summary.json").read_text())["num_samples"] == 2
-    # Greedy HF generation of the plain-encoded prompt (GPT-2 adds no BOS), decoded and cut at a stop string.
-    prompt = hf_tokenizer(problems[0].prompt, return_tensors="pt")
-    new = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=hf_tokenizer.eos_token_id)
-    expected = cut_at_stop(hf_tokenizer.decode(new[0, prompt["input_ids"].shape[1] :]), MBPP_STOP_STRINGS)
+    # Greedy HF generation of the prompt encoded as the native format says, `[BOS] prompt` as in training (GPT-2's
+    # tokenizer adds none itself), decoded and cut at a stop string.
+    ids = [hf_tokenizer.bos_token_id, *hf_tokenizer.encode(problems[0].prompt)]
+    new = model.generate(
+        torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=hf_tokenizer.eos_token_id
+    )
+    expected = cut_at_stop(hf_tokenizer.decode(new[0, len(ids) :]), MBPP_STOP_STRINGS)
     assert records["11"]["completion"] == expected
 
 
