@@ -98,9 +98,7 @@ class Trainer:
     def _set_up_processes(self) -> None:
         """Threads, the Accelerator (processes, mixed precision), the micro-batch size and the seed."""
         cfg, train = self.cfg, self.cfg.train
-        check_train_settings(
-            cfg
-        )  # the keys used here; validate_config checks the rest once the arch is known
+        check_train_settings(cfg)  # the keys used here; validate_config checks the rest later
         if train.num_threads:
             torch.set_num_threads(train.num_threads)
         # Several processes on a machine without CUDA (`accelerate launch --multi_gpu`): data parallel on CPU (gloo).
@@ -158,13 +156,13 @@ class Trainer:
         launcher loaded as inference loads it: files and tokenizer fingerprint verified), else a fresh one."""
         source = self.cfg.train.init_from
         checkpoint = self.resume_dir or (source if source and not self.pretrained else None)
+        config = model_config(self.cfg, self.tokenizer.vocab_size)
         if checkpoint is not None:  # a resumed run never reads train.init_from again
             model = load_checkpoint(checkpoint, self.tokenizer, self.cfg).model.train()
         elif self.pretrained:
-            config = model_config(self.cfg, self.tokenizer.vocab_size)
             model = self.family.init_from_pretrained(self.pretrained, config)
         else:
-            model = self.family.build(model_config(self.cfg, self.tokenizer.vocab_size))
+            model = self.family.build(config)
         self._record_arch(model)
         return model
 
