@@ -54,7 +54,7 @@ demo-tiny: setup
 	$(BIN)/python scripts/prepare_data.py --source $(MBPP_SRC) --output data/mbpp/mbpp.jsonl
 	$(BIN)/python scripts/train_codegen.py experiment=mbpp_cpu_demo run_name=$(DEMO_RUN) resume=auto \
 		data.path=data/mbpp/mbpp.jsonl tokenizer.name_or_path=$(TOKENIZER)
-	$(BIN)/python scripts/evaluate.py --model-type hrm --ckpt checkpoints/$(DEMO_RUN) --dataset mbpp --split test \
+	$(BIN)/python scripts/evaluate.py --ckpt checkpoints/$(DEMO_RUN) --dataset mbpp --split test \
 		--mbpp data/mbpp/mbpp.jsonl --max-new-tokens 128 --output outputs/eval/$(DEMO_RUN)
 
 clean-venv:

@@ -21,7 +21,7 @@ import os
 import pickle
 import random
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,6 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     *,
-    model_state: Mapping[str, torch.Tensor] | None,
     config: DictConfig | Mapping[str, Any],
     tokenizer: Any,
     optimizer_state: dict | None = None,
@@ -86,9 +85,10 @@ def save_checkpoint(
 ) -> Path:
     """Write `run_dir/step_<step>/` atomically, point `latest` at it, and keep only the last `keep_last` steps.
 
-    `extra_files(directory)` may add files and directories of its own (not the checkpoint's names) to the
-    step: it is called with the temporary directory after the checkpoint's files are written and before
-    meta.json lists every file, so its output is renamed into place with the rest and verified on load.
+    The model's weights are written by `extra_files(directory)` (the family's `save_weights`), which may add
+    files and directories of its own (not the checkpoint's names) to the step: it is called with the temporary
+    directory after the checkpoint's files are written and before meta.json lists every file, so its output is
+    renamed into place with the rest and verified on load.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,9 +97,6 @@ def save_checkpoint(
         shutil.rmtree(stale)
     tmp = run_dir / f".tmp_{final.name}_{os.getpid()}"
     tmp.mkdir()
-    if model_state is not None:
-        tensors = {name: t.detach().cpu().contiguous() for name, t in model_state.items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
     if scheduler_state is not None:
@@ -221,26 +218,42 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint's weights into `model`, failing with the missing/unexpected names when they do not fit."""
-    state = load_weights(path)
+def check_weights_fit(
+    state: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    where: str | Path,
+    may_lack: Collection[str] = (),
+) -> None:
+    """Raise CheckpointError unless the tensors `state` (read from `where`) fit `model`'s state dict: one message
+    naming the missing, unexpected and wrong-shape names (saved vs built shape). Names in `may_lack` (e.g. tied
+    parameters a file leaves out) may be missing."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - set(may_lack))
     unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong_shape:
         detail = "; ".join(
             f"{label} {names[:5]}{' ...' if len(names) > 5 else ''}"
             for label, names in (
                 ("missing", missing),
                 ("unexpected", unexpected),
-                ("wrong shape", wrong_shape),
+                ("wrong shape (saved vs built)", wrong_shape),
             )
             if names
         )
         raise CheckpointError(
-            f"weights in {path} do not fit the {type(model).__name__} being built: {detail}"
+            f"weights in {where} do not fit the {type(model).__name__} being built: {detail}"
         )
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint's weights into `model`, failing with the missing/unexpected names when they do not fit."""
+    state = load_weights(path)
+    check_weights_fit(state, model, path)
     model.load_state_dict(state)
 
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from hrm_codegen.datasets.batching import encode_prompt
 from hrm_codegen.datasets.problems import Problem
+from hrm_codegen.datasets.protocols import BOS_ALWAYS, BOS_TOKENIZER
 from hrm_codegen.families import Generated, GenerationRequest, ModelFamily
 from hrm_codegen.families.transformers_lm import PRETRAINED
 from hrm_codegen.generation import cut_at_stop
@@ -63,8 +64,10 @@ class ModelCompletions:
 
     Decoding goes through the model's family (`family.generate`: prompts in, token ids and finish reasons
     out), with one seed per sample from `sample_seed` where the family supports it, so results do not depend
-    on batching or resume. A `CodeTokenizer` encodes prompts as in training, `[BOS] prompt`; a plain Hugging
-    Face tokenizer adds its own special tokens. Stop strings are matched in the generated text only.
+    on batching or resume. `bos` is the prompt format's BOS rule (`protocols.BOS_ALWAYS`: `[BOS] prompt` as in
+    training; `protocols.BOS_TOKENIZER`: the tokenizer's own special tokens); None: training's for a
+    `CodeTokenizer`, the tokenizer's own for a plain Hugging Face one. Stop strings are matched in the generated
+    text only.
     `last_records` holds, per completion of the last call, the generated token count and finish reason.
     """
 
@@ -76,7 +79,10 @@ class ModelCompletions:
         progress: bool = True,
         family: ModelFamily | None = None,
         options: Mapping[str, Any] | None = None,
+        bos: str | None = None,
     ):
+        if bos not in (None, BOS_ALWAYS, BOS_TOKENIZER):
+            raise ValueError(f"bos must be {BOS_ALWAYS!r} or {BOS_TOKENIZER!r}, got {bos!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.sampling = sampling
@@ -88,6 +94,8 @@ class ModelCompletions:
             hf.pad_token = hf.eos_token
         self.pad_id = cast(int, hf.pad_token_id)
         self.eos_id: int | None = hf.eos_token_id
+        self.hf = hf
+        self.bos = bos or (BOS_ALWAYS if isinstance(tokenizer, CodeTokenizer) else BOS_TOKENIZER)
         self.last_records: list[list[dict[str, Any]]] = []
         self.options = dict(options or {})  # family-specific GenerationRequest options (cache, compile)
         self.compile_seconds: float | None = None  # the first compiled call's time, compile included
@@ -99,9 +107,10 @@ class ModelCompletions:
         sampling: SamplingConfig,
         progress: bool = True,
         options: Mapping[str, Any] | None = None,
+        bos: str | None = None,
     ) -> ModelCompletions:
         """The completion source of a `hrm_codegen.inference.LoadedModel`."""
-        return cls(loaded.model, loaded.tokenizer, sampling, progress, loaded.family, options)
+        return cls(loaded.model, loaded.tokenizer, sampling, progress, loaded.family, options, bos)
 
     @property
     def max_length(self) -> int | None:
@@ -109,10 +118,14 @@ class ModelCompletions:
         return self.family.max_length(self.model)
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        """Prompt ids as in training (CodeTokenizer: `[BOS] prompt`) or the tokenizer's default."""
+        """Prompt ids by the BOS rule: `[BOS] prompt` as in training (EOS when the tokenizer has no BOS, as
+        `CodeTokenizer` does), or the tokenizer's own encoding with its special tokens."""
+        if self.bos == BOS_TOKENIZER:
+            return self.hf(prompt)["input_ids"]
         if isinstance(self.tokenizer, CodeTokenizer):
             return encode_prompt(self.tokenizer, prompt)
-        return self.tokenizer(prompt)["input_ids"]
+        bos = self.hf.bos_token_id if self.hf.bos_token_id is not None else self.hf.eos_token_id
+        return [bos, *self.hf.encode(prompt, add_special_tokens=False)]
 
     @property
     def prompt_room(self) -> int | None:

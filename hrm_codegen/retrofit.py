@@ -24,7 +24,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from hrm_codegen.checkpoint import save_checkpoint
+from hrm_codegen.checkpoint import CheckpointError, check_weights_fit, save_checkpoint
+from hrm_codegen.families import get_family
 from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm_codegen.pretrained_sources import SOURCE_FILE
 from hrm_codegen.tokenization import CodeTokenizer
@@ -209,15 +210,11 @@ def convert(model: nn.Module, split: LayerSplit, gates: bool = True, seq_len: in
         for i, src in enumerate(range(start, stop)):
             state.update(_layer_state(source, src, f"inner.{level}_level.layers.{i}", config.attention_bias))
     hrm = HierarchicalReasoningModel_ACTV1(config)
-    own = hrm.state_dict()
-    missing = sorted(k for k in own if k not in state and not k.endswith((".gate", "H_init", "L_init")))
-    if missing:
-        raise RetrofitError(f"no source tensor for {missing[:5]}")
-    for name, tensor in state.items():
-        if own[name].shape != tensor.shape:
-            raise RetrofitError(
-                f"{name}: source shape {tuple(tensor.shape)} != HRM shape {tuple(own[name].shape)}"
-            )
+    fresh = [k for k in hrm.state_dict() if k.endswith((".gate", "H_init", "L_init"))]  # no source tensor
+    try:
+        check_weights_fit(state, hrm, f"the converted {type(model).__name__}", may_lack=fresh)
+    except CheckpointError as err:
+        raise RetrofitError(str(err)) from None
     hrm.load_state_dict(state, strict=False)
     return hrm.eval(), config
 
@@ -282,16 +279,13 @@ def retrofit(
     }
     run_config = _run_config(config, tokenizer, source_info.get("source", ""))
 
-    from hrm_codegen.families.hrm import HRM
-
-    def extra(step_dir: Path) -> None:  # the weights as every HRM step has them (`<step>/hf/`), the record
-        HRM.save_weights(hrm, hrm.state_dict(), tokenizer, step_dir)
+    def extra(step_dir: Path) -> None:
+        get_family("hrm").save_weights(hrm, hrm.state_dict(), tokenizer, step_dir)
         (step_dir / RETROFIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     save_checkpoint(
         out,
         0,
-        model_state=None,
         config=run_config,
         tokenizer=tokenizer,
         train_state={"total_steps": 0, "retrofit": record},

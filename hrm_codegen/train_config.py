@@ -142,41 +142,29 @@ def compose_config(
         return compose(config_name, overrides=list(overrides))
 
 
-def resolve_arch_from_init(cfg: DictConfig) -> DictConfig:
+def resolve_arch_from_init(cfg: DictConfig, resume_dir: Path | None = None) -> DictConfig:
     """The run's config with `train.arch_from_init` applied; `cfg` itself (unchanged) when it is false.
 
     With it, `train.init_from` must name a checkpoint of this launcher (a step directory, or a run directory
     meaning its latest step): the returned copy's `arch` is that step's saved `arch` with `train.arch_overrides`
     merged over it (the composed `arch` is replaced whole), and its tokenizer is the step's `tokenizer/` with
-    the step's fingerprint (verified when the Trainer loads it). The Trainer calls this once, before
-    `validate_config`, so the run checks, builds and saves (config.yaml) the resolved arch and tokenizer.
+    the step's fingerprint (verified when the Trainer loads it). A resumed run (`resume_dir`, its step) takes
+    them from that step, which recorded them, and does not read train.init_from again (it may be gone). The
+    Trainer calls this once, before `validate_config`, so the run checks, builds and saves (config.yaml) the
+    resolved arch and tokenizer.
     """
     train = cfg.train
     if not train.get("arch_from_init"):
         return cfg
-    source, key = train.get("init_from"), "train.arch_from_init=true"
-    if not source:
-        raise ValueError(f"{key} needs train.init_from=<a step or run directory of this launcher>")
-    if is_pretrained_source(source):
-        raise ValueError(
-            f"{key}: train.init_from={source} is an outside transformers model, not a checkpoint of this "
-            "launcher (a step directory with meta.json, or a run directory with `latest`)"
-        )
-    try:
-        step_dir = resolve_checkpoint(source)
-        if not step_dir.is_dir():
-            raise ValueError(
-                f"{step_dir} is a weights file; the arch and tokenizer come from a step or run directory"
-            )
-        meta = read_meta(step_dir, verify=False)
-    except ValueError as err:
-        raise ValueError(f"{key}: train.init_from={source}: {err}") from err
+    key = "train.arch_from_init=true"
+    step_dir = resume_dir if resume_dir is not None else _init_step_dir(cfg)
+    meta = read_meta(step_dir, verify=False)
     saved = OmegaConf.load(step_dir / CONFIG_FILE) if (step_dir / CONFIG_FILE).is_file() else None
     tokenizer_dir = step_dir / TOKENIZER_DIR
     if not isinstance(saved, DictConfig) or "arch" not in saved:
         raise ValueError(
-            f"{key}: train.init_from={source} is not a checkpoint with a saved arch ({step_dir} has no "
-            f"{CONFIG_FILE} with an `arch` section); it must be a step or run directory of this launcher"
+            f"{key}: {step_dir} is not a checkpoint with a saved arch (no {CONFIG_FILE} with an `arch` "
+            "section); train.init_from must be a step or run directory of this launcher"
         )
     if not (tokenizer_dir / FINGERPRINT_FILE).is_file():
         raise ValueError(f"{key}: the checkpoint {step_dir} has no {TOKENIZER_DIR}/{FINGERPRINT_FILE}")
@@ -194,6 +182,28 @@ def resolve_arch_from_init(cfg: DictConfig) -> DictConfig:
         "train.arch_from_init: the arch and tokenizer of %s (the composed arch is replaced)", step_dir
     )
     return resolved
+
+
+def _init_step_dir(cfg: DictConfig) -> Path:
+    """The step directory train.init_from names for train.arch_from_init (a ValueError naming the key else)."""
+    source, key = cfg.train.get("init_from"), "train.arch_from_init=true"
+    if not source:
+        raise ValueError(f"{key} needs train.init_from=<a step or run directory of this launcher>")
+    if is_pretrained_source(source):
+        raise ValueError(
+            f"{key}: train.init_from={source} is an outside transformers model, not a checkpoint of this "
+            "launcher (a step directory with meta.json, or a run directory with `latest`)"
+        )
+    try:
+        step_dir = resolve_checkpoint(source)
+        if not step_dir.is_dir():
+            raise ValueError(
+                f"{step_dir} is a weights file; the arch and tokenizer come from a step or run directory"
+            )
+        read_meta(step_dir, verify=False)
+    except ValueError as err:
+        raise ValueError(f"{key}: train.init_from={source}: {err}") from err
+    return step_dir
 
 
 def _check_cycles_schedule(cfg: DictConfig, family: ModelFamily) -> None:
@@ -259,6 +269,13 @@ def validate_config(cfg: DictConfig) -> None:
             )
         family.check_packing(model_config(cfg, vocab_size=1))
     family.check(model_config(cfg, vocab_size=1))
+    check_train_settings(cfg)
+    _check_cycles_schedule(cfg, family)
+
+
+def check_train_settings(cfg: DictConfig) -> None:
+    """Check the `train` keys that need no model (ValueError naming the key); part of `validate_config`, and
+    what the Trainer checks before it starts its processes."""
     train = cfg.train
     if train.loss_type not in LOSS_TYPES:
         raise ValueError(f"train.loss_type must be one of {LOSS_TYPES}, got {train.loss_type!r}")
@@ -274,7 +291,6 @@ def validate_config(cfg: DictConfig) -> None:
             f"train.arch_overrides={dict(train.arch_overrides)} applies with train.arch_from_init=true (over the "
             "arch of train.init_from); without it set arch keys directly (arch.<key>=<value>)"
         )
-    _check_cycles_schedule(cfg, family)
     if not 0.0 <= train.bp_warmup_ratio <= 1.0:
         raise ValueError(f"train.bp_warmup_ratio must be between 0 and 1, got {train.bp_warmup_ratio}")
     if len(train.betas) != 2:

@@ -11,6 +11,7 @@ HRM's ACT carry for deep supervision) and how weights are saved; the data comes 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -25,20 +26,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm.auto import tqdm
 
 from hrm_codegen import checkpoint as ckpt
 from hrm_codegen import runs
+from hrm_codegen.checkpoint import check_weights_fit
 from hrm_codegen.datasets.assembly import build_datasets
 from hrm_codegen.datasets.batching import BatchOrder, collate_batch
 from hrm_codegen.families import get_family
-from hrm_codegen.families.base import is_pretrained_source, params_sha256
-from hrm_codegen.inference import model_config
+from hrm_codegen.families.base import arch_from_hf_config, is_pretrained_source, params_sha256
+from hrm_codegen.families.transformers_lm import PRETRAINED_SOURCE_KEY
+from hrm_codegen.inference import load_checkpoint, model_config
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, codegen_loss
 from hrm_codegen.optim import build_optimizer, build_scheduler
-from hrm_codegen.tokenization import check_fingerprint, load_tokenizer
-from hrm_codegen.train_config import resolve_arch_from_init, validate_config
+from hrm_codegen.tokenization import CodeTokenizer, check_fingerprint, load_tokenizer
+from hrm_codegen.train_config import check_train_settings, resolve_arch_from_init, validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +65,42 @@ class Trainer:
     """Everything one run needs, built from the config; `fit()` trains, `dry_run()` checks the set-up."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None) -> None:
-        cfg = resolve_arch_from_init(cfg)  # train.arch_from_init: the arch and tokenizer of train.init_from
+        self.cfg = cfg = copy.deepcopy(cfg)  # the run records in it what it builds (arch, tokenizer)
+        self._set_up_processes()
+        self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
+        self.resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume) if cfg.resume else None
+        # train.arch_from_init: the arch and tokenizer of the resumed step, else of the checkpoint init_from names
+        self.cfg = cfg = resolve_arch_from_init(cfg, self.resume_dir)
         validate_config(cfg)
-        self.cfg, train = cfg, cfg.train
+        if not cfg.resume:  # after the config's errors: never train over a run directory's checkpoints
+            runs.resume_step_dir(self.run_dir, None)
+        self.family = get_family(cfg.arch.name)
+        self.pretrained = self._pretrained_source()
+        self.tokenizer = self._load_tokenizer()
+        self._build_data()
+        model = self._build_model()
+        self.model_config = model_config(self.cfg, self.tokenizer.vocab_size)
+        self.states = [self.family.new_train_state(self.model_config) for _ in range(cfg.train.grad_accum)]
+        # A state carried across steps (deep supervision) needs fixed [B, S] batches.
+        self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
+        optimizer = self._build_optimizer(model)
+        self.scheduler = build_scheduler(
+            optimizer, cfg.train.warmup_steps, self.total_steps, cfg.train.min_lr_ratio
+        )
+        self._prepare(model, optimizer)
+        self.state = TrainState()
+        self.metrics: MetricsLogger | None = None
+        if self.resume_dir is not None:
+            self._restore(self.resume_dir)
+
+    # -- set-up steps
+
+    def _set_up_processes(self) -> None:
+        """Threads, the Accelerator (processes, mixed precision), the micro-batch size and the seed."""
+        cfg, train = self.cfg, self.cfg.train
+        check_train_settings(cfg)  # the keys used here; validate_config checks the rest later
         if train.num_threads:
             torch.set_num_threads(train.num_threads)
-        self.family = get_family(cfg.arch.name)
         # Several processes on a machine without CUDA (`accelerate launch --multi_gpu`): data parallel on CPU (gloo).
         cpu = train.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
         self.accelerator = acc = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu)
@@ -80,41 +114,88 @@ class Trainer:
         deepspeed = acc.state.deepspeed_plugin
         if deepspeed is not None:  # there is no DataLoader to read the micro-batch size from
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = self.micro_batch_size
+        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         set_seed(cfg.seed)
 
-        # train.init_from naming an outside transformers model (directory or Hub id): weights, config, tokenizer
-        family, source = self.family, train.init_from
-        pretrained = (
-            source if source and family.can_init_from_pretrained and is_pretrained_source(source) else None
-        )
-        self.tokenizer = load_tokenizer(pretrained or cfg.tokenizer.name_or_path)
+    def _pretrained_source(self) -> str | None:
+        """train.init_from when it names an outside transformers model (directory or Hub id) the family can
+        start from: the run takes its weights, architecture and tokenizer."""
+        source = self.cfg.train.init_from
+        if source and self.family.can_init_from_pretrained and is_pretrained_source(source):
+            return str(source)
+        return None
+
+    def _load_tokenizer(self) -> CodeTokenizer:
+        """The resumed step's tokenizer (and its tokenizer.name_or_path), else the pretrained source's (recorded as
+        tokenizer.name_or_path), else tokenizer.name_or_path's; checked against tokenizer.fingerprint."""
+        cfg = self.cfg
+        if self.resume_dir is not None:
+            saved = OmegaConf.select(
+                OmegaConf.load(self.resume_dir / ckpt.CONFIG_FILE), "tokenizer.name_or_path"
+            )
+            cfg.tokenizer.name_or_path = saved or cfg.tokenizer.name_or_path
+            tokenizer = load_tokenizer(self.resume_dir / ckpt.TOKENIZER_DIR)
+        else:
+            if self.pretrained:
+                cfg.tokenizer.name_or_path = self.pretrained
+            tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
         if cfg.tokenizer.fingerprint:
-            check_fingerprint(cfg.tokenizer.fingerprint, self.tokenizer, "config key tokenizer.fingerprint")
+            check_fingerprint(cfg.tokenizer.fingerprint, tokenizer, "config key tokenizer.fingerprint")
+        return tokenizer
+
+    def _build_data(self) -> None:
+        """The training and validation data, their batch order and the number of optimizer steps."""
+        cfg, train = self.cfg, self.cfg.train
         self.train_data, self.eval_data = build_datasets(cfg, self.tokenizer, use_cache=not cfg.dry_run)
         unit = "packed training blocks" if cfg.data.pack else "training examples"
         self.order = BatchOrder(len(self.train_data), train.global_batch_size, cfg.seed, unit)  # type: ignore[arg-type]
         self.total_steps = train.max_steps or max(1, math.ceil(train.epochs * self.order.steps_per_epoch))
 
-        self.model_config = model_config(cfg, self.tokenizer.vocab_size)
-        self.states = [self.family.new_train_state(self.model_config) for _ in range(train.grad_accum)]
-        # A state carried across steps (deep supervision) needs fixed [B, S] batches.
-        self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
-        model = (
-            family.init_from_pretrained(pretrained, self.model_config)
-            if pretrained
-            else family.build(self.model_config)
-        )
-        self.run_dir = None if cfg.dry_run else self._broadcast_run_dir(run_dir)
-        resume_dir = runs.resume_step_dir(self.run_dir, cfg.resume)
-        init_from = resume_dir or (ckpt.resolve_checkpoint(source) if source and not pretrained else None)
-        if init_from is not None:
-            if init_from.is_dir():
-                meta = ckpt.read_meta(init_from)
-                check_fingerprint(
-                    meta["tokenizer_fingerprint"], self.tokenizer, str(init_from / ckpt.META_FILE)
-                )
-            self.family.load_weights(model, init_from)
-        optimizer = build_optimizer(
+    def _build_model(self) -> nn.Module:
+        """The model: the resumed step's, else train.init_from's (a pretrained model, or a checkpoint of this
+        launcher loaded as inference loads it: files and tokenizer fingerprint verified), else a fresh one."""
+        source = self.cfg.train.init_from
+        checkpoint = self.resume_dir or (source if source and not self.pretrained else None)
+        config = model_config(self.cfg, self.tokenizer.vocab_size)
+        if checkpoint is not None:  # a resumed run never reads train.init_from again
+            model = load_checkpoint(checkpoint, self.tokenizer, self.cfg).model.train()
+        elif self.pretrained:
+            model = self.family.init_from_pretrained(self.pretrained, config)
+        else:
+            model = self.family.build(config)
+        self._record_arch(model)
+        return model
+
+    def _record_arch(self, model: nn.Module) -> None:
+        """Make the config's arch the one built when the model's architecture came from a pretrained transformers
+        config (train.init_from, or a step of a run that started so), so config.yaml records the real one.
+
+        When the family's arch keys cannot describe that model (the arch they give builds other parameters), the
+        composed arch stays, with a warning: the run's steps rebuild the model from their hf/config.json.
+        """
+        hf_config = getattr(model, "config", None)
+        if not getattr(hf_config, PRETRAINED_SOURCE_KEY, None):
+            return
+        composed = cast(dict[str, Any], OmegaConf.to_container(self.cfg.arch, resolve=True))
+        arch = arch_from_hf_config(hf_config, composed)
+        try:
+            with torch.device("meta"):
+                rebuilt = self.family.build(model_config(OmegaConf.create({"arch": arch}), 1))
+            check_weights_fit(model.state_dict(), rebuilt, f"the {type(model).__name__} of train.init_from")
+        except ValueError as err:
+            logger.warning(
+                "config.yaml keeps the composed arch: arch.name=%s keys cannot describe the model built (%s); "
+                "its steps rebuild it from their hf/config.json",
+                self.family.name,
+                err,
+            )
+            return
+        self.cfg.arch = arch
+
+    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW over the model's parameters, with weight decay as train.* says."""
+        train = self.cfg.train
+        return build_optimizer(
             model,
             train.lr,
             tuple(train.betas),
@@ -123,22 +204,17 @@ class Trainer:
             train.decay_embeddings,
             train.decay_norms_and_biases,
         )
-        self.scheduler = build_scheduler(optimizer, train.warmup_steps, self.total_steps, train.min_lr_ratio)
-        if train.compile:
-            self.family.compile_for_training(model)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.state = TrainState()
-        self.metrics: MetricsLogger | None = None
-        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        if resume_dir is not None and self.sharded:
-            raise ValueError(
-                f"resume={cfg.resume}: under FSDP/DeepSpeed the optimizer state is sharded and not checkpointed; "
-                "restart from the weights with train.init_from=<step dir> instead"
-            )
-        if resume_dir is not None:
-            self._restore(resume_dir)
 
-    # -- set-up helpers
+    def _prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Compile (train.compile) and hand the model and optimizer to the Accelerator."""
+        if self.cfg.train.compile:
+            self.family.compile_for_training(model)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.resume_dir is not None and self.sharded:
+            raise ValueError(
+                f"resume={self.cfg.resume}: under FSDP/DeepSpeed the optimizer state is sharded and not "
+                "checkpointed; restart from the weights with train.init_from=<step dir> instead"
+            )
 
     def _broadcast_run_dir(self, run_dir: str | Path | None) -> Path:
         """The run directory as the main process names it (run names from the clock may differ per process)."""
@@ -311,7 +387,6 @@ class Trainer:
             ckpt.save_checkpoint(
                 self.run_dir,
                 self.state.step,
-                model_state=None,
                 config=self.saved_config(),
                 tokenizer=self.tokenizer,
                 optimizer_state=None if self.sharded else self.optimizer.state_dict(),

@@ -53,6 +53,10 @@ from hrm_codegen.tokenization import load_tokenizer
 
 RUN_CONFIG_FILE = "eval_config.json"
 PROMPTS_FILE = "prompts.jsonl"
+MODEL_TYPE_DEPRECATED = (
+    "evaluate.py: --model-type is deprecated and ignored: --ckpt (a run of this launcher, its family read from "
+    "the checkpoint) or --model (a transformers model) says what to load"
+)
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 TERMINATED_STATUS = 143  # 128 + SIGTERM
 
@@ -113,9 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.error = fail  # type: ignore[method-assign]
     source = parser.add_argument_group("what to evaluate (one of)")
     source.add_argument(
-        "--model-type",
-        choices=("hrm", "hf"),
-        help="optional: ckpt (any family trained here, inferred from the checkpoint) or hf (--model)",
+        "--model-type", help="deprecated and ignored: --ckpt or --model says what to load (and its family)"
     )
     source.add_argument(
         "--ckpt",
@@ -161,7 +163,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gen.add_argument("--temperature", type=float, help="0 = greedy (default: 0 for one sample, else 0.8)")
     gen.add_argument("--top-p", type=float, default=0.95, help="nucleus mass when sampling (default 0.95)")
     gen.add_argument("--top-k", type=int, default=0, help="top-k when sampling (0 = off)")
-    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="tokens to generate at most (default: the prompt format's harness default for the dataset)",
+    )
     gen.add_argument("--batch-size", type=int, default=8, help="sequences per generate call")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -186,6 +192,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--output", help="output directory (samples.jsonl, summary.json)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.model_type is not None:
+        print(MODEL_TYPE_DEPRECATED, file=sys.stderr)
+    del args.model_type
     args.arch_overrides = parse_arch_overrides(args.arch_override)
     del args.arch_override  # recorded once, parsed, as arch_overrides (eval_config.json, summary.json)
     if args.arch_overrides and not args.ckpt:
@@ -205,24 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.output:
         fail("--output DIR is required")
     modes = [args.samples is not None, args.ckpt is not None, args.model is not None]
-    if args.samples is not None and args.model_type is not None:
-        fail(
-            "give exactly one of --samples FILE or a model (--ckpt / --model); --model-type goes with a model"
-        )
     if sum(modes) != 1:
-        if args.model_type == "hrm" and not args.ckpt:
-            fail("--model-type hrm needs --ckpt PATH")
-        if args.model_type == "hf" and not args.model:
-            fail("--model-type hf needs --model PATH")
         fail("give exactly one of --samples FILE, --ckpt RUN_OR_STEP or --model DIR_OR_HUB_ID")
-    if args.model_type == "hrm" and not args.ckpt:
-        fail("--model-type hrm needs --ckpt PATH")
-    if args.model_type == "hf" and not args.model:
-        fail("--model-type hf needs --model PATH")
-    if args.ckpt and args.model_type is None:
-        args.model_type = "ckpt"  # the family comes from the checkpoint's config
-    if args.model and args.model_type is None:
-        args.model_type = "hf"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = FORMATS[args.prompt_format].default_max_new_tokens(args.dataset)
     if args.dataset != "mbpp" and args.split != "test":
         fail(f"HumanEval has only the test split, got --split {args.split}")
     if args.num_samples < 1 or (args.limit is not None and args.limit < 1):
@@ -374,7 +369,9 @@ def run(args: argparse.Namespace) -> dict:
         stop_strings=stops,
     )
     options = {"compile": True} if args.compile else {}
-    completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress, options=options)
+    bos = FORMATS[args.prompt_format].bos  # the harness's rule: [BOS] prompt, or the tokenizer's own tokens
+    settings["prompt_bos"] = bos
+    completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress, options=options, bos=bos)
     truncated = completions.truncated_prompts(problems)
     if truncated:
         print(

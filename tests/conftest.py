@@ -63,3 +63,19 @@ def kill_after_checkpoint(
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, f"{step_dir} was not written before the run ended"
+
+
+def save_step(run_dir: Path, step: int, model, config, tokenizer, extra_files=None, **kwargs) -> Path:
+    """A checkpoint step of `model`, its weights written by its family (`config["arch"]["name"]`) as in training,
+    then whatever `extra_files(directory)` adds."""
+    from hrm_codegen.checkpoint import save_checkpoint
+    from hrm_codegen.families import get_family
+
+    family = get_family(config["arch"]["name"])
+
+    def files(directory: Path) -> None:
+        family.save_weights(model, model.state_dict(), tokenizer, directory)
+        if extra_files is not None:
+            extra_files(directory)
+
+    return save_checkpoint(run_dir, step, config=config, tokenizer=tokenizer, extra_files=files, **kwargs)

@@ -6,12 +6,12 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hrm_codegen.families.transformers_lm import HF_DIR, TRANSFORMER
 from hrm_codegen.flops import attention_flops, hrm_flops_per_token, llama_flops_per_token
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
 from hrm_codegen.models.baseline import (
     build_baseline,
     llama_config_from_hrm,
-    save_baseline,
     swiglu_intermediate_size,
 )
 from hrm_codegen.tokenization import load_tokenizer
@@ -69,28 +69,18 @@ def test_unknown_key_and_bad_match_are_reported(tiny_hrm_config):
 def test_save_and_reload_through_auto_classes_gives_identical_logits(tiny_hrm_config, gpt2_dir, tmp_path):
     tokenizer = load_tokenizer(gpt2_dir)
     tiny_hrm_config["vocab_size"] = tokenizer.vocab_size
-    model = build_baseline(
-        {
-            **tiny_hrm_config,
-            "name": "transformer",
-            "match": "params",
-            "bos_token_id": tokenizer.bos_id,
-            "eos_token_id": tokenizer.eos_id,
-            "pad_token_id": tokenizer.pad_id,
-        }
-    )
+    model = build_baseline({**tiny_hrm_config, "name": "transformer", "match": "params"})
     model.eval()
-    save_baseline(model, tokenizer, tmp_path / "baseline")
+    TRANSFORMER.save_weights(model, model.state_dict(), tokenizer, tmp_path)  # a step's hf/, as in training
+    saved = tmp_path / HF_DIR
 
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "baseline").eval()
-    assert load_tokenizer(tmp_path / "baseline").fingerprint == tokenizer.fingerprint
-    ids = torch.tensor(
-        [AutoTokenizer.from_pretrained(tmp_path / "baseline").encode("def add(a, b):\n    return a + b")]
-    )
+    reloaded = AutoModelForCausalLM.from_pretrained(saved).eval()
+    assert load_tokenizer(saved).fingerprint == tokenizer.fingerprint
+    ids = torch.tensor([AutoTokenizer.from_pretrained(saved).encode("def add(a, b):\n    return a + b")])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
     assert reloaded.generation_config.eos_token_id == tokenizer.eos_id
-    assert (tmp_path / "baseline" / "model.safetensors").is_file()
+    assert (saved / "model.safetensors").is_file()
 
 
 def _matmul_flops_per_token(forward, input_ids: torch.Tensor) -> float:

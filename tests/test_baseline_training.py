@@ -114,7 +114,7 @@ def test_launcher_trains_the_compute_matched_baseline_and_exports_save_pretraine
     hf_weights = load_file(str(step / HF_DIR / "model.safetensors"))
     assert set(hf_weights) == set(trained.state_dict())
     assert not (step / "model.safetensors").exists()  # the weights are stored once, in hf/
-    model, hf_tokenizer = load_hf_model(step / HF_DIR)  # as scripts/evaluate.py --model-type hf reads it
+    model, hf_tokenizer = load_hf_model(step / HF_DIR)  # as scripts/evaluate.py --model reads it
     assert isinstance(hf_tokenizer, CodeTokenizer) and hf_tokenizer.fingerprint == tokenizer.fingerprint
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in trained.parameters())
 
@@ -208,7 +208,7 @@ def test_baseline_checkpoint_holds_its_hf_export_inside_the_atomic_write(paths, 
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=f"truncated or corrupt: {HF_DIR}/model.safetensors has"):
         load_model_for_inference(step)
-    # evaluate.py --model-type hf --model <step>/hf checks the export against meta.json as well
+    # evaluate.py --model <step>/hf checks the export against meta.json as well
     with pytest.raises(CheckpointError, match=f"truncated or corrupt: {HF_DIR}/model.safetensors has"):
         load_hf_model(step / HF_DIR)
     assert verify_export(step / HF_DIR.upper()) is False  # not listed in meta.json: a plain folder, no check

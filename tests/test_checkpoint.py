@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import save_step
 from safetensors.torch import save_file
 
 from hrm_codegen import checkpoint as ckpt
-from hrm_codegen.checkpoint import CheckpointError, save_checkpoint
+from hrm_codegen.checkpoint import CheckpointError
 from hrm_codegen.inference import build_model, load_model_for_inference
 from hrm_codegen.tokenization import TokenizerMismatchError, load_tokenizer
 from hrm_codegen.train_config import compose_config
@@ -32,10 +33,10 @@ def setup(gpt2_dir, tokenizer):
 
 def _save(run_dir, step, cfg, model, tokenizer, **kwargs):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    return save_checkpoint(
+    return save_step(
         run_dir,
         step,
-        model_state=model.state_dict(),
+        model,
         config=cfg,
         tokenizer=tokenizer,
         optimizer_state=optimizer.state_dict(),
@@ -173,6 +174,25 @@ def test_missing_and_foreign_checkpoints_are_clear_errors(tmp_path, setup, token
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(CheckpointError, match="expected a weights file"):
         load_model_for_inference(tmp_path / "notes.txt")
+
+
+def test_one_fit_check_names_missing_unexpected_and_wrong_shape_weights(setup):
+    _, model = setup
+    state = dict(model.state_dict())
+    first, second = list(state)[:2]
+    state[first] = torch.zeros(3, 5)
+    del state[second]
+    state["extra.weight"] = torch.zeros(1)
+    shape = tuple(model.state_dict()[first].shape)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.check_weights_fit(state, model, "the file x")
+    message = str(err.value)
+    assert message.startswith("weights in the file x do not fit the HierarchicalReasoningModel_ACTV1")
+    assert f"missing ['{second}']" in message and "unexpected ['extra.weight']" in message
+    assert f"wrong shape (saved vs built) ['{first} (3, 5) vs {shape}']" in message
+    del state["extra.weight"]
+    state[first] = model.state_dict()[first]
+    ckpt.check_weights_fit(state, model, "the file x", may_lack=[second])  # allowed to lack it: fits
 
 
 def test_extra_files_are_written_inside_the_atomic_save_and_verified(tmp_path, setup, tokenizer):

@@ -187,10 +187,12 @@ def test_a_schedule_is_refused_for_families_that_cannot_change_their_cycles():
 # -- train.arch_from_init
 
 
-def test_arch_from_init_takes_the_arch_and_tokenizer_of_the_checkpoint(scheduled, mbpp_path):
+def test_arch_from_init_takes_the_arch_and_tokenizer_of_the_checkpoint(scheduled, mbpp_path, tmp_path):
     """The composed arch (hidden 48) and tokenizer (a path that does not exist) are replaced by the init
-    checkpoint's, with train.arch_overrides over them; the run's config.yaml records the resolved ones."""
-    init_dir, root = scheduled["run_dir"], scheduled["root"]
+    checkpoint's, with train.arch_overrides over them; the run's config.yaml records the resolved ones, and a
+    resume takes them from its step (the init checkpoint is gone by then)."""
+    root = scheduled["root"]
+    init_dir = shutil.copytree(scheduled["run_dir"], tmp_path / "init")
     overrides = [o for o in FAST if not o.startswith("arch.hidden_size")] + [
         "arch.hidden_size=48",
         "tokenizer.name_or_path=/nonexistent/tokenizer",
@@ -215,8 +217,10 @@ def test_arch_from_init_takes_the_arch_and_tokenizer_of_the_checkpoint(scheduled
     loaded = load_checkpoint(run_dir)  # the evaluator needs nothing else
     assert loaded.model.cycles == (2, 1) and loaded.model.config.hidden_size == 32
     # resume=auto with the same command (two steps now) resolves the same arch and continues the run
+    shutil.rmtree(init_dir)
     run(compose_config([*overrides[:-1], "train.max_steps=2", "resume=auto"]))
-    assert OmegaConf.load(run_dir / "step_2" / "config.yaml").arch == saved.arch
+    resumed = OmegaConf.load(run_dir / "step_2" / "config.yaml")
+    assert resumed.arch == saved.arch and resumed.tokenizer == saved.tokenizer
 
 
 def test_arch_from_init_false_leaves_the_config_alone():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_step
 
-from hrm_codegen.checkpoint import save_checkpoint
 from hrm_codegen.completions import ModelCompletions, SamplingConfig, sample_seed
 from hrm_codegen.datasets.humaneval import humaneval_problems
 from hrm_codegen.datasets.mbpp import MBPP_STOP_STRINGS, load_mbpp, mbpp_problems
@@ -96,13 +96,13 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, mbpp_path, capsys):
     bad.write_text('{"task_id": "11", "completion": "x"}\n{not json\n')
     cases = [
         (["--samples", bad, "--mbpp", mbpp_path], f"{bad}:2"),
-        (["--model-type", "hrm", "--ckpt", tmp_path / "missing"], "does not exist"),
-        (["--model-type", "hf", "--model", tmp_path / "missing"], "does not exist"),
-        (["--model-type", "hrm"], "needs --ckpt"),
+        (["--ckpt", tmp_path / "missing"], "does not exist"),
+        (["--model", tmp_path / "missing"], "does not exist"),
+        ([], "exactly one of"),
         (["--samples", bad, "--k", "1,x"], "--k"),
         (["--samples", bad, "--dataset", "humaneval", "--split", "train"], "only the test split"),
         (["--samples", bad, "--mbpp", tmp_path / "none.jsonl"], "prepare_data.py"),
-        (["--samples", bad, "--model-type", "hf"], "exactly one of"),
+        (["--samples", bad, "--ckpt", tmp_path / "run"], "exactly one of"),
         (["--model", tmp_path / "m", "--arch-override", "L_cycles=2"], "--arch-override applies to --ckpt"),
         (["--samples", bad, "--arch-override", "L_cycles=2"], "--arch-override applies to --ckpt"),
         (["--ckpt", tmp_path / "run", "--arch-override", "L_cycles"], "KEY=VALUE (e.g. L_cycles=3)"),
@@ -118,6 +118,17 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, mbpp_path, capsys):
         stderr = capsys.readouterr().err
         assert stop.value.code == 2, (args, stderr)
         assert stderr.count("\n") == 1 and message in stderr, (args, stderr)
+
+
+def test_model_type_is_deprecated_accepted_and_ignored(tmp_path, capsys):
+    cli = load_script()
+    for kind, source in (("hrm", "--ckpt"), ("hf", "--model"), ("hf", "--ckpt"), ("anything", "--samples")):
+        args = cli.parse_args(["--model-type", kind, source, str(tmp_path / "x"), "--output", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--model-type is deprecated and ignored: --ckpt" in err
+        assert "model_type" not in vars(args)
+    cli.parse_args(["--ckpt", str(tmp_path / "x"), "--output", str(tmp_path)])
+    assert capsys.readouterr().err == ""
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -197,17 +208,9 @@ def test_sigint_or_sigterm_stops_at_once_and_a_rerun_resumes(
 def test_hrm_checkpoint_end_to_end_with_resume(tmp_path, mbpp_path, tokenizer, tiny_hrm_config, problems):
     model, arch = tiny_hrm(tokenizer, tiny_hrm_config)
     run_dir = tmp_path / "run"
-    save_checkpoint(
-        run_dir,
-        5,
-        model_state=model.state_dict(),
-        config={"arch": {"name": "hrm", **arch}},
-        tokenizer=tokenizer,
-    )
+    save_step(run_dir, 5, model, {"arch": {"name": "hrm", **arch}}, tokenizer)
     out = tmp_path / "eval"
     common = [
-        "--model-type",
-        "hrm",
         "--ckpt",
         run_dir,
         "--mbpp",
@@ -248,8 +251,6 @@ def test_hrm_checkpoint_end_to_end_with_resume(tmp_path, mbpp_path, tokenizer, t
     # The CLI's greedy completion is the model's own greedy continuation of [BOS] + prompt, cut at a stop.
     greedy_out = tmp_path / "greedy"
     greedy = run_cli(
-        "--model-type",
-        "hrm",
         "--ckpt",
         run_dir,
         "--mbpp",
@@ -305,13 +306,17 @@ def test_hf_model_end_to_end(tmp_path, mbpp_path, gpt2_dir, problems):
         out,
     )
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count("--model-type is deprecated and ignored") == 1
     records = {r["task_id"]: r for r in read_jsonl(out / "samples.jsonl")}
     assert sorted(records) == ["11", "12"]
     assert json.loads((out / "summary.json").read_text())["num_samples"] == 2
-    # Greedy HF generation of the plain-encoded prompt (GPT-2 adds no BOS), decoded and cut at a stop string.
-    prompt = hf_tokenizer(problems[0].prompt, return_tensors="pt")
-    new = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=hf_tokenizer.eos_token_id)
-    expected = cut_at_stop(hf_tokenizer.decode(new[0, prompt["input_ids"].shape[1] :]), MBPP_STOP_STRINGS)
+    # Greedy HF generation of the prompt encoded as the native format says, `[BOS] prompt` as in training (GPT-2's
+    # tokenizer adds none itself), decoded and cut at a stop string.
+    ids = [hf_tokenizer.bos_token_id, *hf_tokenizer.encode(problems[0].prompt)]
+    new = model.generate(
+        torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=hf_tokenizer.eos_token_id
+    )
+    expected = cut_at_stop(hf_tokenizer.decode(new[0, len(ids) :]), MBPP_STOP_STRINGS)
     assert records["11"]["completion"] == expected
 
 

@@ -1,6 +1,7 @@
 """The evaluator's protocols end to end: stop strings on generated text only, auditable sample records,
 --write-prompts without a model, EvalPlus files with their train-split overlap, --sanitize, refused flags."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import save_step
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hrm_codegen.completions import ModelCompletions, SamplingConfig
 from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
+from hrm_codegen.datasets.protocols import FORMATS
 from hrm_codegen.evaluation import evaluate, prompt_sha256
 from hrm_codegen.execution import SandboxLimits
 from hrm_codegen.families.hrm import HRM
@@ -94,6 +97,46 @@ def test_a_stop_string_completed_across_the_prompt_boundary_does_not_stop(
         assert record["num_tokens"] == 3 and record["finish_reason"] == "length"
         assert record["completion"] == BANG * 3
     assert summary["length_capped_rate"] == 1.0
+
+
+@pytest.mark.parametrize("project_tokenizer", [True, False])
+def test_prompts_are_encoded_by_the_formats_bos_rule(tokenizer, gpt2_dir, project_tokenizer):
+    """native puts training's BOS first (EOS where the tokenizer has none, GPT-2's case); the harness formats
+    encode as the tokenizer does by default: none for GPT-2, a BOS for a tokenizer that adds one."""
+    model, prompt = _always_token_zero_llama(tokenizer.vocab_size), "def add(a, b):\n"
+    plain = AutoTokenizer.from_pretrained(gpt2_dir)
+    chosen = tokenizer if project_tokenizer else plain
+    text_ids = plain.encode(prompt, add_special_tokens=False)
+
+    def encode(fmt: str, tok=chosen) -> list[int]:
+        completions = ModelCompletions(model, tok, SamplingConfig(), progress=False, bos=FORMATS[fmt].bos)
+        return completions.encode(prompt)
+
+    assert encode("native") == [tokenizer.bos_id, *text_ids] and tokenizer.bos_id == plain.eos_token_id
+    for fmt in ("bigcode", "lm-eval", "chat"):
+        assert encode(fmt) == text_ids
+    adds_bos = AutoTokenizer.from_pretrained(gpt2_dir, add_bos_token=True)
+    assert encode("lm-eval", adds_bos) == [adds_bos.bos_token_id, *text_ids]
+    with pytest.raises(ValueError, match="bos must be"):
+        ModelCompletions(model, chosen, SamplingConfig(), progress=False, bos="sometimes")
+
+
+def test_max_new_tokens_defaults_to_the_formats_and_the_command_line_wins(tmp_path):
+    spec = importlib.util.spec_from_file_location("evaluate_defaults", EVALUATE)
+    assert spec is not None and spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    common = ["--samples", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "out")]
+    for fmt, dataset, expected in (
+        ("lm-eval", "humaneval", 1024),
+        ("lm-eval", "mbpp", 256),
+        ("chat", "mbpp", 768),
+    ):
+        args = cli.parse_args([*common, "--prompt-format", fmt, "--dataset", dataset])
+        assert args.max_new_tokens == expected
+    assert (
+        cli.parse_args([*common, "--prompt-format", "bigcode", "--max-new-tokens", "7"]).max_new_tokens == 7
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -202,7 +245,6 @@ def test_sanitize_recovers_a_cut_off_tail(mbpp_path, tmp_path):
 
 
 def test_quantize_int8_runs_end_to_end_through_evaluate(tmp_path, mbpp_path, gpt2_dir, tokenizer):
-    from hrm_codegen.checkpoint import save_checkpoint
     from hrm_codegen.inference import build_model
     from hrm_codegen.train_config import compose_config
 
@@ -211,7 +253,7 @@ def test_quantize_int8_runs_end_to_end_through_evaluate(tmp_path, mbpp_path, gpt
     )
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer.vocab_size)
-    save_checkpoint(tmp_path / "run", 1, model_state=model.state_dict(), config=cfg, tokenizer=tokenizer)
+    save_step(tmp_path / "run", 1, model, cfg, tokenizer)
     common = [
         "--ckpt",
         str(tmp_path / "run"),
@@ -226,6 +268,7 @@ def test_quantize_int8_runs_end_to_end_through_evaluate(tmp_path, mbpp_path, gpt
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "int8" / "summary.json").read_text())
     assert summary["num_problems"] == 2 and summary["config"]["quantize"] == "int8"
+    assert summary["config"]["prompt_bos"] == "always" and summary["config"]["max_new_tokens"] == 4
     records = [json.loads(x) for x in (tmp_path / "int8" / "samples.jsonl").read_text().splitlines()]
     assert all(r["num_tokens"] >= 1 for r in records)
     done = _cli(*common, "--no-progress", "--output", str(tmp_path / "int8"))  # fp32 into the int8 directory

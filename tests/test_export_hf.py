@@ -12,9 +12,8 @@ from typing import cast
 
 import pytest
 import torch
+from conftest import save_step
 
-from hrm_codegen.checkpoint import save_checkpoint
-from hrm_codegen.families import get_family
 from hrm_codegen.generation import generate
 from hrm_codegen.hf_export import ExportError, export_hf, verify_logits
 from hrm_codegen.inference import build_model, load_checkpoint
@@ -96,15 +95,7 @@ def _hrm_checkpoint(run_dir: Path, gpt2_dir: Path, tokenizer, *overrides: str) -
     )
     torch.manual_seed(0)
     model = build_model(cfg, tokenizer.vocab_size)
-    family = get_family("hrm")
-    save_checkpoint(
-        run_dir,
-        1,
-        model_state=None,
-        config=cfg,
-        tokenizer=tokenizer,
-        extra_files=lambda d: family.save_weights(model, model.state_dict(), tokenizer, d),
-    )
+    save_step(run_dir, 1, model, cfg, tokenizer)
     return run_dir
 
 
@@ -209,16 +200,8 @@ def test_transformers_family_checkpoint_is_copied(tmp_path, gpt2_dir, tokenizer)
 
     cfg = compose_config(["arch=transformer_tiny_params", *TINY, f"tokenizer.name_or_path={gpt2_dir}"])
     model = build_model(cfg, tokenizer.vocab_size)
-    family = get_family(cfg.arch.name)
     run_dir = tmp_path / "llama"
-    save_checkpoint(
-        run_dir,
-        1,
-        model_state=None,
-        config=cfg,
-        tokenizer=tokenizer,
-        extra_files=lambda d: family.save_weights(model, model.state_dict(), tokenizer, d),
-    )
+    save_step(run_dir, 1, model, cfg, tokenizer)
     result = export_hf(run_dir, tmp_path / "out")
     assert result.family == "transformer"
     source = run_dir / "step_1" / "hf"

@@ -50,7 +50,7 @@ def paths(gpt2_dir, mbpp_path, tmp_path):
 
 
 def _evaluate_ckpt(run_dir: Path, mbpp_path: Path, output: Path) -> dict:
-    """scripts/evaluate.py --ckpt RUN (no --model-type) on 2 MBPP test problems, in a subprocess."""
+    """scripts/evaluate.py --ckpt RUN on 2 MBPP test problems, in a subprocess."""
     command = [
         sys.executable,
         str(EVALUATE),

@@ -5,6 +5,7 @@ training and generation, FLOPs."""
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import (
     AutoModelForCausalLM,
     HrmTextConfig,
@@ -25,7 +27,7 @@ from hrm_codegen.checkpoint import read_meta
 from hrm_codegen.families import GenerationRequest, get_family
 from hrm_codegen.families.base import is_pretrained_source
 from hrm_codegen.flops import hrm_text_flops_per_token
-from hrm_codegen.inference import load_checkpoint, load_pretrained
+from hrm_codegen.inference import build_model, load_checkpoint, load_pretrained
 from hrm_codegen.tokenization import load_tokenizer
 from hrm_codegen.train_config import compose_config, validate_config
 from hrm_codegen.training import Trainer, run
@@ -276,6 +278,55 @@ def test_init_from_a_pretrained_directory_fine_tunes_and_evaluates(
         assert not torch.equal(loaded.model(**batch).logits, source_model(**batch).logits)
     summary = _evaluate(["--ckpt", str(run_dir)], mbpp_path, tmp_path / "eval")
     assert summary["num_problems"] == 2
+
+
+@pytest.mark.parametrize("kind", ["hrm_text", "llama"])
+def test_a_run_from_a_pretrained_model_records_its_arch_and_resumes_without_it(
+    paths, gpt2_dir, tmp_path, kind
+):
+    """config.yaml holds the architecture of train.init_from (not the composed arch), and resume=auto rebuilds
+    the model from the step alone: the source directory is gone by then."""
+    if kind == "hrm_text":
+        source_model, arch = _tiny_hrm_text(50257, hidden_size=48, num_attention_heads=6), TINY
+        expected = {"hidden_size": 48, "num_heads": 6, "intermediate_size": 64, "seq_len": 128}
+    else:
+        torch.manual_seed(0)
+        llama = LlamaConfig(
+            vocab_size=50257,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            rope_theta=500.0,
+        )
+        source_model, arch = (
+            LlamaForCausalLM(llama).eval(),
+            ["arch=transformer_tiny_params", "arch.seq_len=128"],
+        )
+        expected = {"hidden_size": 48, "num_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 3}
+        expected |= {"intermediate_size": 96, "seq_len": 128, "rope_theta": 500.0}
+    source = _save_source(source_model, gpt2_dir, tmp_path / f"{kind}_source")
+    overrides = [*arch, *FAST, *paths, f"train.init_from={source}", f"run_name=ft_{kind}"]
+    first = run(compose_config([*overrides, "train.max_steps=2"]))
+    assert isinstance(first, dict)
+    run_dir = Path(first["run_dir"])
+    saved = OmegaConf.load(run_dir / "step_2" / "config.yaml")
+    assert {k: saved.arch[k] for k in expected} == expected
+    assert saved.arch.vocab_size == 50257 and saved.tokenizer.name_or_path == str(source)
+    with torch.device("meta"):  # the recorded arch builds the source's architecture
+        rebuilt = build_model(saved, 50257)
+    shapes = {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in source_model.state_dict().items()}
+
+    shutil.rmtree(source)
+    resumed = run(compose_config([*overrides, "train.max_steps=4", "resume=auto"]))
+    assert isinstance(resumed, dict) and resumed["step"] == 4
+    assert OmegaConf.load(run_dir / "step_4" / "config.yaml").arch == saved.arch
+    assert json.loads((run_dir / "step_4" / "train_state.json").read_text())["step"] == 4
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]  # steps 3 and 4 continue the run
 
 
 def test_loaded_hrm_text_decodes_through_its_family(gpt2_dir, tmp_path):

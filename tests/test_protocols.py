@@ -12,6 +12,8 @@ from transformers import AutoTokenizer
 from hrm_codegen.datasets.humaneval import HUMANEVAL_STOP_STRINGS, humaneval_problems
 from hrm_codegen.datasets.mbpp import MBPP_STOP_STRINGS, load_mbpp, mbpp_problems
 from hrm_codegen.datasets.protocols import (
+    BOS_ALWAYS,
+    BOS_TOKENIZER,
     FORMATS,
     build_problems,
     default_timeout_s,
@@ -257,6 +259,34 @@ def test_humaneval_harness_prompts_and_programs(humaneval_rows):
         + tests
         + "\ncheck(strlen)"
     )
+
+
+def test_each_format_carries_its_harness_bos_rule_and_generation_length():
+    """native: training's `[BOS] prompt`; the harnesses encode with the tokenizer's own special tokens
+    (bigcode-evaluation-harness, lm-evaluation-harness v0.4.12, EvalPlus v0.3.1) and generate up to 512
+    (bigcode max_length_generation), 256 / 1024 (lm-eval MBPP max_gen_toks default / humaneval.yaml), 768 (EvalPlus)."""
+    rules = {name: f.bos for name, f in FORMATS.items()}
+    assert rules == {
+        "native": BOS_ALWAYS,
+        "bigcode": BOS_TOKENIZER,
+        "lm-eval": BOS_TOKENIZER,
+        "chat": BOS_TOKENIZER,
+    }
+    lengths = {
+        name: (f.default_max_new_tokens("mbpp"), f.default_max_new_tokens("humaneval"))
+        for name, f in FORMATS.items()
+    }
+    assert lengths == {
+        "native": (256, 256),
+        "bigcode": (512, 512),
+        "lm-eval": (256, 1024),
+        "chat": (768, 768),
+    }
+    for f in FORMATS.values():
+        assert f.default_max_new_tokens("mbppplus") == f.default_max_new_tokens("mbpp")
+        assert f.default_max_new_tokens("humanevalplus") == f.default_max_new_tokens("humaneval")
+    with pytest.raises(ValueError, match="unknown dataset 'apps'"):
+        FORMATS["native"].default_max_new_tokens("apps")
 
 
 def test_stop_sequences_per_dataset_and_format():

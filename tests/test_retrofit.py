@@ -253,6 +253,19 @@ def test_unsupported_architectures_are_refused(tmp_path, tokenizer, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_source_tensors_that_do_not_fit_the_hrm_are_named(llama_source, monkeypatch):
+    _, model = llama_source
+    state = dict(model.state_dict())
+    state["model.layers.0.self_attn.o_proj.weight"] = torch.zeros(3, 3)
+    monkeypatch.setattr(model, "state_dict", lambda: state)
+    with pytest.raises(
+        RetrofitError,
+        match=r"do not fit .*wrong shape \(saved vs built\) \['inner.L_level.layers.0.self_attn.o_proj.weight "
+        r"\(3, 3\) vs \(32, 32\)'\]",
+    ):
+        convert(model, LayerSplit(0, 2, 2, 4))
+
+
 def test_an_existing_non_empty_out_is_refused(source, tokenizer, tmp_path):
     directory, model = source
     (tmp_path / "run").mkdir()

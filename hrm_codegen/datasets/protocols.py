@@ -24,6 +24,10 @@ A protocol (`fmt`) is followed byte for byte, so scores compare with those the h
   text up to the prefill's end is the prompt. The program is the sanitized code of the completion (tabs as
   four spaces, `extract_code`, then `sanitize` to the entry point, as EvalPlus does) + the tests.
 
+Each format (`FORMATS`, a `PromptFormat`) also carries its harness's generation set-up: whether a BOS is put
+before the prompt (training's `[BOS] prompt`, or whatever the tokenizer adds, as the harnesses call it) and the
+default number of new tokens.
+
 The MBPP+ and HumanEval+ datasets (`hrm_codegen.datasets.evalplus`) use their family's prompts and stops
 and their extended `test` code as the test program.
 """
@@ -34,7 +38,7 @@ import ast
 import builtins
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +55,12 @@ from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.sanitize import extract_code, sanitize
 
 __all__ = [
+    "BOS_ALWAYS",
+    "BOS_TOKENIZER",
     "DATASETS",
     "FORMATS",
     "FormattedProblem",
+    "PromptFormat",
     "build_problems",
     "chat_prompt",
     "default_timeout_s",
@@ -64,11 +71,66 @@ __all__ = [
     "write_prompts",
 ]
 
-FORMATS: dict[str, str] = {
-    "native": "this project's prompts (the MBPP docstring format, HumanEval signature + docstring)",
-    "bigcode": "bigcode-evaluation-harness mbpp / humaneval tasks (zero-shot)",
-    "lm-eval": "lm-evaluation-harness 0.4 mbpp (3-shot, [BEGIN]/[DONE]) / humaneval tasks",
-    "chat": "EvalPlus instruct prompt in the tokenizer's chat template; code from the fenced block",
+BOS_ALWAYS = (
+    "always"  # [BOS] prompt, as training encodes prompts (EOS stands in when the tokenizer has no BOS)
+)
+BOS_TOKENIZER = (
+    "tokenizer"  # the tokenizer's own special tokens (add_special_tokens=True), as the harness encodes
+)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """A prompt protocol and how its harness generates: its BOS rule (`BOS_ALWAYS` or `BOS_TOKENIZER`) and its
+    default generation length (max_new_tokens) per dataset family ("mbpp", "humaneval")."""
+
+    name: str
+    description: str
+    bos: str
+    max_new_tokens: Mapping[str, int]
+
+    def default_max_new_tokens(self, dataset: str) -> int:
+        """max_new_tokens for `dataset` when the command line does not set it."""
+        return self.max_new_tokens[check_format(dataset, self.name)]
+
+
+FORMATS: dict[str, PromptFormat] = {
+    f.name: f
+    for f in (
+        # Training's prompt encoding (`datasets.batching.encode_prompt`); this project's default length.
+        PromptFormat(
+            "native",
+            "this project's prompts (the MBPP docstring format, HumanEval signature + docstring)",
+            BOS_ALWAYS,
+            {"mbpp": 256, "humaneval": 256},
+        ),
+        # bigcode_eval/utils.py `TokenizedDataset` calls the tokenizer with its defaults; main.py's
+        # --max_length_generation 512 bounds prompt + generation there, the generation alone here (completions
+        # end at the stop words well before).
+        PromptFormat(
+            "bigcode",
+            "bigcode-evaluation-harness mbpp / humaneval tasks (zero-shot)",
+            BOS_TOKENIZER,
+            {"mbpp": 512, "humaneval": 512},
+        ),
+        # lm_eval/models/huggingface.py at v0.4.12: add_bos_token=None, the tokenizer's defaults (since v0.4.9.2;
+        # earlier releases added no BOS to causal models); max_gen_toks 256 by default (mbpp.yaml sets none),
+        # 1024 in humaneval.yaml.
+        PromptFormat(
+            "lm-eval",
+            "lm-evaluation-harness 0.4 mbpp (3-shot, [BEGIN]/[DONE]) / humaneval tasks",
+            BOS_TOKENIZER,
+            {"mbpp": 256, "humaneval": 1024},
+        ),
+        # EvalPlus v0.3.1 evalplus/provider/hf.py encodes the rendered prompt with `tokenizer.encode` (its
+        # defaults); provider/base.py's max_new_tokens is 768.
+        PromptFormat(
+            "chat",
+            "EvalPlus instruct prompt in the tokenizer's chat template; code from the fenced block",
+            BOS_TOKENIZER,
+            {"mbpp": 768, "humaneval": 768},
+        ),
+    )
 }
 DATASETS = ("mbpp", "humaneval", "mbppplus", "humanevalplus")
 FAMILY = {"mbpp": "mbpp", "mbppplus": "mbpp", "humaneval": "humaneval", "humanevalplus": "humaneval"}

@@ -244,6 +244,28 @@ def is_pretrained_source(source: str | Path) -> bool:
     return not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
 
+# Arch keys a transformers config holds under another name.
+HF_CONFIG_NAMES = {"num_heads": "num_attention_heads", "seq_len": "max_position_embeddings"}
+
+
+def arch_from_hf_config(hf_config: Any, arch: Mapping[str, Any]) -> dict[str, Any]:
+    """`arch` (a family's arch keys) with each key a transformers config also holds taken from `hf_config`: under
+    its own name, or transformers' (`HF_CONFIG_NAMES`); `rope_theta` also from `rope_parameters`."""
+    out = dict(arch)
+    rope = getattr(hf_config, "rope_parameters", None)
+    for key in arch:
+        if key == "name":
+            continue
+        value = getattr(hf_config, HF_CONFIG_NAMES.get(key, key), None)
+        if value is None and key == "rope_theta" and isinstance(rope, dict):
+            value = rope.get("rope_theta")
+        if isinstance(value, list | tuple):
+            value = list(value)
+        if isinstance(value, bool | int | float | str | list):
+            out[key] = value
+    return out
+
+
 def register_family(family: ModelFamily) -> ModelFamily:
     """Make `family` available under `family.name` (as `arch.name`); a second family of one name is refused."""
     if not family.name:

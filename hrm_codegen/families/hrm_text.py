@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from transformers import HrmTextConfig, HrmTextForCausalLM
 
+from hrm_codegen.checkpoint import CheckpointError, check_weights_fit
 from hrm_codegen.families.base import Generated, GenerationRequest, register_family
 from hrm_codegen.families.transformers_lm import HF_DIR, TransformersFamily
 from hrm_codegen.flops import hrm_text_flops_per_token
 from hrm_codegen.models.baseline import ATTN_IMPLEMENTATIONS, check_baseline_packing, swiglu_intermediate_size
-from hrm_codegen.runs import CheckpointError
 
 
 @dataclass
@@ -149,13 +149,12 @@ class HrmTextFamily(TransformersFamily):
         bad = {
             k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
         }
-        state = saved.state_dict()
-        expected = model.state_dict()
-        wrong = sorted(k for k in expected if k not in state or state[k].shape != expected[k].shape)
-        if bad or wrong:
+        if bad:
             raise CheckpointError(
-                f"weights in {hf_dir} do not fit the {type(model).__name__} being built: {bad or wrong[:5]}"
+                f"weights in {hf_dir} are incomplete or do not fit their config.json: {bad}"
             )
+        state = saved.state_dict()
+        check_weights_fit(state, model, hf_dir)
         model.load_state_dict(state)
 
     def lm_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

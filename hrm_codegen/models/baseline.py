@@ -9,14 +9,12 @@ apart through their restarting position_ids (`check_baseline_packing` says when 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import transformers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from hrm_codegen.models.configuration_hrm import HRM_KEYS, HRMConfig
-from hrm_codegen.tokenization import CodeTokenizer
 
 MATCHES = ("params", "compute")
 ATTN_IMPLEMENTATIONS = {"auto": None, "sdpa": "sdpa", "eager": "eager", "flash_attn": "flash_attention_2"}
@@ -140,22 +138,3 @@ def build_baseline(cfg_dict: dict[str, Any]) -> LlamaForCausalLM:
     hrm_cfg = HRMConfig.from_arch({k: v for k, v in cfg_dict.items() if k in hrm_keys})
     extra = {k: cfg_dict[k] for k in BASELINE_KEYS if k in cfg_dict and k != "name"}
     return LlamaForCausalLM(llama_config_from_hrm(hrm_cfg, **extra))
-
-
-def save_baseline(model: LlamaForCausalLM, tokenizer: Any, directory: str | Path) -> Path:
-    """Write model (safetensors), generation config and tokenizer in the `save_pretrained` layout.
-
-    `tokenizer` is a `CodeTokenizer` (saved with its fingerprint), a Hugging Face tokenizer, or None.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
-    model.save_pretrained(directory)
-    if isinstance(tokenizer, CodeTokenizer):
-        tokenizer.save(directory)
-    elif tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return directory
