@@ -62,7 +62,7 @@ def test_layout_latest_and_keep_last(tmp_path, setup, tokenizer):
     assert sorted(p.name for p in run.iterdir()) == ["latest", "step_20", "step_30"]
     names = {p.name for p in path.iterdir()}
     assert {
-        "model.safetensors",
+        "hf",  # the HRM's weights: a save_pretrained directory
         "optimizer.pt",
         "rng.pt",
         "train_state.json",
@@ -73,7 +73,7 @@ def test_layout_latest_and_keep_last(tmp_path, setup, tokenizer):
     assert (path / "tokenizer" / "fingerprint.txt").read_text().strip() == tokenizer.fingerprint
     meta = ckpt.read_meta(path)
     assert meta["step"] == 30 and meta["tokenizer_fingerprint"] == tokenizer.fingerprint
-    assert "model.safetensors" in meta["files"] and "tokenizer/fingerprint.txt" in meta["files"]
+    assert "hf/model.safetensors" in meta["files"] and "tokenizer/fingerprint.txt" in meta["files"]
     state = ckpt.load_training_state(path)
     assert state["train_state"] == {"step": 30, "tokens_seen": 7}
     assert torch.equal(state["rng"][0]["torch"], torch.get_rng_state())
@@ -111,7 +111,7 @@ def test_load_for_inference_from_step_run_and_weights(tmp_path, setup, tokenizer
 
     bare = tmp_path / "bare"
     bare.mkdir()
-    shutil.copy(step / "model.safetensors", bare / "w.safetensors")
+    shutil.copy(step / "hf" / "model.safetensors", bare / "w.safetensors")
     with pytest.raises(CheckpointError, match="no config.yaml lies next to it"):
         load_model_for_inference(bare / "w.safetensors")
     loaded, _ = load_model_for_inference(bare / "w.safetensors", config=step / "config.yaml")
@@ -134,10 +134,10 @@ def test_pt_files_are_read_weights_only(tmp_path):
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, setup, tokenizer):
     cfg, model = setup
     step = _save(tmp_path / "run", 4, cfg, model, tokenizer)
-    weights = step / "model.safetensors"
+    weights = step / "hf" / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt: model.safetensors has"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt: hf/model.safetensors has"):
         load_model_for_inference(step)
     with pytest.raises(CheckpointError, match="cannot read weights"):
         ckpt.load_weights(weights)
@@ -187,7 +187,7 @@ def test_one_fit_check_names_missing_unexpected_and_wrong_shape_weights(setup):
     with pytest.raises(CheckpointError) as err:
         ckpt.check_weights_fit(state, model, "the file x")
     message = str(err.value)
-    assert message.startswith("weights in the file x do not fit the HierarchicalReasoningModel_ACTV1")
+    assert message.startswith(f"weights in the file x do not fit the {type(model).__name__}")
     assert f"missing ['{second}']" in message and "unexpected ['extra.weight']" in message
     assert f"wrong shape (saved vs built) ['{first} (3, 5) vs {shape}']" in message
     del state["extra.weight"]
@@ -203,22 +203,22 @@ def test_extra_files_are_written_inside_the_atomic_save_and_verified(tmp_path, s
         seen.append(directory)
         assert not (directory / "meta.json").exists()  # before meta.json, inside the temporary directory
         assert directory.name.startswith(".tmp_step_6")
-        (directory / "hf" / "sub").mkdir(parents=True)
-        (directory / "hf" / "config.json").write_text('{"a": 1}')
-        (directory / "hf" / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4)
+        (directory / "extra" / "sub").mkdir(parents=True)
+        (directory / "extra" / "config.json").write_text('{"a": 1}')
+        (directory / "extra" / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4)
 
     step = _save(tmp_path / "run", 6, cfg, model, tokenizer, extra_files=extra)
     assert len(seen) == 1 and not seen[0].exists()
     files = ckpt.read_meta(step)["files"]
-    assert files["hf/config.json"]["bytes"] == 8 and files["hf/sub/weights.bin"]["bytes"] == 1024
+    assert files["extra/config.json"]["bytes"] == 8 and files["extra/sub/weights.bin"]["bytes"] == 1024
     load_model_for_inference(step)  # still loads, every file verified
 
-    weights = step / "hf" / "sub" / "weights.bin"
+    weights = step / "extra" / "sub" / "weights.bin"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="truncated or corrupt: hf/sub/weights.bin has 100 bytes"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt: extra/sub/weights.bin has 100 bytes"):
         load_model_for_inference(step)
-    (step / "hf" / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="incomplete: hf/config.json is missing"):
+    (step / "extra" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete: extra/config.json is missing"):
         ckpt.read_meta(step)
 
 
@@ -228,8 +228,8 @@ def test_a_failing_extra_files_hook_leaves_no_step(tmp_path, setup, tokenizer):
     _save(run, 1, cfg, model, tokenizer)
 
     def half_written(directory):
-        (directory / "hf").mkdir()
-        (directory / "hf" / "config.json").write_text("{")
+        (directory / "extra").mkdir()
+        (directory / "extra" / "config.json").write_text("{")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
