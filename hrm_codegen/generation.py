@@ -227,6 +227,7 @@ def generate(
     seed: int | Sequence[int] | None = None,
     return_logits: bool = False,
     prefix_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
     cache_implementation: str | None = None,
     compile: bool = False,
 ) -> GenerationOutput:
@@ -240,8 +241,9 @@ def generate(
     makes each sequence's sample independent of what else is in the batch. `cache_implementation`: "dynamic"
     (transformers' default) or "static" (a preallocated cache: every one-token step has the same shapes);
     `compile=True` decodes with a `torch.compile`d step over a static cache (compiled on first use, kept by
-    transformers for later calls). `prefix_mask` [B, P] (True on prompt tokens; for models with PrefixLM)
-    makes the prompt bidirectional; the new tokens decode causally.
+    transformers for later calls). `prefix_mask` [B, P] (True on prompt tokens; the HRM's PrefixLM) makes the
+    prompt bidirectional and the new tokens decode causally; `token_type_ids` [B, P] are passed on to models
+    that take them instead (transformers' HRM-Text reads them at the prefill).
     """
     decode = _decoder(tokenizer)
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -304,9 +306,13 @@ def generate(
             mask.repeat_interleave(num_return_sequences, 0),
         )
         prefix_mask = None if prefix_mask is None else prefix_mask.repeat_interleave(num_return_sequences, 0)
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.repeat_interleave(num_return_sequences, 0)
         num_return_sequences = 1
     if prefix_mask is not None:
         options["prefix_mask"] = prefix_mask.bool()
+    if token_type_ids is not None:
+        options["token_type_ids"] = token_type_ids
     already_compiled = getattr(model, "_compiled_call", None) is not None
     start = time.perf_counter()
     out = model.generate(

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
+from hrm_codegen.families.base import save_hf
 from hrm_codegen.models.hrm_act_v1 import HrmCodegenForCausalLM
 
 # |exported - checkpoint| <= ATOL + RTOL * |checkpoint|, by the forward dtype: the two compute the same ops, so
@@ -51,24 +52,6 @@ def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass force=True (--force) to write into it")
     out.mkdir(parents=True, exist_ok=True)
-
-
-def save_hf(
-    model: PreTrainedModel, tokenizer: Any, out: Path, state: dict[str, torch.Tensor] | None = None
-) -> None:
-    """`save_pretrained` with the tokenizer's special ids in the config and generation config, and the tokenizer.
-
-    pad_token_id stays out of config.json: it would make the embedding of GPT-2's EOS (= its pad token)
-    untrainable when the export is fine-tuned further. `state`: the weights to write (the full state under FSDP).
-    """
-    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
-    )
-    if isinstance(model, HrmCodegenForCausalLM):
-        tokenizer.hf.model_max_length = model.config.seq_len  # the context harnesses truncate prompts to
-    model.save_pretrained(out, state_dict=state)
-    tokenizer.save(out)
 
 
 def export_hf(ckpt: str | Path, out: str | Path, *, force: bool = False, verify: bool = True) -> ExportResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hrm_codegen.checkpoint import TOKENIZER_DIR, WEIGHTS_FILE, read_meta, verify_export
+from hrm_codegen.checkpoint import TOKENIZER_DIR, WEIGHTS_FILE, check_weights_fit, read_meta, verify_export
 from hrm_codegen.families import FAMILIES, ModelFamily, get_family
-from hrm_codegen.families.transformers_lm import PRETRAINED
+from hrm_codegen.families.base import arch_from_hf_config
+from hrm_codegen.families.transformers_lm import PRETRAINED, PRETRAINED_SOURCE_KEY
 from hrm_codegen.runs import CONFIG_FILE, META_FILE, CheckpointError, resolve_checkpoint
 from hrm_codegen.tokenization import FINGERPRINT_FILE, check_fingerprint, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,6 +95,33 @@ def _load_config(config: str | Path | DictConfig | Mapping[str, Any] | None, wei
     if not isinstance(loaded, DictConfig) or "arch" not in loaded:
         raise CheckpointError(f"{config}: expected a training config with an `arch` section")
     return loaded
+
+
+def recorded_arch(family: ModelFamily, model: nn.Module, arch: DictConfig) -> Any:
+    """The arch a run records (config.yaml): the one built when the model's architecture came from a pretrained
+    transformers config (train.init_from, or a step of a run that started so), else `arch` as composed.
+
+    When the family's arch keys cannot describe that model (the arch they give builds other parameters), the
+    composed arch stays, with a warning: the run's steps rebuild the model from their hf/config.json.
+    """
+    hf_config = getattr(model, "config", None)
+    if not getattr(hf_config, PRETRAINED_SOURCE_KEY, None):
+        return arch
+    composed = cast(dict[str, Any], OmegaConf.to_container(arch, resolve=True))
+    built = arch_from_hf_config(hf_config, composed)
+    try:
+        with torch.device("meta"):
+            rebuilt = family.build(model_config(OmegaConf.create({"arch": built}), 1))
+        check_weights_fit(model.state_dict(), rebuilt, f"the {type(model).__name__} of train.init_from")
+    except ValueError as err:
+        logger.warning(
+            "config.yaml keeps the composed arch: arch.name=%s keys cannot describe the model built (%s); "
+            "its steps rebuild it from their hf/config.json",
+            family.name,
+            err,
+        )
+        return arch
+    return built
 
 
 def load_checkpoint(

@@ -31,13 +31,11 @@ from tqdm.auto import tqdm
 
 from hrm_codegen import checkpoint as ckpt
 from hrm_codegen import runs
-from hrm_codegen.checkpoint import check_weights_fit
 from hrm_codegen.datasets.assembly import build_datasets
 from hrm_codegen.datasets.batching import BatchOrder, collate_batch
 from hrm_codegen.families import get_family
-from hrm_codegen.families.base import arch_from_hf_config, is_pretrained_source, params_sha256
-from hrm_codegen.families.transformers_lm import PRETRAINED_SOURCE_KEY
-from hrm_codegen.inference import load_checkpoint, model_config
+from hrm_codegen.families.base import is_pretrained_source, params_sha256
+from hrm_codegen.inference import load_checkpoint, model_config, recorded_arch
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, codegen_loss
 from hrm_codegen.optim import build_optimizer, build_scheduler
@@ -163,34 +161,8 @@ class Trainer:
             model = self.family.init_from_pretrained(self.pretrained, config)
         else:
             model = self.family.build(config)
-        self._record_arch(model)
+        self.cfg.arch = recorded_arch(self.family, model, self.cfg.arch)
         return model
-
-    def _record_arch(self, model: nn.Module) -> None:
-        """Make the config's arch the one built when the model's architecture came from a pretrained transformers
-        config (train.init_from, or a step of a run that started so), so config.yaml records the real one.
-
-        When the family's arch keys cannot describe that model (the arch they give builds other parameters), the
-        composed arch stays, with a warning: the run's steps rebuild the model from their hf/config.json.
-        """
-        hf_config = getattr(model, "config", None)
-        if not getattr(hf_config, PRETRAINED_SOURCE_KEY, None):
-            return
-        composed = cast(dict[str, Any], OmegaConf.to_container(self.cfg.arch, resolve=True))
-        arch = arch_from_hf_config(hf_config, composed)
-        try:
-            with torch.device("meta"):
-                rebuilt = self.family.build(model_config(OmegaConf.create({"arch": arch}), 1))
-            check_weights_fit(model.state_dict(), rebuilt, f"the {type(model).__name__} of train.init_from")
-        except ValueError as err:
-            logger.warning(
-                "config.yaml keeps the composed arch: arch.name=%s keys cannot describe the model built (%s); "
-                "its steps rebuild it from their hf/config.json",
-                self.family.name,
-                err,
-            )
-            return
-        self.cfg.arch = arch
 
     def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """AdamW over the model's parameters, with weight decay as train.* says."""

@@ -228,6 +228,25 @@ def step_weights_file(path: Path) -> Path:
     return old if old.is_file() else path / HF_DIR / WEIGHTS_FILE
 
 
+def save_hf(model: Any, tokenizer: Any, out: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """`save_pretrained` with the tokenizer's special ids in the config and generation config, and the tokenizer.
+
+    pad_token_id stays out of config.json: it would make the embedding of GPT-2's EOS (= its pad token)
+    untrainable when the export is fine-tuned further. `state`: the weights to write (the full state under FSDP).
+    """
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id
+    )
+    seq_len = getattr(model.config, "seq_len", None)  # the HRM's positions
+    if seq_len is not None:
+        tokenizer.hf.model_max_length = seq_len  # the context harnesses truncate prompts to
+    model.save_pretrained(out, state_dict=state)
+    tokenizer.save(out)
+
+
 FAMILIES: dict[str, ModelFamily] = {}
 
 

@@ -19,6 +19,7 @@ from hrm_codegen.families.base import (
     TrainState,
     decode_request,
     register_family,
+    save_hf,
     step_weights_file,
 )
 from hrm_codegen.flops import hrm_flops_per_token
@@ -202,8 +203,6 @@ class HrmFamily(ModelFamily):
     ) -> None:
         """save_pretrained layout in `<step>/hf/`: `AutoModelForCausalLM.from_pretrained(<step>/hf)` loads it
         after `import hrm_codegen`, and with trust_remote_code=True (its shipped model code) without it."""
-        from hrm_codegen.hf_export import save_hf
-
         save_hf(cast(HierarchicalReasoningModel_ACTV1, model), tokenizer, directory / HF_DIR, dict(state))
 
     def load_weights(self, model: nn.Module, path: Path) -> None:

@@ -24,6 +24,7 @@ from hrm_codegen.families.base import (
     HF_DIR,
     ModelFamily,
     register_family,
+    save_hf,
     step_weights_file,
 )
 from hrm_codegen.families.hrm import HRMArchConfig
@@ -114,8 +115,6 @@ class TransformersFamily(ModelFamily):
         self, model: nn.Module, state: Mapping[str, torch.Tensor], tokenizer: Any, directory: Path
     ) -> None:
         """save_pretrained layout in `<step>/hf/` (config.json, weights, generation config, tokenizer)."""
-        from hrm_codegen.hf_export import save_hf
-
         save_hf(cast(PreTrainedModel, model), tokenizer, directory / HF_DIR, dict(state))
 
     def load_weights(self, model: nn.Module, path: Path) -> None:
