@@ -52,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled columns")
     parser.add_argument("--no-llama", action="store_true")
     parser.add_argument(
+        "--no-hrm-text", action="store_true", help="skip HRM-Text even when its family is there"
+    )
+    parser.add_argument(
         "--small-new-tokens", type=int, default=32, help="tokens of the small-HRM speed-up run"
     )
     return parser.parse_args()
@@ -199,7 +202,7 @@ def main() -> None:
     if not args.no_llama:
         llama = LlamaForCausalLM(llama_config_from_hrm(hrm_config, match="compute")).eval()
         models.append((f"Llama {llama.config.num_hidden_layers}L (compute-matched)", llama))
-    if "hrm_text" in FAMILIES:
+    if "hrm_text" in FAMILIES and not args.no_hrm_text:
         try:
             text_config = {
                 "vocab_size": args.vocab_size,
