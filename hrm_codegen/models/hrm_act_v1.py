@@ -453,7 +453,7 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
         if cache_columns is None:
             cache_columns = torch.arange(width - new, width, device=input_ids.device)
         if position_ids is None:  # real tokens before each new position
-            position_ids = (key_mask.long().cumsum(-1) - 1).clamp_min(0)[:, cache_columns]
+            position_ids = default_position_ids(input_ids, key_mask)[:, cache_columns]
         prefix = None
         if prefix_mask is not None and self.config.prefix_lm:
             prefix = F.pad(prefix_mask.bool(), (0, width - prefix_mask.shape[1]), value=False)
@@ -657,7 +657,7 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
                 inputs["cache_columns"] = torch.arange(past, past + new, device=input_ids.device)
             inputs["attention_mask"] = attention_mask
         if position_ids is None and attention_mask is not None:  # real tokens before each position
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past : past + new]
+            position_ids = default_position_ids(input_ids, attention_mask)[:, past : past + new]
         if position_ids is not None:  # rows that finished keep stepping on pad tokens: keep them in the table
             inputs["position_ids"] = position_ids[:, -new:].clamp(max=self.config.seq_len - 1)
         if prefix_mask is not None:
