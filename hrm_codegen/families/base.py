@@ -19,7 +19,7 @@ from torch import nn
 from hrm_codegen.checkpoint import (
     WEIGHTS_FILE,  # a step's weights, for families without a transformers layout
 )
-from hrm_codegen.generation import generate, tail_has_stop
+from hrm_codegen.generation import generate, max_positions, tail_has_stop
 from hrm_codegen.losses_codegen import LossOutput, codegen_loss
 
 __all__ = ["tail_has_stop"]
@@ -172,8 +172,9 @@ class ModelFamily:
 
     # -- inference
     def max_length(self, model: nn.Module) -> int | None:
-        """Positions the model can take (prompt plus completion), when it has a limit."""
-        return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        """Positions the model can take (prompt plus completion), when it has a limit (the HRM's seq_len is its
+        config's max_position_embeddings): what decoding stops at."""
+        return max_positions(model)
 
     def generate(
         self,

@@ -211,9 +211,6 @@ class HrmFamily(ModelFamily):
 
         load_model_weights(model, step_weights_file(path))
 
-    def max_length(self, model: nn.Module) -> int | None:
-        return cast(HierarchicalReasoningModel_ACTV1, model).config.seq_len
-
     def generate(
         self,
         model: nn.Module,
