@@ -6,7 +6,8 @@ For each model and batch size it prints tokens/s, the process's peak resident me
 read per generated token (linear-layer weights times their calls per step, over the batch), the bandwidth
 ceiling (those bytes at the memory bandwidth measured in the same run by a large tensor copy), the share of
 that ceiling the static cache reaches, and the compile time (the first compiled call's wall time, compilation
-included). Then the cache speed-up over full recomputation on a small HRM (hidden 256, 2+2 layers, 2x2 cycles).
+included), then each model's speed over the Llama's path by path. The models take turns cell by cell (warm-up,
+then the timed repeats), so a change in the machine's load hits them alike. Then the cache speed-up over full recomputation on a small HRM (hidden 256, 2+2 layers, 2x2 cycles).
 Greedy decoding of exactly --new-tokens tokens (EOS disabled) from random prompts, random weights.
 """
 
@@ -46,7 +47,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per cell (the fastest is kept)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed runs per cell, the models taking turns (the fastest is kept)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quant", default="int8_dynamic", choices=METHODS, help="the int8 column's method")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled columns")
@@ -110,8 +116,11 @@ def runner(model: nn.Module, **kw: Any) -> Callable[[torch.Tensor, int], object]
     return run
 
 
-def bench_model(name: str, model: nn.Module, args, bandwidth: float) -> None:
-    """Print one table row per batch size for `model`."""
+PATHS = ("eager", "static", "compiled", "int8")
+
+
+def runners_for(model: nn.Module, args) -> dict[str, Callable[[torch.Tensor, int], object]]:
+    """The decoding paths of one model: dynamic cache, static cache, static cache + compile, int8 weights."""
     quantized = quantize_weights(copy.deepcopy(model), args.quant)
     runners = {
         "eager": runner(model, cache_implementation="dynamic"),
@@ -119,41 +128,79 @@ def bench_model(name: str, model: nn.Module, args, bandwidth: float) -> None:
         "compiled": runner(model, compile=True),
         "int8": runner(quantized, cache_implementation="dynamic"),
     }
-    one = torch.randint(0, args.vocab_size, (1, 1))
-    step_bytes = weight_bytes_per_step(model, lambda: model(input_ids=one, logits_to_keep=1))
     if args.no_compile:
         del runners["compiled"]
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        ids = torch.randint(0, args.vocab_size, (batch, args.prompt_len))
-        speed: dict[str, float] = {}
-        compile_s = None
-        with torch.inference_mode():
-            for key, run in runners.items():
+    return runners
+
+
+def bench_batch(
+    models: dict[str, dict[str, Callable[[torch.Tensor, int], object]]], batch: int, args
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Tokens/s of every (model, path) at one batch size, and each model's compile time.
+
+    The models take turns: for each path, every model is warmed up once at the timed length (for "compiled",
+    that call compiles, over the static cache the timed calls reuse), then each repeat times every model once
+    in turn and the fastest time is kept, so a change in the machine's load hits the peers alike.
+    """
+    ids = torch.randint(0, args.vocab_size, (batch, args.prompt_len))
+    speed: dict[str, dict[str, float]] = {name: {} for name in models}
+    compile_s: dict[str, float] = {}
+    with torch.inference_mode():
+        for key in PATHS:
+            live = [name for name in models if key in models[name]]
+            best: dict[str, float] = {}
+            for name in list(live):
                 try:
                     start = time.perf_counter()
-                    run(ids, 2)  # warm-up; for "compiled": the compilation
+                    models[name][key](ids, args.new_tokens)
                     if key == "compiled":
-                        compile_s = time.perf_counter() - start
-                    speed[key] = (
-                        batch
-                        * args.new_tokens
-                        / best_time(lambda r=run, ids=ids: r(ids, args.new_tokens), args.repeats)
-                    )
+                        compile_s[name] = time.perf_counter() - start
                 except Exception as err:  # noqa: BLE001 - a cell that cannot run is reported, not fatal
                     print(f"  ({name} {key} batch {batch} failed: {type(err).__name__}: {str(err)[:120]})")
-        per_token = step_bytes / batch
+                    live.remove(name)
+            for _ in range(args.repeats):
+                for name in live:
+                    start = time.perf_counter()
+                    models[name][key](ids, args.new_tokens)
+                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+            for name in live:
+                speed[name][key] = batch * args.new_tokens / best[name]
+    return speed, compile_s
+
+
+def print_rows(
+    names: list[str], batch: int, speed, compile_s, step_bytes: dict[str, int], bandwidth: float
+) -> None:
+    """One table row per model at one batch size."""
+    for name in names:
+        per_token = step_bytes[name] / batch
         ceiling = bandwidth / per_token
-        cells = [name, str(batch)] + [
-            f"{speed[k]:.1f}" if k in speed else "-" for k in ("eager", "static", "compiled", "int8")
-        ]
+        cells = [name, str(batch)] + [f"{speed[name][k]:.1f}" if k in speed[name] else "-" for k in PATHS]
+        best = max(speed[name].get("static", 0), speed[name].get("compiled", 0))
         cells += [
             f"{peak_rss_mb():.0f}",
             f"{per_token / 1e6:.1f}",
             f"{ceiling:.1f}",
-            f"{max(speed.get('static', 0), speed.get('compiled', 0)) / ceiling:.0%}",
-            "-" if compile_s is None else f"{compile_s:.1f}",
+            f"{best / ceiling:.0%}",
+            f"{compile_s[name]:.1f}" if name in compile_s else "-",
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def print_ratios(peer: str, speeds: dict[int, dict[str, dict[str, float]]]) -> None:
+    """Each model's speed over the peer's, path by path, at every batch size (measured in the same turns)."""
+    print(f"\nspeed / {peer} (same path, same batch; > 1 = faster than the peer)")
+    print("| model | batch | " + " | ".join(PATHS) + " |\n|---|---|" + "---|" * len(PATHS))
+    for batch, speed in speeds.items():
+        for name in speed:
+            if name == peer:
+                continue
+            cells = [
+                f"{speed[name][k] / speed[peer][k]:.2f}x" if k in speed[name] and k in speed[peer] else "-"
+                for k in PATHS
+            ]
+            print(f"| {name} | {batch} | " + " | ".join(cells) + " |")
+    print(flush=True)
 
 
 def main() -> None:
@@ -199,9 +246,11 @@ def main() -> None:
     models: list[tuple[str, nn.Module]] = [
         ("HRM hrm_v1", HierarchicalReasoningModel_ACTV1(hrm_config).eval())
     ]
+    peer = None
     if not args.no_llama:
         llama = LlamaForCausalLM(llama_config_from_hrm(hrm_config, match="compute")).eval()
-        models.append((f"Llama {llama.config.num_hidden_layers}L (compute-matched)", llama))
+        peer = f"Llama {llama.config.num_hidden_layers}L (compute-matched)"
+        models.append((peer, llama))
     if "hrm_text" in FAMILIES and not args.no_hrm_text:
         try:
             text_config = {
@@ -216,9 +265,19 @@ def main() -> None:
             models.append(("HRM-Text", FAMILIES["hrm_text"].build(text_config).eval()))
         except Exception as err:  # noqa: BLE001
             print(f"(HRM-Text not benchmarked: {type(err).__name__}: {err})")
-    for name, model in models:
-        bench_model(name, model, args, bandwidth)
-        del model
+    one = torch.randint(0, args.vocab_size, (1, 1))
+    step_bytes = {
+        name: weight_bytes_per_step(model, lambda m=model: m(input_ids=one, logits_to_keep=1))
+        for name, model in models
+    }
+    runners = {name: runners_for(model, args) for name, model in models}
+    speeds = {}
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        speeds[batch], compile_s = bench_batch(runners, batch, args)
+        print_rows(list(runners), batch, speeds[batch], compile_s, step_bytes, bandwidth)
+    if peer is not None:
+        print_ratios(peer, speeds)
+    del models, runners
 
     small = HierarchicalReasoningModel_ACTV1(
         HRMConfig(

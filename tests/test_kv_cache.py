@@ -79,6 +79,20 @@ def test_a_static_cache_without_a_slot_per_call_is_refused(tiny_hrm_config):
         model.lm_forward(ids, mask, cache=StaticCache(config=small, max_cache_len=16))
 
 
+def test_a_decoding_steps_inputs_have_the_same_strides_at_every_length(tiny_hrm_config):
+    """A compiled step guards on its inputs' strides: a one-row slice of the growing sequence keeps the sequence's
+    length as its row stride (it counts as contiguous), which made the compiled HRM step recompile at batch 1."""
+    model = make_model(tiny_hrm_config)
+    strides = set()
+    for length in (7, 8):
+        cache = DynamicCache()
+        model(input_ids=torch.ones(1, length - 1, dtype=torch.long), cache=cache)
+        inputs = model.prepare_inputs_for_generation(torch.ones(1, length, dtype=torch.long), cache=cache)
+        assert inputs["input_ids"].shape == (1, 1)
+        strides.add(inputs["input_ids"].stride())
+    assert strides == {(1, 1)}
+
+
 def test_static_cache_steps_match_lm_forward(tiny_hrm_config):
     """Steps over a transformers StaticCache: the mask covers its whole buffer, `cache_columns` say where the
     new positions are written."""

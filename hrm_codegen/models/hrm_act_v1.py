@@ -649,7 +649,9 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
         new = new_ids.shape[1]
         if attention_mask is None:  # transformers may drop a mask of ones; the static cache needs one
             attention_mask = torch.ones_like(input_ids)
-        inputs: dict[str, Any] = {"input_ids": new_ids.contiguous(), "use_cache": use_cache, "cache": cache}
+        # fresh strides: a slice's row stride grows with the sequence, and a compiled step guards on it
+        new_ids = new_ids.clone(memory_format=torch.contiguous_format)
+        inputs: dict[str, Any] = {"input_ids": new_ids, "use_cache": use_cache, "cache": cache}
         if attention_mask is not None:
             if cache is not None and cache.is_compileable:
                 width = int(_max_cache_length(cache))
