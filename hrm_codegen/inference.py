@@ -209,7 +209,9 @@ def load_pretrained(
     `hf/` directory is verified against the step's meta.json first. A directory that ships its own modeling
     code (`auto_map` in config.json, e.g. `scripts/export_hf.py`'s HRM export) needs `trust_remote_code`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from hrm_codegen.pretrained_sources import load_causal_lm
 
     model_path = Path(path).expanduser()
     if not model_path.is_dir() and str(path).startswith((".", "/", "~")):
@@ -227,15 +229,10 @@ def load_pretrained(
                 f"{model_path} ships its own modeling code (auto_map in config.json): read it, then pass "
                 "--trust-remote-code to run it"
             )
-    try:
-        model = cast(
-            nn.Module, AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        )
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"could not load a transformers causal LM from {path}: expected config.json and model weights "
-            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
-        ) from err
+    model = cast(
+        nn.Module,
+        load_causal_lm(path, dtype="auto", trust_remote_code=trust_remote_code, what="--model"),
+    )
     if (tokenizer_source / FINGERPRINT_FILE).is_file():
         hf_tokenizer: Any = load_tokenizer(tokenizer_source)
     else:

@@ -183,6 +183,27 @@ def _describe(src: str | Path, kind: str, model: PreTrainedModel, **extra: Any) 
     }
 
 
+def load_causal_lm(
+    where: str | Path,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    trust_remote_code: bool = False,
+    what: str = "source",
+) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained` of a save_pretrained directory or a Hub id, the one loader of outside
+    models (retrofit sources, `train.init_from`, `evaluate.py --model`); a SourceError naming `what` and `where`
+    when no causal LM loads from it. `dtype`: float32 by default (master weights), "auto" keeps the saved one."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(where), dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as err:
+        raise SourceError(
+            f"{what} {where}: no transformers causal LM loads from it ({_first_line(err)})"
+        ) from err
+    return model
+
+
 def load_source(
     src: str | Path, *, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
@@ -210,13 +231,13 @@ def load_source(
         kind, where = "directory", str(path)
     else:
         kind, where = "hub", text
+    model = load_causal_lm(where, trust_remote_code=trust_remote_code, what=f"source ({kind})")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
-        raise SourceError(f"cannot load source {text!r} ({kind}): {_first_line(err)}") from err
+        raise SourceError(
+            f"source {text!r} ({kind}): no tokenizer loads from it ({_first_line(err)})"
+        ) from err
     model = _finish(model)
     return model, tokenizer, _describe(src, kind, model)
 

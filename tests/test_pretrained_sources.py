@@ -20,6 +20,7 @@ from hrm_codegen.pretrained_sources import (
     SOURCE_FILE,
     SourceError,
     fetch_pretrained,
+    load_causal_lm,
     load_gguf,
     load_source,
 )
@@ -210,6 +211,34 @@ def test_local_paths_that_are_not_models(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(SourceError, match="not a .gguf file"):
         load_source(tmp_path / "weights.bin")
+
+
+def test_one_loader_for_every_outside_model(tmp_path: Path, llama_dir: tuple[Path, LlamaForCausalLM]) -> None:
+    """Retrofit sources, train.init_from and evaluate.py --model load through `load_causal_lm`: the same logits,
+    and the same one-line error naming the caller's argument and the directory when no causal LM is there."""
+    from hrm_codegen.families import FAMILIES
+    from hrm_codegen.inference import load_pretrained
+
+    path, reference = llama_dir
+    expected = _logits(reference, 50257)
+    init = FAMILIES["transformer"].init_from_pretrained(str(path), {})
+    torch.testing.assert_close(_logits(init.eval(), 50257), expected)
+    torch.testing.assert_close(_logits(load_pretrained(path).model, 50257), expected)
+    torch.testing.assert_close(_logits(load_causal_lm(path), 50257), expected)
+
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
+    for call, named in (
+        (lambda: FAMILIES["transformer"].init_from_pretrained(str(encoder), {}), "train.init_from"),
+        (lambda: load_pretrained(encoder), "--model"),
+        (lambda: load_source(encoder), "source (directory)"),
+    ):
+        with pytest.raises(SourceError) as err:
+            call()
+        message = str(err.value)
+        assert message.startswith(named) and str(encoder) in message
+        assert "no transformers causal LM loads from it" in message and "\n" not in message
 
 
 # ---------------------------------------------------------------------------------------------------------------

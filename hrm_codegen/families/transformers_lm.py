@@ -38,19 +38,13 @@ PRETRAINED_SOURCE_KEY = "hrm_codegen_init_from"
 
 def load_tied_weights(model: nn.Module, file: Path) -> None:
     """Load a save_pretrained safetensors file into `model`; tied parameters may be absent from it."""
-    from hrm_codegen.checkpoint import CheckpointError, load_weights
+    from hrm_codegen.checkpoint import check_weights_fit, load_weights
 
     state = load_weights(file)
     expected = model.state_dict()
-    loaded_ptrs = {expected[k].data_ptr() for k in state if k in expected}
-    missing = [k for k in expected if k not in state and expected[k].data_ptr() not in loaded_ptrs]
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"weights in {file} do not fit the {type(model).__name__} being built: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
-        )
+    loaded = {expected[k].data_ptr() for k in state if k in expected}
+    tied = [k for k in expected if k not in state and expected[k].data_ptr() in loaded]
+    check_weights_fit(state, model, file, may_lack=tied)
     model.load_state_dict(state, strict=False)
 
 
@@ -62,16 +56,9 @@ class TransformersFamily(ModelFamily):
 
     def init_from_pretrained(self, source: str, config: dict[str, Any]) -> nn.Module:
         """Weights and architecture of a save_pretrained directory or Hub id, in float32 (master weights)."""
-        from transformers import AutoModelForCausalLM
+        from hrm_codegen.pretrained_sources import load_causal_lm
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
-        except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(
-                f"train.init_from={source}: not a checkpoint of this launcher, and no transformers causal LM "
-                f"loads from it ({first})"
-            ) from err
+        model = load_causal_lm(source, what="train.init_from (not a checkpoint of this launcher)")
         if self.model_class is not None and not isinstance(model, self.model_class):
             raise ValueError(
                 f"train.init_from={source} holds a {type(model).__name__}; arch.name={self.name} trains a "
