@@ -234,6 +234,8 @@ def _run_batches(
             )
         current: list[Future] = []
         records = getattr(completion_source, "last_records", None) or [[{}] * len(w) for w in indices]
+        # each sample's share of its batch's generation time, kept in its line so that a resumed run still sums it
+        share = round((time.perf_counter() - began) / max(1, sum(len(w) for w in indices)), 4)
         for problem, wanted, texts, infos in zip(problems, indices, completions, records, strict=True):
             if len(texts) != len(wanted):
                 raise ValueError(
@@ -243,7 +245,7 @@ def _run_batches(
             for index, completion, info in zip(wanted, texts, infos, strict=True):
                 program = problem.program(completion)
                 future = sandbox.submit(program)
-                extra = {"prompt_sha256": prompt_sha256(problem.prompt), **info}
+                extra = {"prompt_sha256": prompt_sha256(problem.prompt), **info, "generation_seconds": share}
                 future.add_done_callback(
                     appender.callback(problem.task_id, index, completion, syntax_valid(program), extra)
                 )
@@ -297,6 +299,14 @@ def summarize(
     }
 
 
+def _generation_seconds_all(
+    results: Mapping[tuple[str, int], dict], wanted: Mapping[str, int]
+) -> float | None:
+    """The generation seconds of every wanted sample (each line's share of its batch), or None if a line lacks it."""
+    shares = [results[(t, i)].get("generation_seconds") for t, n in wanted.items() for i in range(n)]
+    return None if None in shares else round(sum(shares), 3)
+
+
 def evaluate(
     problems: Sequence[Problem],
     completion_source: CompletionSource,
@@ -315,8 +325,9 @@ def evaluate(
     Samples already in `output_dir/samples.jsonl` are kept and not regenerated. `num_samples` is one
     count for all problems or a count per task_id. The summary holds pass@k per k (None where k > n),
     counts per result category, error types, the syntax-valid rate, samples run now and resumed from
-    the file, this run's generation seconds (inside the completion source), execution seconds (the
-    rest of the wall time) and program seconds (summed per sample), the sandbox's isolation and
+    the file, this run's generation seconds (inside the completion source) and those of every sample,
+    resumed ones included (`generation_seconds_all`: None when a resumed line predates the per-sample
+    record), execution seconds (the rest of this run's wall time) and program seconds (summed per sample), the sandbox's isolation and
     limits, and `config`.
     """
     started = time.perf_counter()
@@ -348,6 +359,7 @@ def evaluate(
         "samples_run": len(appender.records),
         "samples_resumed": sum(wanted.values()) - to_run,
         "generation_seconds": round(generation_seconds, 3),
+        "generation_seconds_all": _generation_seconds_all(results, wanted),
         "execution_seconds": round(total_seconds - generation_seconds, 3),
         "program_seconds": round(sum(r["seconds"] for r in appender.records), 3),
         "sandbox": sandbox_info,

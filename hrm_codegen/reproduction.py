@@ -300,7 +300,8 @@ def evaluate(
     record = {key: summary[key] for key in ("num_problems", "pass_at_k", "syntax_valid_rate")}
     mbpp = None if kind == "humaneval" else args.mbpp
     record["empty_completion_rate"] = empty_rate(out / "samples.jsonl", mbpp, summary["num_problems"])
-    record["generation_seconds"] = summary.get("generation_seconds")
+    # every sample's, resumed ones included (None: some were generated before samples recorded it)
+    record["generation_seconds"] = summary.get("generation_seconds_all")
     return record
 
 

@@ -192,6 +192,30 @@ def test_rerun_skips_done_samples_and_survives_a_cut_line(tmp_path: Path) -> Non
     assert len(asked) == 2 and third["samples_run"] == 0
 
 
+def test_generation_time_of_a_resumed_run_counts_every_sample(tmp_path: Path) -> None:
+    """Each line keeps its share of its batch's generation time, so a run that resumes every sample still reports
+    the time the samples took (`generation_seconds_all`); a line written before that record makes it None."""
+    output_dir = tmp_path / "out"
+    kwargs = {"num_samples": 2, "ks": [1], "output_dir": output_dir, "limits": LIMITS, "progress": False}
+    serve = file_completion_source(COMPLETIONS)
+
+    def slow_source(problems: list[Problem], indices: list[list[int]]) -> list[list[str]]:
+        time.sleep(0.2)
+        return serve(problems, indices)
+
+    first = evaluate([SQUARE, ADD], slow_source, batch_size=1, **kwargs)
+    shares = [row["generation_seconds"] for row in read_samples(output_dir)]
+    assert len(shares) == 4 and all(share >= 0.1 for share in shares)  # 0.2 s per batch of 2 samples
+    assert first["generation_seconds_all"] == pytest.approx(first["generation_seconds"], abs=0.01)
+    again = evaluate([SQUARE, ADD], slow_source, batch_size=1, **kwargs)
+    assert again["samples_run"] == 0 and again["generation_seconds"] == 0
+    assert again["generation_seconds_all"] == pytest.approx(sum(shares), abs=0.01) and sum(shares) >= 0.4
+    rows = read_samples(output_dir)
+    del rows[0]["generation_seconds"]
+    write_jsonl(output_dir / "samples.jsonl", rows)
+    assert evaluate([SQUARE, ADD], slow_source, **kwargs)["generation_seconds_all"] is None
+
+
 def test_ctrl_c_stops_at_once_keeping_finished_samples_for_the_rerun(tmp_path: Path, caplog) -> None:
     """A KeyboardInterrupt while a 60 s program runs: out within seconds, the finished sample kept, resumable."""
     output_dir = tmp_path / "out"

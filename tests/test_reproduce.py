@@ -245,7 +245,7 @@ def fake_repo(tmp_path, monkeypatch):
             }
             write(
                 tmp_path / flag["--output"] / "summary.json",
-                json.dumps({**summary, "generation_seconds": 90}),
+                json.dumps({**summary, "generation_seconds": 90, "generation_seconds_all": 90}),
             )
             write(
                 tmp_path / flag["--output"] / "samples.jsonl", json.dumps({"task_id": 1, "completion": "x"})
