@@ -304,7 +304,9 @@ def _generation_seconds_all(
 ) -> float | None:
     """The generation seconds of every wanted sample (each line's share of its batch), or None if a line lacks it."""
     shares = [results[(t, i)].get("generation_seconds") for t, n in wanted.items() for i in range(n)]
-    return None if None in shares else round(sum(shares), 3)
+    if any(share is None for share in shares):
+        return None
+    return round(sum(float(share) for share in shares), 3)
 
 
 def evaluate(
