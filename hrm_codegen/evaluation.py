@@ -303,10 +303,14 @@ def _generation_seconds_all(
     results: Mapping[tuple[str, int], dict], wanted: Mapping[str, int]
 ) -> float | None:
     """The generation seconds of every wanted sample (each line's share of its batch), or None if a line lacks it."""
-    shares = [results[(t, i)].get("generation_seconds") for t, n in wanted.items() for i in range(n)]
-    if any(share is None for share in shares):
-        return None
-    return round(sum(float(share) for share in shares), 3)
+    total = 0.0
+    for task_id, count in wanted.items():
+        for index in range(count):
+            share = results[(task_id, index)].get("generation_seconds")
+            if share is None:
+                return None
+            total += float(share)
+    return round(total, 3)
 
 
 def evaluate(
