@@ -300,8 +300,12 @@ def evaluate(
     record = {key: summary[key] for key in ("num_problems", "pass_at_k", "syntax_valid_rate")}
     mbpp = None if kind == "humaneval" else args.mbpp
     record["empty_completion_rate"] = empty_rate(out / "samples.jsonl", mbpp, summary["num_problems"])
-    # every sample's, resumed ones included (None: some were generated before samples recorded it)
-    record["generation_seconds"] = summary.get("generation_seconds_all")
+    # every sample's, resumed ones included; None when resumed lines predate the per-sample record (a summary
+    # without generation_seconds_all: its own seconds count only when it resumed nothing)
+    record["generation_seconds"] = summary.get(
+        "generation_seconds_all",
+        summary.get("generation_seconds") if summary.get("samples_resumed", 0) == 0 else None,
+    )
     return record
 
 
