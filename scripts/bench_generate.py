@@ -135,20 +135,19 @@ def runners_for(model: nn.Module, args) -> dict[str, Callable[[torch.Tensor, int
 
 def bench_batch(
     models: dict[str, dict[str, Callable[[torch.Tensor, int], object]]], batch: int, args
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Tokens/s of every (model, path) at one batch size, and each model's compile time.
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Wall times of every (model, path) at one batch size, one per repeat, and each model's compile time.
 
     The models take turns: for each path, every model is warmed up once at the timed length (for "compiled",
     that call compiles, over the static cache the timed calls reuse), then each repeat times every model once
-    in turn and the fastest time is kept, so a change in the machine's load hits the peers alike.
+    in turn, so a change in the machine's load hits the peers alike and repeat r of two models is a pair.
     """
     ids = torch.randint(0, args.vocab_size, (batch, args.prompt_len))
-    speed: dict[str, dict[str, float]] = {name: {} for name in models}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in models}
     compile_s: dict[str, float] = {}
     with torch.inference_mode():
         for key in PATHS:
             live = [name for name in models if key in models[name]]
-            best: dict[str, float] = {}
             for name in list(live):
                 try:
                     start = time.perf_counter()
@@ -162,10 +161,13 @@ def bench_batch(
                 for name in live:
                     start = time.perf_counter()
                     models[name][key](ids, args.new_tokens)
-                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
-            for name in live:
-                speed[name][key] = batch * args.new_tokens / best[name]
-    return speed, compile_s
+                    times[name].setdefault(key, []).append(time.perf_counter() - start)
+    return times, compile_s
+
+
+def tokens_per_s(times: dict[str, dict[str, list[float]]], batch: int, new_tokens: int):
+    """The fastest repeat of every (model, path) as tokens/s."""
+    return {name: {k: batch * new_tokens / min(t) for k, t in paths.items()} for name, paths in times.items()}
 
 
 def print_rows(
@@ -187,16 +189,27 @@ def print_rows(
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
-def print_ratios(peer: str, speeds: dict[int, dict[str, dict[str, float]]]) -> None:
+def ratio_cell(mine: list[float], theirs: list[float]) -> str:
+    """Speed over the peer's: the ratio of the fastest times, then the range of the repeats' paired ratios
+    (repeat r of both models ran back to back), which shows how much of a difference is noise."""
+    pairs = [t / m for m, t in zip(mine, theirs, strict=True)]
+    spread = f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else ""
+    return f"{min(theirs) / min(mine):.2f}x{spread}"
+
+
+def print_ratios(peer: str, times: dict[int, dict[str, dict[str, list[float]]]]) -> None:
     """Each model's speed over the peer's, path by path, at every batch size (measured in the same turns)."""
-    print(f"\nspeed / {peer} (same path, same batch; > 1 = faster than the peer)")
+    print(
+        f"\nspeed / {peer} (same path, same batch; > 1 = faster than the peer; in brackets the range of the "
+        "paired repeats' ratios)"
+    )
     print("| model | batch | " + " | ".join(PATHS) + " |\n|---|---|" + "---|" * len(PATHS))
-    for batch, speed in speeds.items():
-        for name in speed:
+    for batch, paths in times.items():
+        for name in paths:
             if name == peer:
                 continue
             cells = [
-                f"{speed[name][k] / speed[peer][k]:.2f}x" if k in speed[name] and k in speed[peer] else "-"
+                ratio_cell(paths[name][k], paths[peer][k]) if k in paths[name] and k in paths[peer] else "-"
                 for k in PATHS
             ]
             print(f"| {name} | {batch} | " + " | ".join(cells) + " |")
@@ -271,12 +284,13 @@ def main() -> None:
         for name, model in models
     }
     runners = {name: runners_for(model, args) for name, model in models}
-    speeds = {}
+    times = {}
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        speeds[batch], compile_s = bench_batch(runners, batch, args)
-        print_rows(list(runners), batch, speeds[batch], compile_s, step_bytes, bandwidth)
+        times[batch], compile_s = bench_batch(runners, batch, args)
+        speed = tokens_per_s(times[batch], batch, args.new_tokens)
+        print_rows(list(runners), batch, speed, compile_s, step_bytes, bandwidth)
     if peer is not None:
-        print_ratios(peer, speeds)
+        print_ratios(peer, times)
     del models, runners
 
     small = HierarchicalReasoningModel_ACTV1(
