@@ -52,6 +52,9 @@ class DataConfig:
     train_limit: int | None = None
     eval_limit: int | None = None
     pack: bool = False  # MBPP only: pack the training split into seq_len blocks (validation stays unpacked)
+    prompt_format: str = (
+        "native"  # MBPP only: native, or chat (an instruct model's template, EvalPlus's prompts)
+    )
     corpus_dir: str | None = None
     pairs_path: str | None = None  # data=pairs: a pairs.jsonl from scripts/build_pairs.py
     eval_blocks: int = 0
@@ -259,6 +262,13 @@ def validate_config(cfg: DictConfig) -> None:
         OmegaConf.merge(OmegaConf.structured(CodegenConfig), plain)  # rejects keys added with `+key=...`
     except OmegaConfBaseException as err:
         raise ValueError(f"config: {str(err).splitlines()[0]} (key {err.full_key})") from err
+    prompt_format = cfg.data.get("prompt_format", "native")
+    if prompt_format not in ("native", "chat"):
+        raise ValueError(f"data.prompt_format={prompt_format!r}: expected native or chat")
+    if prompt_format == "chat" and cfg.data.name != "mbpp":
+        raise ValueError(
+            f"data.prompt_format=chat is for data=mbpp; data={cfg.data.name} trains in MBPP's format"
+        )
     family = get_family(cfg.arch.name)
     # Packing first: the family's check builds the model, which fails on flash_attn without the package.
     if cfg.data.pack:

@@ -235,13 +235,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def checkpoint_few_shot(ckpt: str) -> int:
-    """The data.few_shot the checkpoint was trained with (0 when it does not say)."""
+def checkpoint_data(ckpt: str, key: str, default: Any) -> Any:
+    """The checkpoint's training config value `data.<key>` (`default` when it does not say)."""
     resolved = resolve_checkpoint(ckpt)
     config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
     if not config.is_file():
-        return 0
-    return int(OmegaConf.select(OmegaConf.load(config), "data.few_shot", default=0) or 0)
+        return default
+    return OmegaConf.select(OmegaConf.load(config), f"data.{key}", default=default) or default
 
 
 def load_problems(args: argparse.Namespace, tokenizer: object = None) -> list[Problem]:
@@ -310,7 +310,16 @@ def file_digest(path: str) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Evaluate as the arguments say and return the summary (with --write-prompts: {"prompts_written": N})."""
     if args.few_shot is None:
-        args.few_shot = checkpoint_few_shot(args.ckpt) if args.ckpt and args.dataset == "mbpp" else 0
+        args.few_shot = (
+            int(checkpoint_data(args.ckpt, "few_shot", 0)) if args.ckpt and args.dataset == "mbpp" else 0
+        )
+    trained_format = checkpoint_data(args.ckpt, "prompt_format", "native") if args.ckpt else None
+    if trained_format and trained_format != args.prompt_format:
+        print(
+            f"notice: the checkpoint was trained in prompt format {trained_format!r}, evaluated here in "
+            f"{args.prompt_format!r} (--prompt-format {trained_format} matches its training)",
+            file=sys.stderr,
+        )
     if args.timeout is None:
         args.timeout = default_timeout_s(args.dataset)
     if args.write_prompts:

@@ -378,3 +378,31 @@ def test_hf_directory_prompt_format_follows_its_tokenizer(tmp_path, gpt2_dir, to
         loaded, loaded_tokenizer = pretrained.model, pretrained.tokenizer
         completions = ModelCompletions(loaded, loaded_tokenizer, SamplingConfig(), progress=False)
         assert completions.encode(problems[0].prompt) == expected
+
+
+def test_the_checkpoints_training_format_is_read_and_a_mismatch_is_noticed(
+    tmp_path, mbpp_path, tokenizer, tiny_hrm_config, capsys
+):
+    cli = load_script()
+    model, arch = tiny_hrm(tokenizer, tiny_hrm_config)
+    native, chat = tmp_path / "native", tmp_path / "chat"
+    save_step(native, 1, model, {"arch": {"name": "hrm", **arch}}, tokenizer)
+    save_step(chat, 1, model, {"arch": {"name": "hrm", **arch}, "data": {"prompt_format": "chat"}}, tokenizer)
+    assert cli.checkpoint_data(str(native), "prompt_format", "native") == "native"
+    assert cli.checkpoint_data(str(chat), "prompt_format", "native") == "chat"
+    assert cli.checkpoint_data(str(chat), "few_shot", 0) == 0
+    for run_dir, noticed in ((native, False), (chat, True)):
+        prompts = tmp_path / f"{run_dir.name}.jsonl"
+        argv = [
+            "--ckpt",
+            str(run_dir),
+            "--mbpp",
+            str(mbpp_path),
+            "--limit",
+            "2",
+            "--write-prompts",
+            str(prompts),
+        ]
+        assert cli.run(cli.parse_args(argv)) == {"prompts_written": 2}
+        err = capsys.readouterr().err
+        assert ("trained in prompt format 'chat', evaluated here in 'native'" in err) is noticed

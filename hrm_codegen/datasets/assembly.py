@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -12,6 +13,7 @@ from hrm_codegen.datasets.cache import file_sha256
 from hrm_codegen.datasets.corpus import CorpusDataset
 from hrm_codegen.datasets.mbpp import MBPPDataset, load_mbpp
 from hrm_codegen.datasets.pairs import PairsDataset, load_pairs
+from hrm_codegen.datasets.protocols import mbpp_chat_example
 from hrm_codegen.tokenization import CodeTokenizer
 
 
@@ -22,7 +24,8 @@ def build_datasets(
 
     data=mbpp: the MBPP splits `data.train_split` and `data.eval_split`; with `data.pack` the training split
     (after `data.train_limit`) is packed into seq_len blocks, and validation stays one example per sequence so
-    its loss compares with unpacked runs. data=corpus: the seq_len blocks of the corpus in `data.corpus_dir`,
+    its loss compares with unpacked runs; `data.prompt_format=chat` trains and validates in an instruct
+    model's chat format (`MBPPDataset`'s `chat`). data=corpus: the seq_len blocks of the corpus in `data.corpus_dir`,
     its last `data.eval_blocks` blocks held out for validation.
     """
     data = cfg.data
@@ -30,8 +33,13 @@ def build_datasets(
         rows = load_mbpp(data.path)
         cache_dir = data.cache_dir if use_cache else None
         data_hash = file_sha256(data.path) if cache_dir and Path(data.path).is_file() else None
+        chat = (
+            partial(mbpp_chat_example, tokenizer=tokenizer.hf)
+            if data.get("prompt_format") == "chat"
+            else None
+        )
         splits: list[Dataset] = [
-            MBPPDataset(rows, split, tokenizer, data.seq_len, data.few_shot, cache_dir, data_hash)
+            MBPPDataset(rows, split, tokenizer, data.seq_len, data.few_shot, cache_dir, data_hash, chat)
             for split in (data.train_split, data.eval_split)
         ]
     elif data.name == "pairs":

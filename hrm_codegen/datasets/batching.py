@@ -19,12 +19,16 @@ def encode_prompt(tokenizer: CodeTokenizer, prompt: str) -> list[int]:
     return [tokenizer.bos_id, *tokenizer.encode(prompt)]
 
 
-def encode_example(tokenizer: CodeTokenizer, prompt: str, target: str) -> tuple[list[int], int]:
+def encode_example(
+    tokenizer: CodeTokenizer, prompt: str, target: str, own_special_tokens: bool = False
+) -> tuple[list[int], int]:
     """Token ids `[BOS] prompt target [EOS]` and the prompt length (BOS included).
 
     Prompt and target are encoded separately, as at generation time, where the prompt is encoded alone.
+    `own_special_tokens`: the prompt gets the tokenizer's own special tokens instead of training's BOS (a chat
+    prompt, rendered by the chat template, brings its own), as evaluation's chat format encodes it.
     """
-    prompt_ids = encode_prompt(tokenizer, prompt)
+    prompt_ids = tokenizer.hf(prompt)["input_ids"] if own_special_tokens else encode_prompt(tokenizer, prompt)
     return [*prompt_ids, *tokenizer.encode(target), tokenizer.eos_id], len(prompt_ids)
 
 
@@ -67,15 +71,19 @@ class EncodedDataset(Dataset):
 
 
 def encode_pairs(
-    tokenizer: CodeTokenizer, pairs: Sequence[tuple[str, str]], seq_len: int, desc: str = "encoding"
+    tokenizer: CodeTokenizer,
+    pairs: Sequence[tuple[str, str]],
+    seq_len: int,
+    desc: str = "encoding",
+    own_special_tokens: bool = False,
 ) -> dict[str, list]:
-    """Encode (prompt, target) pairs, dropping (never cutting) those longer than `seq_len` tokens.
+    """Encode (prompt, target) pairs (`encode_example`), dropping (never cutting) those longer than `seq_len`.
 
     Returns plain lists: `input_ids`, `prompt_lengths`, `kept` and `dropped` (indices into `pairs`).
     """
     encoded: dict[str, list] = {"input_ids": [], "prompt_lengths": [], "kept": [], "dropped": []}
     for index, (prompt, target) in enumerate(tqdm(pairs, desc=desc, leave=False)):
-        ids, prompt_length = encode_example(tokenizer, prompt, target)
+        ids, prompt_length = encode_example(tokenizer, prompt, target, own_special_tokens)
         if len(ids) > seq_len:
             encoded["dropped"].append(index)
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,9 @@ SPLITS: dict[str, tuple[int, int]] = {
 
 # Version of build_prompt's output; part of the dataset cache key. Bump it whenever build_prompt changes.
 PROMPT_FORMAT = "mbpp-docstring-v1"
+
+# Version of the chat-format training examples (`protocols.mbpp_chat_example`), part of the cache key.
+CHAT_FORMAT = "evalplus-chat-v1"
 
 # Generation stops at any of these after the code (the prompt is a docstring block followed by code).
 MBPP_STOP_STRINGS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
@@ -220,6 +223,11 @@ class MBPPDataset(EncodedDataset):
     warning). With `cache_dir`, the encoding is cached under (tokenizer fingerprint, data hash, prompt
     format, seq_len, split, few_shot); `data_hash` is the data file's sha256 (`file_sha256(path)`), by
     default a hash of the rows' content.
+
+    `chat`: train in an instruct model's chat format instead (`data.prompt_format=chat`): a task's
+    (prompt, target) from `chat(task)` (`protocols.mbpp_chat_example`: EvalPlus's instruct prompt in the
+    tokenizer's chat template, as `scripts/evaluate.py --prompt-format chat` renders it, then the code and
+    the closing fence), the prompt encoded with the tokenizer's own special tokens, as that format does.
     """
 
     def __init__(
@@ -231,13 +239,23 @@ class MBPPDataset(EncodedDataset):
         few_shot: int = 0,
         cache_dir: str | Path | None = None,
         data_hash: str | None = None,
+        chat: Callable[[dict], tuple[str, str]] | None = None,
     ) -> None:
         tasks = split_tasks(rows, split)
+        if chat is not None and few_shot:
+            raise ValueError(
+                f"data.few_shot={few_shot}: the chat format trains zero-shot; set data.few_shot=0"
+            )
         shots = few_shot_tasks(rows, few_shot)
-        pairs = [(build_prompt(task, shots), normalize_code(task["code"])) for task in tasks]
+        if chat is None:
+            pairs = [(build_prompt(task, shots), normalize_code(task["code"])) for task in tasks]
+        else:
+            pairs = [chat(task) for task in tasks]
 
         def build() -> dict[str, list]:
-            return encode_pairs(tokenizer, pairs, seq_len, desc=f"encoding MBPP {split}")
+            return encode_pairs(
+                tokenizer, pairs, seq_len, f"encoding MBPP {split}", own_special_tokens=bool(chat)
+            )
 
         if cache_dir is None:
             encoded = build()
@@ -246,7 +264,7 @@ class MBPPDataset(EncodedDataset):
                 "kind": "mbpp",
                 "tokenizer": tokenizer.fingerprint,
                 "data": data_hash or rows_sha256(rows),
-                "prompt_format": PROMPT_FORMAT,
+                "prompt_format": CHAT_FORMAT if chat else PROMPT_FORMAT,
                 "seq_len": seq_len,
                 "split": split,
                 "few_shot": few_shot,

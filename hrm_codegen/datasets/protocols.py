@@ -49,6 +49,7 @@ from hrm_codegen.datasets.mbpp import (
     build_prompt,
     few_shot_tasks,
     mbpp_problems,
+    normalize_code,
     split_tasks,
 )
 from hrm_codegen.datasets.problems import Problem
@@ -63,6 +64,7 @@ __all__ = [
     "PromptFormat",
     "build_problems",
     "chat_prompt",
+    "mbpp_chat_example",
     "default_timeout_s",
     "extract_code",
     "mbpp_entry_point",
@@ -285,6 +287,16 @@ def chat_prompt(task_prompt: str, tokenizer: Any) -> str:
             "cannot be prefilled as EvalPlus does; prompt format 'chat' cannot use this template"
         )
     return rendered.split(_RESPONSE_MARK)[0]
+
+
+def mbpp_chat_example(task: dict, tokenizer: Any) -> tuple[str, str]:
+    """A training example of an MBPP task in the `chat` format: (prompt, target).
+
+    The prompt is the one evaluation renders (`_mbpp_problem`: EvalPlus's instruct prompt around bigcode's
+    MBPP docstring, the assistant turn opened with a python block); the target is the reference code and
+    the closing fence, which the chat stop strings end a completion at.
+    """
+    return chat_prompt(_bigcode_mbpp_prompt(task), tokenizer), normalize_code(task["code"]) + "\n```\n"
 
 
 def _parse(code: str) -> ast.Module | None:
