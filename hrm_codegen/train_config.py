@@ -52,9 +52,8 @@ class DataConfig:
     train_limit: int | None = None
     eval_limit: int | None = None
     pack: bool = False  # MBPP only: pack the training split into seq_len blocks (validation stays unpacked)
-    prompt_format: str = (
-        "native"  # MBPP only: native, or chat (an instruct model's template, EvalPlus's prompts)
-    )
+    # MBPP only: native, or chat (an instruct model's chat template with EvalPlus's prompts)
+    prompt_format: str = "native"
     corpus_dir: str | None = None
     pairs_path: str | None = None  # data=pairs: a pairs.jsonl from scripts/build_pairs.py
     eval_blocks: int = 0
