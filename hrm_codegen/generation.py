@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from transformers import (
     CompileConfig,
     LogitsProcessor,
@@ -39,6 +40,7 @@ class GenerationOutput:
     texts: list[str] | None = None
     logits: torch.Tensor | None = None
     compile_seconds: float | None = None
+    decode_seconds: float | None = None
 
 
 def filter_logits(
@@ -230,6 +232,8 @@ def generate(
     token_type_ids: torch.Tensor | None = None,
     cache_implementation: str | None = None,
     compile: bool = False,
+    prune_finished: bool = True,
+    streamer: Any = None,
 ) -> GenerationOutput:
     """Decode continuations of left-padded prompts [B, P] with any transformers causal LM (the HRM included).
 
@@ -244,6 +248,11 @@ def generate(
     transformers for later calls). `prefix_mask` [B, P] (True on prompt tokens; the HRM's PrefixLM) makes the
     prompt bidirectional and the new tokens decode causally; `token_type_ids` [B, P] are passed on to models
     that take them instead (transformers' HRM-Text reads them at the prefill).
+    `prune_finished` (default): greedy or sampled decoding over the dynamic cache drops a row from the batch as
+    soon as it finishes (`_decode_pruned`), giving the tokens transformers' `generate` gives; beam search, a
+    static or compiled cache, `return_logits` and `use_cache=False` go through transformers' `generate`, where
+    finished rows keep stepping on pad tokens. `streamer` (transformers' `TextStreamer` or anything with
+    `put`/`end`) receives the prompt, then each new token of the first row.
     """
     decode = _decoder(tokenizer)
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -313,6 +322,32 @@ def generate(
         options["prefix_mask"] = prefix_mask.bool()
     if token_type_ids is not None:
         options["token_type_ids"] = token_type_ids
+    budgets = [
+        max_new_tokens if limit is None else min(max_new_tokens, limit - n) for n in prompt_lengths.tolist()
+    ]
+    pruned = prune_finished and use_cache and num_beams == 1 and not return_logits and not compile
+    if pruned and cache_implementation != "static":
+        start = time.perf_counter()
+        sampler = cast(PerRowSampler, options["logits_processor"][0]) if do_sample else None
+        sequences = _decode_pruned(
+            model,
+            input_ids,
+            mask,
+            budgets,
+            eos_ids=eos_ids,
+            pad_token_id=pad_token_id,
+            stops=stops,
+            decode=decode,
+            sampler=sampler,
+            prefix_mask=prefix_mask,
+            token_type_ids=token_type_ids,
+            streamer=streamer,
+        )
+        result = _finish(input_ids.shape[1], sequences, eos_ids, stops, decode, budgets)
+        result.decode_seconds = time.perf_counter() - start
+        return result
+    if streamer is not None:
+        options["streamer"] = streamer
     already_compiled = getattr(model, "_compiled_call", None) is not None
     start = time.perf_counter()
     out = model.generate(
@@ -330,16 +365,108 @@ def generate(
     )
     seconds = time.perf_counter() - start
     compiled_now = compile and not already_compiled and getattr(model, "_compiled_call", None) is not None
-    budgets = [
-        max_new_tokens if limit is None else min(max_new_tokens, limit - n) for n in prompt_lengths.tolist()
-    ]
     if num_beams > 1:  # the returned sequences of beam search: num_return_sequences per prompt
         budgets = [max_new_tokens] * out.sequences.shape[0]
     result = _finish(input_ids.shape[1], out.sequences, eos_ids, stops, decode, budgets)
     if return_logits and out.logits:
         result.logits = torch.stack(list(out.logits), 1)
     result.compile_seconds = seconds if compiled_now else None
+    result.decode_seconds = seconds
     return result
+
+
+def _decode_pruned(
+    model: Any,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    budgets: list[int],
+    *,
+    eos_ids: list[int],
+    pad_token_id: int,
+    stops: tuple[str, ...],
+    decode: Decoder | None,
+    sampler: PerRowSampler | None,
+    prefix_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    streamer: Any,
+) -> torch.Tensor:
+    """Greedy or per-row-sampled decoding over a dynamic cache in which a finished row stops costing compute:
+    the rows still running are selected out of the cache (`Cache.batch_select_indices`) as soon as one ends.
+
+    Every step calls the model as transformers' `generate` does (the new tokens, the mask over the cached and
+    new keys, positions counted over real tokens, logits of the last position only), so a row's tokens are
+    the ones `generate` gives it. Returns the sequences [B, P + T]: prompts, then the new ids right-padded
+    with `pad_token_id`.
+    """
+    rows, width = input_ids.shape
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    live = list(range(rows))  # original row of each row still decoding
+    ids, keys = input_ids, mask.long()
+    generators = list(sampler.generators) if sampler is not None else []
+    cache: Any = None
+    new_ids = ids
+    eos = set(eos_ids)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    while live:
+        past = 0 if cache is None else ids.shape[1] - new_ids.shape[1]
+        positions = (keys.cumsum(-1) - 1).clamp(min=0)[:, past:]
+        limit = max_positions(model)
+        if limit is not None:  # rows decoding past their budget's end never reach here; pads may count high
+            positions = positions.clamp(max=limit - 1)
+        kwargs: dict[str, Any] = {}
+        if prefix_mask is not None:
+            kwargs["prefix_mask"] = prefix_mask
+        if token_type_ids is not None and cache is None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = model(
+            input_ids=new_ids,
+            attention_mask=keys,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        if sampler is not None:
+            tokens = next_tokens(logits, True, sampler.temperature, sampler.top_k, sampler.top_p, generators)
+        else:
+            tokens = logits.argmax(-1)
+        if streamer is not None:
+            streamer.put(tokens[:1].cpu())
+        keep = []
+        for k, (row, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
+            generated[row].append(token)
+            done = (
+                token in eos
+                or len(generated[row]) >= budgets[row]
+                or (decode is not None and tail_has_stop(generated[row], stops, decode))
+            )
+            if not done:
+                keep.append(k)
+        if len(keep) < len(live):
+            if not keep:
+                break
+            index = torch.tensor(keep, device=ids.device)
+            cache.batch_select_indices(index)
+            ids, keys, tokens = ids[index], keys[index], tokens[index]
+            prefix_mask = None if prefix_mask is None else prefix_mask[index]
+            generators = [generators[k] for k in keep] if len(generators) > 1 else generators
+            live = [live[k] for k in keep]
+        new_ids = tokens[:, None]
+        ids = torch.cat([ids, new_ids], dim=1)
+        keys = F.pad(keys, (0, 1), value=1)
+    if streamer is not None:
+        streamer.end()
+    longest = max((len(g) for g in generated), default=0)
+    sequences = torch.full((rows, width + longest), pad_token_id, dtype=torch.long, device=input_ids.device)
+    sequences[:, :width] = input_ids
+    for row, tokens_of_row in enumerate(generated):
+        if tokens_of_row:
+            sequences[row, width : width + len(tokens_of_row)] = torch.tensor(tokens_of_row)
+    return sequences
 
 
 def _finish(
