@@ -174,7 +174,7 @@ def hrm_config(
 
 
 def _layer_state(source: dict[str, torch.Tensor], src: int, dst: str, bias: bool) -> dict[str, torch.Tensor]:
-    """Our block `dst` (e.g. inner.L_level.layers.0) from the source's layer `src`."""
+    """Our block `dst` (e.g. model.L_level.layers.0) from the source's layer `src`."""
     p = f"model.layers.{src}."
     state = {
         f"{dst}.self_attn.qkv_proj.weight": torch.cat(
@@ -201,14 +201,14 @@ def convert(model: nn.Module, split: LayerSplit, gates: bool = True, seq_len: in
     config = hrm_config(model, split, gates, seq_len)
     source = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {
-        "inner.embed_tokens.embedding_weight": source["model.embed_tokens.weight"],
-        "inner.norm.weight": source["model.norm.weight"],
+        "model.embed_tokens.embedding_weight": source["model.embed_tokens.weight"],
+        "model.norm.weight": source["model.norm.weight"],
     }
     if not config.tie_word_embeddings:
-        state["inner.lm_head.weight"] = source["lm_head.weight"]
+        state["lm_head.weight"] = source["lm_head.weight"]
     for level, start, stop in (("L", split.l_start, split.l_stop), ("H", split.h_start, split.h_stop)):
         for i, src in enumerate(range(start, stop)):
-            state.update(_layer_state(source, src, f"inner.{level}_level.layers.{i}", config.attention_bias))
+            state.update(_layer_state(source, src, f"model.{level}_level.layers.{i}", config.attention_bias))
     hrm = HierarchicalReasoningModel_ACTV1(config)
     fresh = [k for k in hrm.state_dict() if k.endswith((".gate", "H_init", "L_init"))]  # no source tensor
     try:

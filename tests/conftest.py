@@ -49,6 +49,12 @@ def tiny_hrm_config() -> dict:
     return dict(TINY_HRM)
 
 
+def legacy_state_dict(state: dict) -> dict:
+    """An HRM state dict under the names of weights saved before the backbone / head split (upstream's: all under
+    `inner.`, the LM head included)."""
+    return {"inner." + key.removeprefix("model."): value for key, value in state.items()}
+
+
 def kill_after_checkpoint(
     command: list[str], step_dir: Path, cwd: Path, env: dict, timeout: float = 300
 ) -> None:

@@ -42,7 +42,7 @@ def test_compute_matched_baseline_has_one_layer_per_hrm_layer_evaluation(tiny_hr
 def test_llama_shares_the_hrm_width_rope_and_norm_settings(tiny_hrm_config):
     tiny_hrm_config.update(rope_theta=5000.0, rms_norm_eps=1e-4)
     hrm = HierarchicalReasoningModel_ACTV1(tiny_hrm_config)
-    gate_up = hrm.inner.L_level.layers[0].mlp.gate_up_proj.weight
+    gate_up = hrm.model.L_level.layers[0].mlp.gate_up_proj.weight
     config = llama_config_from_hrm(tiny_hrm_config)
     assert config.intermediate_size == gate_up.shape[0] // 2
     assert swiglu_intermediate_size(512, 4.0) == 1536
@@ -55,7 +55,7 @@ def test_llama_shares_the_hrm_width_rope_and_norm_settings(tiny_hrm_config):
     llama = build_baseline(tiny_hrm_config)
     positions = torch.arange(tiny_hrm_config["seq_len"])[None]
     cos, sin = llama.model.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)
-    hrm_cos, hrm_sin = hrm.inner.rotary_emb(positions)
+    hrm_cos, hrm_sin = hrm.model.rotary_emb(positions)
     torch.testing.assert_close((cos, sin), (hrm_cos, hrm_sin))
 
 

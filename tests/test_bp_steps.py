@@ -21,31 +21,31 @@ def make_model(cfg: dict, **overrides) -> HierarchicalReasoningModel_ACTV1:
 def record_gradient_calls(model: HierarchicalReasoningModel_ACTV1) -> dict[str, list[bool]]:
     """Per level, whether each evaluation's output is autograd-tracked, in call order."""
     calls: dict[str, list[bool]] = {"H": [], "L": []}
-    model.inner.H_level.register_forward_hook(lambda m, i, o: calls["H"].append(o.requires_grad))
-    model.inner.L_level.register_forward_hook(lambda m, i, o: calls["L"].append(o.requires_grad))
+    model.model.H_level.register_forward_hook(lambda m, i, o: calls["H"].append(o.requires_grad))
+    model.model.L_level.register_forward_hook(lambda m, i, o: calls["L"].append(o.requires_grad))
     return calls
 
 
 def upstream_one_step_logits(model: HierarchicalReasoningModel_ACTV1, ids: torch.Tensor) -> torch.Tensor:
     """Upstream's segment written out: every step under no_grad but the last L and the last H step."""
-    inner, cfg = model.inner, model.config
+    backbone, cfg = model.model, model.config
     positions = torch.arange(ids.shape[1]).expand_as(ids)
-    kwargs = {"attn_mask": None, "cache": None, "cos_sin": inner.rotary_emb(positions)}
-    x = inner._input_embeddings(ids, positions)
-    carry = inner.reset_carry(
-        torch.ones(ids.shape[0], dtype=torch.bool), inner.empty_carry(ids.shape[0], ids.shape[1])
+    kwargs = {"attn_mask": None, "cache": None, "cos_sin": backbone.rotary_emb(positions)}
+    x = backbone._input_embeddings(ids, positions)
+    carry = backbone.reset_carry(
+        torch.ones(ids.shape[0], dtype=torch.bool), backbone.empty_carry(ids.shape[0], ids.shape[1])
     )
     z_H, z_L = carry.z_H, carry.z_L
     with torch.no_grad():
         for h in range(cfg.H_cycles):
             for l_step in range(cfg.L_cycles):
                 if not (h == cfg.H_cycles - 1 and l_step == cfg.L_cycles - 1):
-                    z_L = inner.L_level(z_L, z_H + x, **kwargs)
+                    z_L = backbone.L_level(z_L, z_H + x, **kwargs)
             if h != cfg.H_cycles - 1:
-                z_H = inner.H_level(z_H, z_L, **kwargs)
-    z_L = inner.L_level(z_L, z_H + x, **kwargs)
-    z_H = inner.H_level(z_H, z_L, **kwargs)
-    return inner.lm_head(z_H)
+                z_H = backbone.H_level(z_H, z_L, **kwargs)
+    z_L = backbone.L_level(z_L, z_H + x, **kwargs)
+    z_H = backbone.H_level(z_H, z_L, **kwargs)
+    return model.head(z_H)
 
 
 def test_bp_steps_2_is_the_default_and_upstreams_one_step_gradient_bitwise(tiny_hrm_config):
@@ -98,7 +98,7 @@ def test_full_backpropagation_changes_the_gradient_not_the_logits(tiny_hrm_confi
     assert torch.equal(a, b)
     a.square().mean().backward()
     b.square().mean().backward()
-    name = "inner.L_level.layers.0.mlp.down_proj.weight"
+    name = "model.L_level.layers.0.mlp.down_proj.weight"
     ga, gb = dict(one.named_parameters())[name].grad, dict(full.named_parameters())[name].grad
     assert ga is not None and gb is not None and not torch.allclose(ga, gb)
 
@@ -118,7 +118,7 @@ def test_bp_steps_zero_is_full_backpropagation_at_any_cycle_count(tiny_hrm_confi
     zero.set_cycles(1, 3)  # 1 x (3 L + 1 H) = 4 steps, all with gradient
     assert gradient_steps(0, 1, 3) == (1, 3)
     zero.lm_forward(ids).square().mean().backward()
-    assert dict(zero.named_parameters())["inner.L_level.layers.0.mlp.down_proj.weight"].grad is not None
+    assert dict(zero.named_parameters())["model.L_level.layers.0.mlp.down_proj.weight"].grad is not None
 
 
 @pytest.mark.parametrize("bp_steps", [-1, 1, 7])

@@ -76,7 +76,7 @@ def test_model_config_strips_name_and_takes_vocab_from_tokenizer():
     assert HRMConfig.from_arch(mc).hidden_size == cfg.arch.hidden_size
     model = build_model(cfg, 321)
     assert isinstance(model, HierarchicalReasoningModel_ACTV1)
-    assert model.inner.embed_tokens.embedding_weight.shape == (321, cfg.arch.hidden_size)
+    assert model.model.embed_tokens.embedding_weight.shape == (321, cfg.arch.hidden_size)
     with pytest.raises(ValueError, match="smaller than the tokenizer"):
         model_config(compose_config(["arch=tiny", "arch.vocab_size=100"]), vocab_size=50257)
 

@@ -53,7 +53,7 @@ def _always_token_zero_llama(vocab_size: int) -> LlamaForCausalLM:
 def _always_token_zero_hrm(vocab_size: int, tiny_hrm_config: dict) -> HierarchicalReasoningModel_ACTV1:
     model = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "vocab_size": vocab_size, "seq_len": 1024})
     with torch.no_grad():
-        model.inner.lm_head.weight.zero_()
+        model.lm_head.weight.zero_()
     return model.eval()
 
 

@@ -225,7 +225,7 @@ def test_the_logit_check_holds_in_half_precision_and_catches_wrong_weights(
     assert result.max_abs_diff is not None
     other = cast(HrmCodegenForCausalLM, load_checkpoint(run).model)
     with torch.no_grad():
-        other.inner.embed_tokens.embedding_weight.mul_(3.0)  # other weights: the export no longer matches
+        other.model.embed_tokens.embedding_weight.mul_(3.0)  # other weights: the export no longer matches
     with pytest.raises(ExportError, match=f"beyond the {dtype} tolerance"):
         verify_logits(other, out)
 

@@ -44,7 +44,7 @@ def test_rows_that_run_out_of_positions_first_keep_their_completions(tiny_hrm_co
 def test_one_slot_per_attention_call(tiny_hrm_config):
     """Slots follow the call order of a segment: L calls then the H call per H cycle, layer by layer."""
     model = make_model(tiny_hrm_config, halt_max_steps=2)
-    cfg, inner = model.config, model.inner
+    cfg, inner = model.config, model.model
     assert inner.cache_slot(0, 0, 0, "L") == 0
     assert inner.cache_slot(0, 0, 1, "L") == cfg.L_layers
     assert inner.cache_slot(0, 0, None, "H") == cfg.L_cycles * cfg.L_layers

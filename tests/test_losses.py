@@ -139,4 +139,4 @@ def test_act_loss_trains_the_q_head_through_the_model(tiny_hrm_config):
     out = codegen_loss(outputs, carry.current_data["labels"], "stablemax")
     assert out.q_halt_sum is not None and out.q_continue_sum is not None
     out.objective(out.num_tokens, 2).backward()
-    assert model.inner.q_head.weight.grad is not None and model.inner.q_head.weight.grad.abs().sum() > 0
+    assert model.model.q_head.weight.grad is not None and model.model.q_head.weight.grad.abs().sum() > 0

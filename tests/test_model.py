@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
+from conftest import legacy_state_dict
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, HRMConfig
+from hrm_codegen.models.hrm_act_v1 import rename_legacy_key
 from hrm_codegen.models.layers import trunc_normal_init_
 from hrm_codegen.models.upstream import load_upstream_weights
 
@@ -18,7 +20,7 @@ def make_model(cfg: dict, **overrides) -> HierarchicalReasoningModel_ACTV1:
 
 
 def upstream_key_list(cfg: HRMConfig) -> set[str]:
-    """The state_dict contract of UPSTREAM_HRM.md, written out by hand."""
+    """The state_dict contract of UPSTREAM_HRM.md, written out by hand (upstream's names)."""
     keys = {"inner.embed_tokens.embedding_weight", "inner.lm_head.weight", "inner.H_init", "inner.L_init"}
     if cfg.enable_q_head:
         keys |= {"inner.q_head.weight", "inner.q_head.bias"}
@@ -51,8 +53,8 @@ def test_no_puzzle_embedding_and_q_head_flag(tiny_hrm_config):
     assert not any("puzzle_emb" in name for name, _ in off.named_parameters())
     assert not any("puzzle_emb" in name for name, _ in on.named_parameters())
     assert not any("q_head" in name for name, _ in off.named_parameters())
-    assert {"inner.q_head.weight", "inner.q_head.bias"} <= {name for name, _ in on.named_parameters()}
-    assert torch.all(on.inner.q_head.weight == 0) and torch.all(on.inner.q_head.bias == -5)
+    assert {"model.q_head.weight", "model.q_head.bias"} <= {name for name, _ in on.named_parameters()}
+    assert torch.all(on.model.q_head.weight == 0) and torch.all(on.model.q_head.bias == -5)
 
 
 def test_puzzle_embeddings_and_unknown_keys_are_refused(tiny_hrm_config):
@@ -66,25 +68,26 @@ def test_puzzle_embeddings_and_unknown_keys_are_refused(tiny_hrm_config):
 @pytest.mark.parametrize("q_head", [False, True])
 def test_state_dict_keys_match_upstream_contract(tiny_hrm_config, pos, q_head):
     model = make_model(tiny_hrm_config, pos_encodings=pos, enable_q_head=q_head, H_layers=2, L_layers=3)
-    assert set(model.state_dict()) == upstream_key_list(model.config)
+    # upstream's names, the backbone's under `model.` and the head on top (`rename_legacy_key`)
+    assert set(model.state_dict()) == {rename_legacy_key(k) for k in upstream_key_list(model.config)}
     cfg = model.config
     inter = math.ceil(round(cfg.expansion * cfg.hidden_size * 2 / 3) / 256) * 256
     sd = model.state_dict()
-    assert sd["inner.H_level.layers.0.self_attn.qkv_proj.weight"].shape == (
+    assert sd["model.H_level.layers.0.self_attn.qkv_proj.weight"].shape == (
         3 * cfg.hidden_size,
         cfg.hidden_size,
     )
-    assert sd["inner.L_level.layers.2.mlp.gate_up_proj.weight"].shape == (2 * inter, cfg.hidden_size)
-    assert sd["inner.L_level.layers.2.mlp.down_proj.weight"].shape == (cfg.hidden_size, inter)
-    assert sd["inner.H_init"].shape == (cfg.hidden_size,)
+    assert sd["model.L_level.layers.2.mlp.gate_up_proj.weight"].shape == (2 * inter, cfg.hidden_size)
+    assert sd["model.L_level.layers.2.mlp.down_proj.weight"].shape == (cfg.hidden_size, inter)
+    assert sd["model.H_init"].shape == (cfg.hidden_size,)
 
 
 def test_no_norm_parameters_and_rope_buffers_not_persistent(tiny_hrm_config):
     model = make_model(tiny_hrm_config)
     assert not any("norm" in name for name, _ in model.named_parameters())
     all_buffers = {name for name, _ in model.named_buffers()}
-    assert {"inner.rotary_emb.cos_cached", "inner.rotary_emb.sin_cached"} <= all_buffers
-    assert "inner.rotary_emb.cos_cached" not in model.state_dict()
+    assert {"model.rotary_emb.cos_cached", "model.rotary_emb.sin_cached"} <= all_buffers
+    assert "model.rotary_emb.cos_cached" not in model.state_dict()
 
 
 def test_truncated_normal_has_requested_std_and_bounds():
@@ -175,13 +178,13 @@ def test_packed_segments_do_not_attend_across_examples(tiny_hrm_config):
 def test_only_last_l_and_h_step_carry_gradient(tiny_hrm_config):
     model = make_model(tiny_hrm_config, H_cycles=3, L_cycles=2).train()
     calls: dict[str, list[bool]] = {"H": [], "L": []}
-    model.inner.H_level.register_forward_hook(lambda m, i, o: calls["H"].append(o.requires_grad))
-    model.inner.L_level.register_forward_hook(lambda m, i, o: calls["L"].append(o.requires_grad))
+    model.model.H_level.register_forward_hook(lambda m, i, o: calls["H"].append(o.requires_grad))
+    model.model.L_level.register_forward_hook(lambda m, i, o: calls["L"].append(o.requires_grad))
     logits = model.lm_forward(torch.randint(0, 97, (2, 8)))
     assert calls["L"] == [False] * 5 + [True]  # H_cycles * L_cycles calls, only the last differentiable
     assert calls["H"] == [False, False, True]
     logits.sum().backward()
-    assert model.inner.L_level.layers[0].mlp.down_proj.weight.grad is not None
+    assert model.model.L_level.layers[0].mlp.down_proj.weight.grad is not None
 
 
 def _run_act_until_halted(model, batch, max_calls=10):
@@ -198,7 +201,7 @@ def test_act_eval_runs_all_segments(tiny_hrm_config):
     for q_head in (False, True):
         model = make_model(tiny_hrm_config, halt_max_steps=3, enable_q_head=q_head).eval()
         if q_head:
-            model.inner.q_head.bias.data = torch.tensor([5.0, -5.0])  # would halt at once in training
+            model.model.q_head.bias.data = torch.tensor([5.0, -5.0])  # would halt at once in training
         calls, carry = _run_act_until_halted(model, {"input_ids": torch.randint(0, 97, (2, 8))})
         assert calls == 3 and carry.steps.tolist() == [3, 3]
 
@@ -208,19 +211,19 @@ def test_act_training_halts_per_q_head(tiny_hrm_config):
     model = make_model(
         tiny_hrm_config, halt_max_steps=3, enable_q_head=True, halt_exploration_prob=0.0
     ).train()
-    model.inner.q_head.bias.data = torch.tensor([5.0, -5.0])  # q_halt > q_continue: halt after one segment
+    model.model.q_head.bias.data = torch.tensor([5.0, -5.0])  # q_halt > q_continue: halt after one segment
     carry = model.initial_carry(batch)
     carry, outputs = model(carry, batch)
     assert carry.halted.tolist() == [True, True] and carry.steps.tolist() == [1, 1]
     assert {"q_halt_logits", "q_continue_logits", "target_q_continue"} <= set(outputs)
-    model.inner.q_head.bias.data = torch.tensor([-5.0, 5.0])  # continue until the step limit
+    model.model.q_head.bias.data = torch.tensor([-5.0, 5.0])  # continue until the step limit
     calls, carry = _run_act_until_halted(model, batch)
     assert calls == 3
 
 
 def test_q_head_reads_last_real_token(tiny_hrm_config):
     model = make_model(tiny_hrm_config, enable_q_head=True).eval()
-    model.inner.q_head.weight.data.normal_()
+    model.model.q_head.weight.data.normal_()
     ids = torch.randint(1, 97, (1, 12))
     mask = torch.ones_like(ids)
     mask[0, 8:] = 0
@@ -242,20 +245,20 @@ def test_q_head_reads_last_real_token(tiny_hrm_config):
 def test_upstream_checkpoint_import(tiny_hrm_config):
     model = make_model(tiny_hrm_config, pos_encodings="learned")
     upstream = make_model(tiny_hrm_config, pos_encodings="learned", vocab_size=13, enable_q_head=True)
-    state = {f"_orig_mod.model.{k}": v.clone() for k, v in upstream.state_dict().items()}
+    state = {f"_orig_mod.model.{k}": v.clone() for k, v in legacy_state_dict(upstream.state_dict()).items()}
     state["_orig_mod.model.inner.puzzle_emb.weights"] = torch.zeros(5, 32)
-    before = model.state_dict()["inner.embed_tokens.embedding_weight"].clone()
+    before = model.state_dict()["model.embed_tokens.embedding_weight"].clone()
     report = load_upstream_weights(model, state)
-    layer = "inner.L_level.layers.0.self_attn.qkv_proj.weight"
-    assert layer in report.loaded and "inner.H_init" in report.loaded
+    layer = "model.L_level.layers.0.self_attn.qkv_proj.weight"
+    assert layer in report.loaded and "model.H_init" in report.loaded
     assert torch.equal(model.state_dict()[layer], upstream.state_dict()[layer])
     skipped = report.skipped
     assert "puzzle" in skipped["_orig_mod.model.inner.puzzle_emb.weights"]
     assert "q_head" in skipped["_orig_mod.model.inner.q_head.weight"]
     assert "shape" in skipped["_orig_mod.model.inner.embed_tokens.embedding_weight"]
     assert "shape" in skipped["_orig_mod.model.inner.lm_head.weight"]
-    assert set(report.missing) == {"inner.embed_tokens.embedding_weight", "inner.lm_head.weight"}
-    assert torch.equal(model.state_dict()["inner.embed_tokens.embedding_weight"], before)
+    assert set(report.missing) == {"model.embed_tokens.embedding_weight", "lm_head.weight"}
+    assert torch.equal(model.state_dict()["model.embed_tokens.embedding_weight"], before)
 
 
 def test_upstream_import_from_file(tiny_hrm_config, tmp_path):

@@ -114,10 +114,10 @@ def test_identity_split_equals_the_source(source):
         assert max_logit_difference(hrm, model, ids) <= TOL
     if model.config.model_type == "qwen2":
         assert config.attention_bias and not config.tie_word_embeddings
-        assert "inner.L_level.layers.0.self_attn.qkv_proj.bias" in dict(hrm.named_parameters())
+        assert "model.L_level.layers.0.self_attn.qkv_proj.bias" in dict(hrm.named_parameters())
     else:
         assert config.tie_word_embeddings and config.num_key_value_heads == 2
-        assert "inner.lm_head.weight" not in dict(hrm.named_parameters())
+        assert "lm_head.weight" not in dict(hrm.named_parameters())
 
 
 def test_right_padded_batch_equals_the_source_on_real_tokens(source):
@@ -142,7 +142,7 @@ def test_gated_recurrence_equals_the_source_at_the_target_cycles_until_trained(s
     assert config.recurrence_gates and hrm.cycles == (h_cycles, l_cycles)
     assert max_logit_difference(hrm, model, ids) <= TOL
     with torch.no_grad():
-        hrm.inner.L_level.gate.fill_(0.5) if l_cycles > 1 else hrm.inner.H_level.gate.fill_(0.5)
+        hrm.model.L_level.gate.fill_(0.5) if l_cycles > 1 else hrm.model.H_level.gate.fill_(0.5)
     assert max_logit_difference(hrm, model, ids) > 1e-3
     plain, _ = convert(model, LayerSplit(0, 2, 2, 4, h_cycles, l_cycles), gates=False)
     assert max_logit_difference(plain, model, ids) > 1e-3  # naive looping is not the source
@@ -260,7 +260,7 @@ def test_source_tensors_that_do_not_fit_the_hrm_are_named(llama_source, monkeypa
     monkeypatch.setattr(model, "state_dict", lambda: state)
     with pytest.raises(
         RetrofitError,
-        match=r"do not fit .*wrong shape \(saved vs built\) \['inner.L_level.layers.0.self_attn.o_proj.weight "
+        match=r"do not fit .*wrong shape \(saved vs built\) \['model.L_level.layers.0.self_attn.o_proj.weight "
         r"\(3, 3\) vs \(32, 32\)'\]",
     ):
         convert(model, LayerSplit(0, 2, 2, 4))
@@ -317,7 +317,7 @@ def test_a_retrofitted_run_resumes_after_sigkill_bit_exactly_evaluates_and_expor
     ).read_bytes()
     states = [json.loads((ref / f"step_{s}" / "train_state.json").read_text())["cycles"] for s in (2, 6)]
     assert states == [[1, 1], [1, 2]]
-    gate = load_checkpoint(ref).model.inner.L_level.gate
+    gate = load_checkpoint(ref).model.model.L_level.gate
     assert float(gate.detach().abs().max()) > 0  # training opened the gate of the second L cycle
 
     out = tmp_path / "eval"
@@ -361,7 +361,7 @@ def test_the_gates_learn_at_their_own_scaled_rate_and_do_not_decay(source):
     optimizer = build_optimizer(hrm, lr=1e-4, weight_decay=0.1)
     gates = [g for g in optimizer.param_groups if "lr_scale" in g]
     assert len(gates) == 1 and gates[0]["lr"] == pytest.approx(1e-4 * config.recurrence_gate_lr_scale)
-    assert {id(p) for p in gates[0]["params"]} == {id(hrm.inner.L_level.gate), id(hrm.inner.H_level.gate)}
+    assert {id(p) for p in gates[0]["params"]} == {id(hrm.model.L_level.gate), id(hrm.model.H_level.gate)}
     assert gates[0]["weight_decay"] == 0.0
     others = [p for g in optimizer.param_groups if "lr_scale" not in g for p in g["params"]]
     assert len(others) + 2 == len(list(hrm.parameters()))

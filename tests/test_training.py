@@ -236,9 +236,9 @@ def test_optimizer_groups_and_warmup_cosine_schedule(tiny_hrm_config):
     decayed, undecayed = ({id(p) for p in g["params"]} for g in optimizer.param_groups)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
     assert optimizer.defaults["betas"] == (0.9, 0.95)
-    inner = model.inner
-    assert id(inner.embed_tokens.embedding_weight) in undecayed and id(inner.q_head.bias) in undecayed
-    assert id(inner.lm_head.weight) in decayed and id(inner.q_head.weight) in decayed
+    backbone = model.model
+    assert id(backbone.embed_tokens.embedding_weight) in undecayed and id(backbone.q_head.bias) in undecayed
+    assert id(model.lm_head.weight) in decayed and id(backbone.q_head.weight) in decayed
     assert len(decayed | undecayed) == len(list(model.parameters()))
     with_embeddings = build_optimizer(model, lr=1.0, decay_embeddings=True, decay_norms_and_biases=True)
     assert with_embeddings.param_groups[1]["params"] == []

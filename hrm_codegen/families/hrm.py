@@ -30,6 +30,7 @@ from hrm_codegen.models.hrm_act_v1 import (
     HierarchicalReasoningModel_ACTV1Carry,
     HierarchicalReasoningModel_ACTV1InnerCarry,
     HRMConfig,
+    rename_legacy_keys,
 )
 
 
@@ -206,10 +207,14 @@ class HrmFamily(ModelFamily):
         save_hf(cast(HierarchicalReasoningModel_ACTV1, model), tokenizer, directory / HF_DIR, dict(state))
 
     def load_weights(self, model: nn.Module, path: Path) -> None:
-        """From a step directory (its `hf/`, or the `model.safetensors` of older steps) or a weights file."""
-        from hrm_codegen.checkpoint import load_model_weights
+        """From a step directory (its `hf/`, or the `model.safetensors` of older steps) or a weights file; weights
+        saved before the backbone / head split (`inner.*`) load under today's names."""
+        from hrm_codegen.checkpoint import check_weights_fit, load_weights
 
-        load_model_weights(model, step_weights_file(path))
+        file = step_weights_file(path)
+        state = rename_legacy_keys(load_weights(file))
+        check_weights_fit(state, model, file)
+        model.load_state_dict(state)
 
     def generate(
         self,

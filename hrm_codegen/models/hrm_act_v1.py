@@ -1,16 +1,20 @@
 """Hierarchical Reasoning Model (ACT v1) for autoregressive code generation, as a transformers model.
 
 A re-implementation of Sapient's HRM (sapientinc/HRM, Apache-2.0, `models/hrm/hrm_act_v1.py` at the
-commit recorded in `UPSTREAM_COMMIT`) with upstream's parameter names and config keys, and these patches:
+commit recorded in `UPSTREAM_COMMIT`) with upstream's modules and config keys, and these patches:
 causal attention (`causal`), an `input_ids` embedding path without puzzle embeddings, the Q-head/ACT
 halting behind `enable_q_head`, 1-D RoPE (or learned positions), and a KV cache for generation.
 
-`HrmCodegenForCausalLM` (upstream's name `HierarchicalReasoningModel_ACTV1` is the same class) is a
-`PreTrainedModel` + `GenerationMixin`: `forward(carry, batch)` runs one ACT segment (upstream's training
-interface), `forward(input_ids=..., ...)` is a causal LM for transformers' `generate`. Every attention call of
-a forward, (segment, H cycle, L cycle, level, layer), has its own layer of a transformers `Cache` (its slot;
+In the shape of transformers' `modeling_llama.py`: `HrmCodegenModel` is the backbone (embeddings, the H and L
+levels, the final norm; `forward` returns the states the head reads) and `HrmCodegenForCausalLM` (upstream's
+name `HierarchicalReasoningModel_ACTV1` is the same class) holds it as `model` with the LM head, a
+`PreTrainedModel` + `GenerationMixin`: `forward(input_ids=..., ...)` is a causal LM for transformers' `generate`
+and trainers, `forward(carry, batch)` runs one ACT segment (upstream's training interface). Every attention call
+of a forward, (segment, H cycle, L cycle, level, layer), has its own layer of a transformers `Cache` (its slot;
 `HRMConfig.num_hidden_layers` counts them), so `DynamicCache` and `StaticCache` (and with it `torch.compile`
-of the decoding step) work as for any transformers model.
+of the decoding step) work as for any transformers model. Gradient checkpointing recomputes each level call.
+Weights saved before the backbone / head split (upstream's names, all under `inner.`) load through
+`LEGACY_KEY_MAPPING`.
 
 Imports only torch, transformers and its two sibling modules: `save_pretrained` ships the three files.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_hrm import HRMConfig, check_bp_steps
 from .layers import (
@@ -41,11 +48,21 @@ from .layers import (
     trunc_normal_init_,
 )
 
-__all__ = ["HRMConfig", "HrmCodegenForCausalLM", "HierarchicalReasoningModel_ACTV1", "check_bp_steps"]
+__all__ = [
+    "HRMConfig",
+    "HierarchicalReasoningModel_ACTV1",
+    "HrmCodegenForCausalLM",
+    "HrmCodegenModel",
+    "HrmCodegenPreTrainedModel",
+    "check_bp_steps",
+]
 
 UPSTREAM_COMMIT = "af3e8b1"  # sapientinc/HRM, 2025-07-31: the architecture this port follows
-# The name of the cache in transformers' outputs and forward arguments (`cache` from 5.2x, `past_key_values` before).
-_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _cache_field(output_class: type) -> str:
+    """The name of the cache in a transformers output class (`cache` from 5.2x, `past_key_values` before)."""
+    return "cache" if "cache" in output_class.__dataclass_fields__ else "past_key_values"
 
 
 def gradient_steps(bp_steps: int, h_cycles: int, l_cycles: int | None = None) -> tuple[int, int]:
@@ -108,14 +125,15 @@ class HierarchicalReasoningModel_ACTV1Block(nn.Module):
         return self.mlp_norm(hidden_states + self.mlp(hidden_states))
 
 
-class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
-    """A stack of blocks that first adds its input injection to its state.
+class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer):
+    """A stack of blocks that first adds its input injection to its state: one level call.
 
     `final_norm` (pre-norm models with final_norm='levels'): end with an RMSNorm, as HRM-Text's stacks do,
     so the states the levels pass on, and what the LM head reads, are normalised. `gate_lr_scale`
     (recurrence_gates): a zero-initialised `gate` vector, whose `lr_scale` attribute the optimizer multiplies its
     learning rate by; a gated call returns z + gate * (stack(z + injection) - z), so it changes nothing until
-    training opens the gate.
+    training opens the gate. With gradient checkpointing on (`gradient_checkpointing_enable`), a call that
+    carries gradient keeps only its inputs and recomputes its layers in the backward pass.
     """
 
     def __init__(
@@ -144,7 +162,8 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
     ) -> torch.Tensor:
         """`slot`: the KV-cache slot of this call's first layer (layer i writes slot + i).
 
-        `gated`: this call is not the level's first in the segment (the gate applies when there is one).
+        `gated`: this call is not the level's first in the segment (the gate applies when there is one). The two
+        states come positionally, everything else by keyword (what reentrant checkpointing needs).
         """
         state = hidden_states
         hidden_states = hidden_states + input_injection
@@ -158,22 +177,104 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
         return hidden_states
 
 
-class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
-    """One ACT segment: H_cycles x (L_cycles L-steps + one H-step), gradient through the last bp_steps."""
+def _grad_if(enabled: bool) -> contextlib.AbstractContextManager:
+    """No change where a level evaluation carries gradient, `no_grad` where it does not."""
+    return contextlib.nullcontext() if enabled else torch.no_grad()
 
-    def __init__(self, config: HRMConfig):
-        super().__init__()
-        self.config = config
+
+def default_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Positions counting real tokens only (left padding gets position 0)."""
+    if attention_mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-padding token of each row of a [B, S] mask."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * positions).argmax(-1)
+
+
+# State-dict names written before the backbone / head split (upstream's layout, everything under `inner.`): the
+# LM head moved to the top, the rest (the Q-head included) into the backbone `model`. Regexes, first match wins;
+# `from_pretrained` takes them as its `key_mapping`, the project's loader through `rename_legacy_keys`.
+LEGACY_KEY_MAPPING = {r"^inner\.lm_head\.": "lm_head.", r"^inner\.": "model."}
+
+
+def rename_legacy_key(key: str) -> str:
+    """Today's name of a weight saved before the backbone / head split (`inner.*`); other names as they are."""
+    for pattern, replacement in LEGACY_KEY_MAPPING.items():
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key, count=1)
+    return key
+
+
+def rename_legacy_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """`state` with the names of weights saved before the backbone / head split renamed to today's."""
+    return {rename_legacy_key(key): value for key, value in state.items()}
+
+
+def _as_config(config: HRMConfig | Mapping[str, Any]) -> HRMConfig:
+    """A validated config from an HRMConfig or a mapping of HRM keys (a shipped copy's config is another class
+    object: any PretrainedConfig is taken)."""
+    if not isinstance(config, PretrainedConfig):
+        config = HRMConfig.from_arch(dict(config))
+    config.validate_hrm()
+    return config  # type: ignore[return-value]
+
+
+class HrmCodegenPreTrainedModel(PreTrainedModel):
+    """What the HRM's transformers classes share: the config class, the backbone's name (`model`), gradient
+    checkpointing of the level calls, and loading weights saved before the backbone / head split."""
+
+    config_class = HRMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HierarchicalReasoningModel_ACTV1Block"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Parameters: nothing (the modules initialise themselves; loaded weights overwrite that). The RoPE tables,
+        which are not saved, are recomputed: transformers loads into a model built on the meta device."""
+        if isinstance(module, RotaryEmbedding) and not module.cos_cached.is_meta:
+            module.reset_tables()
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """transformers' `from_pretrained`; weights saved before the backbone / head split (`inner.*`) load
+        under today's names, and the model saves under today's names (`save_pretrained`)."""
+        kwargs.setdefault("key_mapping", dict(LEGACY_KEY_MAPPING))
+        model: Any = super().from_pretrained(*args, **kwargs)
+        # transformers re-saves in the layout a checkpoint was read from; this one is the past, not a format.
+        conversions = getattr(model, "_weight_conversions", None)
+        if conversions:
+            legacy = set(LEGACY_KEY_MAPPING)
+            model._weight_conversions = [
+                c for c in conversions if not set(getattr(c, "_original_source_patterns", ())) <= legacy
+            ]
+        return model
+
+
+class HrmCodegenModel(HrmCodegenPreTrainedModel):
+    """The HRM without its LM head (transformers' backbone): token embeddings, the H and L levels run
+    H_cycles x (L_cycles L calls + one H call) per segment with gradient through the last bp_steps, and the final
+    norm. `forward` returns the states the LM head reads after halt_max_steps fresh segments
+    (`BaseModelOutputWithPast`); `forward_segment` runs one ACT segment from a carry (upstream's inner forward
+    without the head), and `q_logits` is upstream's Q-head (`enable_q_head`) on its last real token.
+    """
+
+    def __init__(self, config: HRMConfig | Mapping[str, Any], embed_tokens: CastedEmbedding | None = None):
+        """`embed_tokens`: the token table when the causal LM built it (before its head, so the random draws and the
+        parameter order are those of upstream's single `inner` module)."""
+        config = _as_config(config)
+        super().__init__(config)
+        self.config: HRMConfig
         dtype = config.forward_torch_dtype
         embed_init_std = 1.0 / math.sqrt(config.hidden_size)
         self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
-
-        self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size, embed_init_std, dtype)
-        # Tied: the head reads embed_tokens' table (no lm_head parameter).
-        self.lm_head = (
-            None
-            if config.tie_word_embeddings
-            else CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        self.embed_tokens: CastedEmbedding = embed_tokens or CastedEmbedding(
+            config.vocab_size, config.hidden_size, embed_init_std, dtype
         )
         if config.enable_q_head:
             self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
@@ -216,21 +317,29 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         init_std = 0.0 if config.zero_init_states else 1.0
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size), std=init_std))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size), std=init_std))
+        self.post_init()
 
-    def _input_embeddings(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        embedding = self.embed_tokens(input_ids.to(torch.int32))
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def _input_embeddings(
+        self,
+        input_ids: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The input injection: token embeddings (`inputs_embeds` stand for `embed_tokens(input_ids)`), learned
+        positions where configured, scaled by embed_scale."""
+        if inputs_embeds is not None:
+            embedding = inputs_embeds.to(self.config.forward_torch_dtype)
+        else:
+            assert input_ids is not None, "input_ids or inputs_embeds"
+            embedding = self.embed_tokens(input_ids.to(torch.int32))
         if self.config.pos_encodings == "learned":
             if not torch.compiler.is_compiling() and int(position_ids.max()) >= self.config.seq_len:
                 raise ValueError(f"position {int(position_ids.max())} exceeds seq_len={self.config.seq_len}")
             embedding = 0.707106781 * (embedding + self.embed_pos(position_ids))
         return self.embed_scale * embedding
-
-    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """LM-head logits: `lm_head`, or the embedding table when tie_word_embeddings."""
-        if self.lm_head is not None:
-            return self.lm_head(hidden_states)
-        table = self.embed_tokens.embedding_weight
-        return torch.nn.functional.linear(hidden_states, table.to(hidden_states.dtype))
 
     def empty_carry(self, batch_size: int, seq_len: int, device: torch.device | None = None):
         """Uninitialised carry of shape [B, S, hidden]; reset it before use."""
@@ -262,26 +371,25 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             return base + l_step * cfg.L_layers
         return base + self.L_cycles * cfg.L_layers
 
-    def forward(
+    def forward_segment(
         self,
         carry: HierarchicalReasoningModel_ACTV1InnerCarry,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         position_ids: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
-        last_index: torch.Tensor | None = None,
         cache: Cache | None = None,
-        logits_to_keep: int = 0,
         segment: int = 0,
-    ):
-        """Run one segment; returns (detached new carry, logits [B, S, vocab], (q_halt, q_continue) or None).
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> tuple[HierarchicalReasoningModel_ACTV1InnerCarry, torch.Tensor]:
+        """Run one segment; returns (detached new carry, the states the head reads [B, S, hidden]).
 
-        `attn_mask` is a boolean [B, 1, S, K] mask (`build_attn_mask`), None for unpadded input;
-        `logits_to_keep` > 0 computes logits for the last that many positions only.
+        `attn_mask` is a boolean [B, 1, S, K] mask (`build_attn_mask`), None for unpadded input; `cache` a
+        transformers `Cache` whose slots this segment's calls write (`cache_slot`).
         """
         attn_kwargs: dict[str, Any] = {"attn_mask": attn_mask, "cache": cache}
         if self.config.pos_encodings == "rope":
             attn_kwargs["cos_sin"] = self.rotary_emb(position_ids)
-        x = self._input_embeddings(input_ids, position_ids)
+        x = self._input_embeddings(input_ids, position_ids, inputs_embeds)
         h_cycles, l_cycles = self.H_cycles, self.L_cycles
 
         z_H, z_L = carry.z_H, carry.z_L
@@ -294,114 +402,27 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
                 l_index = h_step * l_cycles + l_step
                 with _grad_if(l_index >= first_l_grad):
                     slot = self.cache_slot(segment, h_step, l_step, "L") if cache is not None else None
-                    z_L = self.L_level(z_L, z_H + x, slot, gated=l_index > 0, **attn_kwargs)
+                    z_L = self.L_level(z_L, z_H + x, slot=slot, gated=l_index > 0, **attn_kwargs)
             with _grad_if(h_step >= h_cycles - h_grad):
                 slot = self.cache_slot(segment, h_step, None, "H") if cache is not None else None
-                z_H = self.H_level(z_H, z_L, slot, gated=h_step > 0, **attn_kwargs)
+                z_H = self.H_level(z_H, z_L, slot=slot, gated=h_step > 0, **attn_kwargs)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
-        if self.norm is not None:
-            z_H = self.norm(z_H)
-        logits = self.head(z_H[:, -logits_to_keep:] if logits_to_keep else z_H)
-        q = None
-        if self.config.enable_q_head:
-            if last_index is None:
-                last_index = torch.full((z_H.shape[0],), z_H.shape[1] - 1, device=z_H.device)
-            # Under causal attention only the last real token has seen the whole sequence.
-            summary = z_H[torch.arange(z_H.shape[0], device=z_H.device), last_index]
-            q_logits = self.q_head(summary).to(torch.float32)
-            q = (q_logits[..., 0], q_logits[..., 1])
-        return new_carry, logits, q
+        return new_carry, z_H if self.norm is None else self.norm(z_H)
 
+    def q_logits(
+        self, hidden_states: torch.Tensor, last_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q_halt, q_continue) [B] in fp32 from the states of each row's last real token (`last_index` [B],
+        default the last position): under causal attention only that token has seen the whole sequence."""
+        batch = hidden_states.shape[0]
+        if last_index is None:
+            last_index = torch.full((batch,), hidden_states.shape[1] - 1, device=hidden_states.device)
+        summary = hidden_states[torch.arange(batch, device=hidden_states.device), last_index]
+        q = self.q_head(summary).to(torch.float32)
+        return q[..., 0], q[..., 1]
 
-def _grad_if(enabled: bool) -> contextlib.AbstractContextManager:
-    """No change where a level evaluation carries gradient, `no_grad` where it does not."""
-    return contextlib.nullcontext() if enabled else torch.no_grad()
-
-
-def default_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Positions counting real tokens only (left padding gets position 0)."""
-    if attention_mask is None:
-        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last non-padding token of each row of a [B, S] mask."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.bool() * positions).argmax(-1)
-
-
-class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
-    """The HRM with the adaptive-computation-time wrapper, as a transformers causal LM.
-
-    `forward(carry, batch)` runs one ACT segment per call (upstream's interface: `initial_carry`, deep
-    supervision, the Q-head); `forward(input_ids=..., attention_mask=..., cache=...)` returns the logits of
-    halt_max_steps fresh segments (`lm_forward`), which is what `generate` and evaluation use.
-    """
-
-    config_class = HRMConfig
-    base_model_prefix = "inner"
-    main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
-    _no_split_modules = ["HierarchicalReasoningModel_ACTV1Block"]
-    _supports_sdpa = True
-
-    def __init__(self, config: HRMConfig | dict[str, Any]):  # noqa: D107
-        if not isinstance(config, PretrainedConfig):  # a mapping of HRM keys (a shipped copy's config is
-            config = HRMConfig.from_arch(dict(config))  # another class object: any PretrainedConfig is taken)
-        config.validate_hrm()
-        super().__init__(config)
-        self.config: HRMConfig
-        self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
-        self.post_init()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """Parameters: nothing (the modules initialise themselves; loaded weights overwrite that). The RoPE tables,
-        which are not saved, are recomputed: transformers loads into a model built on the meta device."""
-        if isinstance(module, RotaryEmbedding) and not module.cos_cached.is_meta:
-            module.reset_tables()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.inner.embed_tokens
-
-    def get_output_embeddings(self) -> None:
-        return None  # tied: the head reads embed_tokens' table; untied: `inner.lm_head` (a CastedLinear)
-
-    @property
-    def cycles(self) -> tuple[int, int]:
-        """(H_cycles, L_cycles) the forward runs now: the config's unless `set_cycles` changed them."""
-        return self.inner.H_cycles, self.inner.L_cycles
-
-    def set_cycles(self, H_cycles: int, L_cycles: int) -> None:  # noqa: N803 - upstream's key names
-        """Run `H_cycles` x `L_cycles` from now on (a cycles schedule, test-time recurrence); the parameters
-        do not depend on the cycle counts. A bp_steps above these cycles' steps backpropagates through all.
-        The config follows, so a cache built from it (`StaticCache(config=...)`) has the slots they need."""
-        for key, value in (("H_cycles", H_cycles), ("L_cycles", L_cycles)):
-            if int(value) < 1:
-                raise ValueError(f"{key} must be >= 1, got {value}")
-        self.inner.H_cycles, self.inner.L_cycles = int(H_cycles), int(L_cycles)
-        self.config.H_cycles, self.config.L_cycles = int(H_cycles), int(L_cycles)
-        # The config stays valid: a bp_steps above these cycles' steps is full backpropagation, bp_steps 0.
-        target = self.__dict__.setdefault("_config_bp_steps", self.config.bp_steps)
-        self.config.bp_steps = 0 if target > self.config.max_bp_steps else target
-
-    @property
-    def configured_bp_steps(self) -> int:
-        """The config's bp_steps as built (set_cycles may lower config.bp_steps to 0 for fewer cycles)."""
-        return self.__dict__.get("_config_bp_steps", self.config.bp_steps)
-
-    @property
-    def bp_steps(self) -> int:
-        """Gradient-carrying level evaluations now: config.bp_steps unless the bp warm-up set another."""
-        return self.inner.bp_steps
-
-    @bp_steps.setter
-    def bp_steps(self, value: int) -> None:
-        check_bp_steps(value, *self.cycles)
-        self.inner.bp_steps = int(value)
-
-    def _batch_views(self, data: dict[str, torch.Tensor]):
+    def _batch_views(self, data: Mapping[str, torch.Tensor]):
         """(input_ids, position_ids, attn_mask, last_index) for an uncached batch dict.
 
         Optional keys: `attention_mask` [B, S] (1 = real token), `position_ids`, `segment_ids`
@@ -463,7 +484,7 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
     def _check_cache_layout(self, cache: Cache, segments: int) -> None:
         """Refuse a cache filled by another layout of calls: each (segment, cycle, level, layer) has a fixed slot,
         so a step that runs other cycles or segments than the prefill would read another call's keys."""
-        layout = (segments, *self.cycles, self.config.L_layers, self.config.H_layers)
+        layout = (segments, self.H_cycles, self.L_cycles, self.config.L_layers, self.config.H_layers)
         recorded = getattr(cache, "hrm_layout", None)
         if recorded is None:
             cache.hrm_layout = layout  # type: ignore[attr-defined]
@@ -472,7 +493,7 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
                 f"KV cache: filled with (segments, H_cycles, L_cycles, L_layers, H_layers) = {recorded}, but this "
                 f"step runs {layout}; every step must make the prefill's attention calls"
             )
-        slots = self.inner.cache_slot(segments, 0, 0, "L")  # the first slot after the last segment's
+        slots = self.cache_slot(segments, 0, 0, "L")  # the first slot after the last segment's
         fixed = getattr(cache, "layer_class_to_replicate", None) is None
         if fixed and len(cache.layers) < slots:
             raise ValueError(
@@ -480,12 +501,164 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
                 "(segment, H cycle, L cycle, level, layer)); build it from the model's config"
             )
 
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
+        cache_columns: torch.Tensor | None = None,
+        num_segments: int | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """The states the LM head reads, [B, S, hidden], after `num_segments` (default halt_max_steps) fresh
+        segments, as `last_hidden_state`, with the cache.
+
+        Give `input_ids` [B, S] or `inputs_embeds` [B, S, hidden] (standing for `embed_tokens(input_ids)`).
+        Without a cache, `attention_mask` [B, S] marks the real tokens and `token_type_ids` [B, S] (1 = prompt
+        token) makes the prompt bidirectional when config.prefix_lm (ignored otherwise). With a transformers
+        `Cache` (`past_key_values`, or `cache`, its name in recent transformers; `use_cache` makes a
+        `DynamicCache`), the inputs are only the new positions, `attention_mask` covers the cache's keys (see
+        `_cached_views`, `cache_columns` the columns a static cache writes at), and `prefix_mask` [B, P] or, at
+        the prefill, `token_type_ids` mark the prompt.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("the HRM takes exactly one of input_ids or inputs_embeds")
+        cache = kwargs.get("cache")
+        cache = past_key_values if cache is None else cache
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if cache is not None and not self.config.causal:
+            raise ValueError("the KV cache needs causal attention (causal=true); pass use_cache=False")
+        shape_ids = input_ids
+        if shape_ids is None:  # the mask and position helpers read only the shape and device
+            assert inputs_embeds is not None
+            shape_ids = inputs_embeds.new_zeros(inputs_embeds.shape[:2], dtype=torch.long)
+        segments = num_segments or self.config.halt_max_steps
+        if cache is None:
+            batch = {"input_ids": shape_ids}
+            if attention_mask is not None:
+                batch["attention_mask"] = attention_mask
+            if token_type_ids is None and prefix_mask is not None:  # generated columns are not prompt
+                width = shape_ids.shape[1] - prefix_mask.shape[1]
+                token_type_ids = F.pad(prefix_mask.long(), (0, width), value=0)
+            if token_type_ids is not None:
+                batch["token_type_ids"] = token_type_ids
+            if position_ids is not None:
+                batch["position_ids"] = position_ids
+            _, position_ids, attn_mask, _ = self._batch_views(batch)
+        else:
+            self._check_cache_layout(cache, segments)
+            if prefix_mask is None and token_type_ids is not None:
+                prefix_mask = token_type_ids == 1
+            position_ids, attn_mask = self._cached_views(
+                shape_ids, attention_mask, position_ids, prefix_mask, cache, cache_columns
+            )
+        assert position_ids is not None
+        batch_size, seq_len = shape_ids.shape
+        carry = self.reset_carry(
+            torch.ones(batch_size, dtype=torch.bool, device=shape_ids.device),
+            self.empty_carry(batch_size, seq_len, shape_ids.device),
+        )
+        hidden_states = carry.z_H
+        for segment in range(segments):  # earlier segments only feed the carry
+            carry, hidden_states = self.forward_segment(
+                carry, input_ids, position_ids, attn_mask, cache, segment, inputs_embeds
+            )
+        output = BaseModelOutputWithPast(last_hidden_state=hidden_states)
+        if cache is not None:
+            output[_cache_field(BaseModelOutputWithPast)] = cache
+        return output
+
+
+class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
+    """The HRM as a transformers causal LM: the backbone `model` (`HrmCodegenModel`) and the LM head, `lm_head`,
+    or the embedding table when tie_word_embeddings.
+
+    `forward(input_ids=..., attention_mask=..., cache=...)` returns the logits of halt_max_steps fresh segments
+    (what `generate`, evaluation and trainers such as TRL use); `forward(carry, batch)` runs one ACT segment
+    per call (upstream's interface: `initial_carry`, deep supervision, the Q-head).
+    """
+
+    def __init__(self, config: HRMConfig | Mapping[str, Any]):  # noqa: D107
+        config = _as_config(config)
+        super().__init__(config)
+        self.config: HRMConfig
+        # Built before the head and handed to the backbone: the random draws, and the order of the parameters (so of
+        # a saved optimizer state), stay those of upstream's single `inner` module.
+        embed_tokens = CastedEmbedding(
+            config.vocab_size,
+            config.hidden_size,
+            1.0 / math.sqrt(config.hidden_size),
+            config.forward_torch_dtype,
+        )
+        # Tied: the head reads embed_tokens' table (no lm_head parameter).
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        )
+        self.model = HrmCodegenModel(config, embed_tokens)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        """The head's module: `lm_head`, or with tie_word_embeddings the embedding table (its `weight` is the
+        table); logits = hidden states @ weight.T either way."""
+        return self.lm_head if self.lm_head is not None else self.model.embed_tokens
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """LM-head logits: `lm_head`, or the embedding table when tie_word_embeddings."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden_states)
+        table = self.model.embed_tokens.embedding_weight
+        return F.linear(hidden_states, table.to(hidden_states.dtype))
+
+    @property
+    def cycles(self) -> tuple[int, int]:
+        """(H_cycles, L_cycles) the forward runs now: the config's unless `set_cycles` changed them."""
+        return self.model.H_cycles, self.model.L_cycles
+
+    def set_cycles(self, H_cycles: int, L_cycles: int) -> None:  # noqa: N803 - upstream's key names
+        """Run `H_cycles` x `L_cycles` from now on (a cycles schedule, test-time recurrence); the parameters
+        do not depend on the cycle counts. A bp_steps above these cycles' steps backpropagates through all.
+        The config follows, so a cache built from it (`StaticCache(config=...)`) has the slots they need."""
+        for key, value in (("H_cycles", H_cycles), ("L_cycles", L_cycles)):
+            if int(value) < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+        self.model.H_cycles, self.model.L_cycles = int(H_cycles), int(L_cycles)
+        self.config.H_cycles, self.config.L_cycles = int(H_cycles), int(L_cycles)
+        # The config stays valid: a bp_steps above these cycles' steps is full backpropagation, bp_steps 0.
+        target = self.__dict__.setdefault("_config_bp_steps", self.config.bp_steps)
+        self.config.bp_steps = 0 if target > self.config.max_bp_steps else target
+
+    @property
+    def configured_bp_steps(self) -> int:
+        """The config's bp_steps as built (set_cycles may lower config.bp_steps to 0 for fewer cycles)."""
+        return self.__dict__.get("_config_bp_steps", self.config.bp_steps)
+
+    @property
+    def bp_steps(self) -> int:
+        """Gradient-carrying level evaluations now: config.bp_steps unless the bp warm-up set another."""
+        return self.model.bp_steps
+
+    @bp_steps.setter
+    def bp_steps(self, value: int) -> None:
+        check_bp_steps(value, *self.cycles)
+        self.model.bp_steps = int(value)
+
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> HierarchicalReasoningModel_ACTV1Carry:
         """A carry in which every sequence is halted, so the first `forward` loads `batch` and resets."""
         batch_size, seq_len = batch["input_ids"].shape
         device = batch["input_ids"].device
         return HierarchicalReasoningModel_ACTV1Carry(
-            inner_carry=self.inner.empty_carry(batch_size, seq_len, device),
+            inner_carry=self.model.empty_carry(batch_size, seq_len, device),
             steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
             halted=torch.ones(batch_size, dtype=torch.bool, device=device),
             current_data={k: torch.zeros_like(v) for k, v in batch.items()},
@@ -493,45 +666,48 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(
         self,
-        carry: HierarchicalReasoningModel_ACTV1Carry | None = None,
+        carry: HierarchicalReasoningModel_ACTV1Carry | torch.Tensor | None = None,
         batch: dict[str, torch.Tensor] | None = None,
         *,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         prefix_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         cache_columns: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """`forward(carry, batch)`: one ACT segment (returns (new carry, outputs)). Otherwise a causal LM step:
-        logits of `input_ids` (only the new positions when a cache is given, as `cache` or `past_key_values`),
-        a loss with `labels`, and the cache; see `lm_forward` for the other arguments."""
+        """`forward(carry, batch)`: one ACT segment (returns (new carry, outputs)). Otherwise a causal LM step
+        (`model(input_ids)` too): the backbone's states (`HrmCodegenModel.forward`, which takes the other
+        arguments) through the head, for the last `logits_to_keep` positions (0: all; or a tensor of indices),
+        a loss with `labels` (next-token cross-entropy, -100 ignored), and the cache when one is used."""
+        if isinstance(carry, torch.Tensor) and batch is None and input_ids is None:
+            carry, input_ids = None, carry  # the transformers call model(input_ids)
         if carry is not None or batch is not None:
-            if carry is None or batch is None:
+            if not isinstance(carry, HierarchicalReasoningModel_ACTV1Carry) or batch is None:
                 raise ValueError("the ACT forward takes both carry and batch: model(carry, batch)")
             return self.act_forward(carry, batch)
-        if input_ids is None or kwargs.get("inputs_embeds") is not None:
-            raise ValueError("the HRM takes input_ids (inputs_embeds are not supported)")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if use_cache and cache is None:
-            cache = DynamicCache()
-        if cache is not None and not self.config.causal:
-            raise ValueError("the KV cache needs causal attention (causal=true); pass use_cache=False")
-        logits = self.lm_forward(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            cache=cache,
-            logits_to_keep=logits_to_keep or 0,
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+            token_type_ids=token_type_ids,
             prefix_mask=prefix_mask,
             cache_columns=cache_columns,
+            **kwargs,
         )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.head(hidden_states[:, keep])
         loss = None
         if labels is not None:
             shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
@@ -539,22 +715,24 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
         if return_dict is False:
             return (logits,) if loss is None else (loss, logits)
         output = CausalLMOutputWithPast(loss=loss, logits=logits)
+        cache = outputs.get(_cache_field(BaseModelOutputWithPast))
         if cache is not None:
-            output[_CACHE_FIELD] = cache
+            output[_cache_field(CausalLMOutputWithPast)] = cache
         return output
 
     def act_forward(self, carry: HierarchicalReasoningModel_ACTV1Carry, batch: dict[str, torch.Tensor]):
         """One ACT segment: halted sequences restart on `batch`; returns (new carry, outputs)."""
         cfg = self.config
-        inner_carry = self.inner.reset_carry(carry.halted, carry.inner_carry)
+        inner_carry = self.model.reset_carry(carry.halted, carry.inner_carry)
         steps = torch.where(carry.halted, 0, carry.steps)
         current_data = {
             k: torch.where(carry.halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v)
             for k, v in carry.current_data.items()
         }
-        views = self._batch_views(current_data)
-        inner_carry, logits, q = self.inner(inner_carry, *views)
-        outputs: dict[str, torch.Tensor] = {"logits": logits}
+        ids, pos, attn_mask, last_index = self.model._batch_views(current_data)
+        inner_carry, hidden_states = self.model.forward_segment(inner_carry, ids, pos, attn_mask)
+        outputs: dict[str, torch.Tensor] = {"logits": self.head(hidden_states)}
+        q = self.model.q_logits(hidden_states, last_index) if cfg.enable_q_head else None
         if q is not None:
             outputs["q_halt_logits"], outputs["q_continue_logits"] = q
 
@@ -568,9 +746,8 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
                 explore = torch.rand_like(q_halt) < cfg.halt_exploration_prob
                 min_halt_steps = explore * torch.randint_like(steps, low=2, high=cfg.halt_max_steps + 1)
                 halted = halted & (steps >= min_halt_steps)
-                _, _, next_q = self.inner(inner_carry, *views)
-                assert next_q is not None
-                next_halt, next_continue = next_q
+                _, next_states = self.model.forward_segment(inner_carry, ids, pos, attn_mask)
+                next_halt, next_continue = self.model.q_logits(next_states, last_index)
                 outputs["target_q_continue"] = torch.sigmoid(
                     torch.where(is_last_step, next_halt, torch.maximum(next_halt, next_continue))
                 )
@@ -588,46 +765,19 @@ class HrmCodegenForCausalLM(PreTrainedModel, GenerationMixin):
         prefix_mask: torch.Tensor | None = None,
         cache_columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Plain LM use: logits [B, S, vocab] after `num_segments` (default halt_max_steps) fresh segments.
-
-        Without a cache, `attention_mask` [B, S] marks the real tokens and `token_type_ids` [B, S] (1 = prompt
-        token) makes the prompt bidirectional when config.prefix_lm (ignored otherwise). With `cache` (a
-        transformers `Cache`), `input_ids` are only the new positions, `attention_mask` covers the cache's keys
-        (see `_cached_views`), and `prefix_mask` [B, P] or, at the prefill, `token_type_ids` mark the prompt.
-        `logits_to_keep` > 0 returns logits for the last that many positions only (generation needs one).
-        """
-        segments = num_segments or self.config.halt_max_steps
-        if cache is None:
-            batch = {"input_ids": input_ids}
-            if attention_mask is not None:
-                batch["attention_mask"] = attention_mask
-            if token_type_ids is None and prefix_mask is not None:  # generated columns are not prompt
-                width = input_ids.shape[1] - prefix_mask.shape[1]
-                token_type_ids = F.pad(prefix_mask.long(), (0, width), value=0)
-            if token_type_ids is not None:
-                batch["token_type_ids"] = token_type_ids
-            if position_ids is not None:
-                batch["position_ids"] = position_ids
-            ids, pos, attn_mask, last_index = self._batch_views(batch)
-        else:
-            self._check_cache_layout(cache, segments)
-            if prefix_mask is None and token_type_ids is not None:
-                prefix_mask = token_type_ids == 1
-            ids, last_index = input_ids, None
-            pos, attn_mask = self._cached_views(
-                input_ids, attention_mask, position_ids, prefix_mask, cache, cache_columns
-            )
-        batch_size, seq_len = ids.shape
-        carry = self.inner.reset_carry(
-            torch.ones(batch_size, dtype=torch.bool, device=ids.device),
-            self.inner.empty_carry(batch_size, seq_len, ids.device),
-        )
-        views = (ids, pos, attn_mask, last_index, cache)
-        # Earlier segments only feed the carry: skip most of their LM head.
-        for segment in range(segments - 1):
-            carry, _, _ = self.inner(carry, *views, logits_to_keep=1, segment=segment)
-        _, logits, _ = self.inner(carry, *views, logits_to_keep=logits_to_keep, segment=segments - 1)
-        return logits
+        """Plain LM use: logits [B, S, vocab] after `num_segments` (default halt_max_steps) fresh segments
+        (`HrmCodegenModel.forward` describes the arguments; `logits_to_keep` > 0 keeps the last that many)."""
+        return self(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            num_segments=num_segments,
+            cache=cache,
+            logits_to_keep=logits_to_keep,
+            prefix_mask=prefix_mask,
+            cache_columns=cache_columns,
+        ).logits
 
     def prepare_inputs_for_generation(
         self,

@@ -91,6 +91,13 @@ class CastedEmbedding(nn.Module):
             trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std)
         )
 
+    bias = None  # read as an output embedding (a tied LM head): logits = hidden @ weight.T, no bias
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The table under the name transformers and trainers read from an output embedding."""
+        return self.embedding_weight
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embedding_weight.to(self.cast_to))
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from hrm_codegen.models.hrm_act_v1 import rename_legacy_key
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +34,17 @@ class UpstreamLoadReport:
         return "\n".join(lines)
 
 
-def _strip_prefixes(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix) :], True
-    return name
+def _own_name(raw_name: str, own: Collection[str]) -> str:
+    """`raw_name` in this port: upstream's wrapper prefixes stripped one at a time until a name of `own` appears,
+    upstream's `inner.*` renamed as this port's old names are (`rename_legacy_key`); when none appears, the name
+    with every prefix stripped."""
+    name = raw_name
+    while True:
+        candidate = rename_legacy_key(name)
+        prefix = next((p for p in _PREFIXES if name.startswith(p)), None)
+        if candidate in own or prefix is None:
+            return candidate
+        name = name[len(prefix) :]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -69,7 +75,7 @@ def load_upstream_weights(
     report = UpstreamLoadReport()
     to_load: dict[str, torch.Tensor] = {}
     for raw_name, tensor in state.items():
-        name = _strip_prefixes(raw_name)
+        name = _own_name(raw_name, own)
         if "puzzle_emb" in name:
             report.skipped[raw_name] = "puzzle embeddings do not exist in the code-generation port"
         elif name not in own:
