@@ -273,9 +273,9 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
         dtype = config.forward_torch_dtype
         embed_init_std = 1.0 / math.sqrt(config.hidden_size)
         self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
-        self.embed_tokens: CastedEmbedding = embed_tokens or CastedEmbedding(
-            config.vocab_size, config.hidden_size, embed_init_std, dtype
-        )
+        if embed_tokens is None:
+            embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size, embed_init_std, dtype)
+        self.embed_tokens: CastedEmbedding = embed_tokens
         if config.enable_q_head:
             self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
             with torch.no_grad():  # start by almost never halting
@@ -588,8 +588,9 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
         config = _as_config(config)
         super().__init__(config)
         self.config: HRMConfig
-        # Built before the head and handed to the backbone: the random draws, and the order of the parameters (so of
-        # a saved optimizer state), stay those of upstream's single `inner` module.
+        # Built before the head and handed to the backbone: the random draws stay those of upstream's single `inner`
+        # module, and so does the parameter order within each optimizer group (a saved optimizer state resumes;
+        # not with train.decay_embeddings, where the table and the head now come in the other order).
         embed_tokens = CastedEmbedding(
             config.vocab_size,
             config.hidden_size,
