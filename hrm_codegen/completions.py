@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -53,6 +54,20 @@ class SamplingConfig:
         return self.temperature > 0
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def default_batch_size(device: str, num_samples: int = 1) -> int:
+    """Sequences per generate call when none is given: 32 on a GPU; on a CPU 16, which the 2-core machine here
+    decodes fastest per problem with finished rows leaving the batch (docs/benchmarks.md), and at least one
+    problem's samples."""
+    size = 32 if str(device).startswith("cuda") else 16
+    return max(size, num_samples)
+
+
 def sample_seed(seed: int, task_id: str, index: int) -> int:
     """A stable 63-bit seed for one (task, sample index), so a sample does not depend on batching or resume."""
     digest = hashlib.sha256(f"{seed}:{task_id}:{index}".encode()).digest()
@@ -99,6 +114,9 @@ class ModelCompletions:
         self.last_records: list[list[dict[str, Any]]] = []
         self.options = dict(options or {})  # family-specific GenerationRequest options (cache, compile)
         self.compile_seconds: float | None = None  # the first compiled call's time, compile included
+        self._lengths: dict[str, int] = {}
+        self._cache: Any = None  # compiled decoding's static cache (see _static_cache)
+        self._cache_len = 0
 
     @classmethod
     def from_loaded(
@@ -158,6 +176,13 @@ class ModelCompletions:
             return []
         return [p.task_id for p in problems if len(self._prompt_ids(p.prompt)) > room]
 
+    def prompt_length(self, problem: Problem) -> int:
+        """Tokens of the problem's prompt as decoded (the evaluator batches problems of similar lengths)."""
+        key = problem.prompt
+        if key not in self._lengths:
+            self._lengths[key] = len(self.encode(key))
+        return self._lengths[key]
+
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, without special tokens."""
         if isinstance(self.tokenizer, CodeTokenizer):
@@ -194,9 +219,35 @@ class ModelCompletions:
             mask[row, width - len(ids) :] = 1
         return input_ids.to(self.device), mask.to(self.device)
 
+    def _static_cache(self, rows: int, width: int) -> Any:
+        """For compiled decoding: one static cache of `batch_size` rows, kept from call to call, so every batch
+        decodes with the same shapes and the step compiles once. It is sized by the first batch (the evaluator
+        runs the longest prompts first), rounded up to 64 columns, and replaced (a recompilation) only when a
+        later batch needs more."""
+        from transformers import StaticCache
+
+        needed = width + self.sampling.max_new_tokens
+        limit = self.max_length
+        if limit is not None:
+            needed = min(needed, limit)
+        cache = self._cache
+        if cache is None or self._cache_len < needed:
+            self._cache_len = (
+                min(-(-needed // 64) * 64, limit) if limit is not None else -(-needed // 64) * 64
+            )
+            config = getattr(self.model, "config", None)
+            cache = self._cache = StaticCache(config=config, max_cache_len=self._cache_len)
+        return cache
+
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> Generated:
-        """The family's generation of a batch of prompts."""
+        """The family's generation of a batch of prompts (compiled: padded to `batch_size` rows, one shape)."""
         s = self.sampling
+        real = len(prompts)
+        options = dict(self.options)
+        if options.get("compile"):
+            filler = [prompts[-1][-1:]] * (s.batch_size - real)  # one-token rows, cut off below
+            prompts, seeds = [*prompts, *filler], [*seeds, *([0] * len(filler))]
+            options["cache"] = self._static_cache(len(prompts), max(len(ids) for ids in prompts))
         input_ids, mask = self._left_pad(prompts)
         request = GenerationRequest(
             max_new_tokens=s.max_new_tokens,
@@ -209,9 +260,9 @@ class ModelCompletions:
             stop_strings=tuple(s.stop_strings),
             decode=self.decode,
             seeds=tuple(seeds),
-            options=self.options,
+            options=options,
         )
         out = self.family.generate(self.model, input_ids, mask, request)
         if out.compile_seconds is not None and self.compile_seconds is None:
             self.compile_seconds = out.compile_seconds
-        return out
+        return Generated(out.completion_ids[:real], out.finish_reasons[:real], out.compile_seconds)

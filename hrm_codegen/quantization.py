@@ -1,16 +1,26 @@
-"""Int8 weight quantization for CPU inference of any family's model (the HRM port, the Llama baseline).
+"""Weight quantization for CPU inference of any family's model (the HRM port, the Llama baseline, any
+transformers LM), through the one decoding path (`hrm_codegen.generation.generate`).
 
-`quantize_weights(model, "int8")` is weight-only int8 (per output channel, symmetric): torchao's
-`Int8WeightOnlyConfig` when torchao imports (`pip install -e ".[quant]"`), else PyTorch's own
-`torch._weight_int8pack_mm`. `"int8_dynamic"` is PyTorch's `quantize_dynamic` (int8 weights and per-token
-dynamic int8 activations, fbgemm): on x86 CPUs the fastest of the three. Both act on `nn.Linear`; the HRM's
-`CastedLinear` (fp32 master weights cast at call time) is first swapped for an `nn.Linear` holding the same
-weight, which is exact for an fp32 forward pass. Embedding tables stay fp32 (a lookup reads one row).
+- `"int8"`: weight-only int8 (per output channel, symmetric): torchao's `Int8WeightOnlyConfig` when torchao
+  imports (`pip install -e ".[quant]"`), else PyTorch's own `torch._weight_int8pack_mm`.
+- `"int8_dynamic"`: PyTorch's `quantize_dynamic` (int8 weights and per-token dynamic int8 activations, fbgemm,
+  x86 CPUs): the fastest CPU path measured here.
+- `"int4"`: weight-only int4, asymmetric in groups of 32 input channels (a scale and a minimum per group: the
+  grid of llama.cpp's Q4_1), run by PyTorch's int4 CPU kernel `_weight_int4pack_mm_for_cpu` (the kernel behind
+  torchao's former `Int4CPULayout`; torchao 0.18 ships no x86 CPU int4 layout of its own). That kernel is only
+  fast on CPUs with AVX-512; on others (AVX2) it runs a reference loop some 40x slower than fp32, so there the
+  layers keep the int4 values dequantized in fp32 weights, with a one-line notice: the pass@1 of int4 weights,
+  the speed and memory of fp32 (`int4_backend`).
+
+All act on `nn.Linear`; the HRM's `CastedLinear` (fp32 master weights cast at call time) is first swapped for an
+`nn.Linear` holding the same weight, which is exact for an fp32 forward pass. Embedding tables stay fp32 (a
+lookup reads one row); a tied LM head is quantized as a linear layer of its own.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from typing import Any, cast
 
 import torch
@@ -18,7 +28,9 @@ from torch import nn
 
 from hrm_codegen.models.layers import CastedLinear
 
-METHODS = ("int8", "int8_dynamic")
+METHODS = ("int8", "int8_dynamic", "int4")
+INT4_GROUP_SIZE = 32
+FAST_INT4_CPUS = ("AVX512", "AVX512_BF16", "AVX512_VNNI", "ZVECTOR")
 
 
 def torchao_available() -> bool:
@@ -51,6 +63,72 @@ class Int8WeightOnlyLinear(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*shape[:-1], -1).to(x.dtype)
+
+
+def int4_kernel_is_fast() -> bool:
+    """Whether this CPU runs PyTorch's int4 kernel vectorized (AVX-512 builds of the ATen CPU kernels)."""
+    return torch.backends.cpu.get_cpu_capability() in FAST_INT4_CPUS
+
+
+class Int4WeightOnlyLinear(nn.Module):
+    """A linear layer with int4 weights, asymmetric per group of `group_size` input channels.
+
+    Each group stores a scale and an offset: w = (q - 8) * scale + zero with q in 0..15 (PyTorch's int4 packing
+    convention). `packed=True` keeps the packed int4 weight for `_weight_int4pack_mm_for_cpu`; `packed=False`
+    keeps the same int4 values dequantized in an fp32 weight (CPUs on which that kernel is slow, and layers whose
+    output channels are not a multiple of 16, which the kernel's packing needs).
+    """
+
+    def __init__(self, linear: nn.Linear, group_size: int = INT4_GROUP_SIZE, packed: bool = True):
+        super().__init__()
+        out_features, in_features = linear.weight.shape
+        if in_features % group_size:
+            raise ValueError(
+                f"int4: a linear layer with {in_features} input features is not a multiple of the group size "
+                f"{group_size}"
+            )
+        weight = linear.weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+        low, high = weight.amin(-1, keepdim=True), weight.amax(-1, keepdim=True)
+        scale = ((high - low) / 15).clamp_min(1e-8)
+        q = torch.round((weight - low) / scale).clamp(0, 15)
+        zero = low + 8 * scale
+        # the kernel's packing takes whole tiles of 16 output channels; other layers keep the values in fp32
+        self.group_size, self.packed = group_size, packed and out_features % 16 == 0
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        )
+        self.weight_int4: torch.Tensor
+        self.scales_and_zeros: torch.Tensor
+        self.weight: torch.Tensor
+        if self.packed:
+            ints = q.reshape(out_features, in_features).to(torch.int32)
+            self.register_buffer("weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(ints, 1))
+            pairs = torch.stack([scale.squeeze(-1).t(), zero.squeeze(-1).t()], -1)  # [groups, out, 2]
+            self.register_buffer("scales_and_zeros", pairs.contiguous())
+        else:
+            self.register_buffer("weight", ((q - 8) * scale + zero).reshape(out_features, in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).float()
+        if self.packed:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                flat, self.weight_int4, self.group_size, self.scales_and_zeros
+            )
+        else:
+            out = flat @ self.weight.t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], -1).to(x.dtype)
+
+
+def _untie_head(model: nn.Module) -> None:
+    """Give a tied LM head a weight of its own, so quantizing the head leaves the embedding table fp32."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    if isinstance(head, nn.Linear) and embed is not None and head.weight is getattr(embed, "weight", None):
+        head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
 
 
 def _replace_linears(model: nn.Module, make) -> int:
@@ -86,17 +164,37 @@ def _check_fp32(model: nn.Module) -> None:
         raise ValueError(f"int8 quantization is for fp32 CPU inference; this model runs in {dtype}")
 
 
-def quantize_weights(model: nn.Module, method: str = "int8") -> nn.Module:
-    """Quantize `model`'s linear layers in place for inference (`method`: "int8" or "int8_dynamic"); returns it.
+def quantize_weights(model: nn.Module, method: str = "int8", int4_packed: bool | None = None) -> nn.Module:
+    """Quantize `model`'s linear layers in place for CPU inference (`method`: one of METHODS); returns it.
 
-    The model is put in eval mode; its weights no longer train. The LM head is quantized too.
+    The model is put in eval mode; its weights no longer train. The LM head is quantized too. `int4_packed`:
+    run int4 through PyTorch's int4 kernel (default: where that kernel is fast, `int4_kernel_is_fast`) or as
+    dequantized fp32 weights; `model.__dict__["quantization"]` and `["int4_backend"]` record what was done.
     """
     if method not in METHODS:
-        raise ValueError(f"quantization method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"quantization method must be one of {', '.join(METHODS)}, got {method!r}")
     _check_fp32(model)
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"--quantize {method} is for CPU inference; the model is on {device}")
     model.eval()
     _replace_linears(model, _plain_linear)
-    if method == "int8_dynamic":
+    if method == "int4":
+        packed = int4_kernel_is_fast() if int4_packed is None else int4_packed
+        _untie_head(model)
+        _replace_linears(
+            model, lambda m: Int4WeightOnlyLinear(m, packed=packed) if isinstance(m, nn.Linear) else None
+        )
+        backend = "int4 kernel" if packed else "int4 values in fp32 weights"
+        model.__dict__["int4_backend"] = backend
+        if not packed:
+            print(
+                f"notice: int4: PyTorch's int4 CPU kernel is fast only with AVX-512 and this CPU has "
+                f"{torch.backends.cpu.get_cpu_capability()}: the int4 weights run dequantized in fp32 (int4 "
+                "accuracy, fp32 speed and memory)",
+                file=sys.stderr,
+            )
+    elif method == "int8_dynamic":
         torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     elif torchao_available():
         from torchao.quantization import (  # pyright: ignore[reportMissingImports]  # optional extra "quant"

@@ -23,13 +23,13 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import torch
 import yaml
 from omegaconf import OmegaConf
 
-from hrm_codegen.completions import ModelCompletions, SamplingConfig
+from hrm_codegen.completions import ModelCompletions, SamplingConfig, available_cpus, default_batch_size
 from hrm_codegen.datasets.evalplus import exclude_train_overlap, train_overlap
 from hrm_codegen.datasets.mbpp import DEFAULT_PATH, SPLITS, load_mbpp
 from hrm_codegen.datasets.problems import Problem
@@ -168,18 +168,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="tokens to generate at most (default: the prompt format's harness default for the dataset)",
     )
-    gen.add_argument("--batch-size", type=int, default=8, help="sequences per generate call")
+    gen.add_argument(
+        "--batch-size",
+        type=int,
+        help="sequences per generate call (default: chosen for the device, see completions.default_batch_size)",
+    )
+    gen.add_argument(
+        "--threads", type=int, help="torch threads for decoding (default: the CPUs this process may run on)"
+    )
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument(
         "--compile",
         action="store_true",
-        help="static KV cache and a torch.compile'd decode step (CUDA graphs on CUDA); the first call compiles",
+        help="static KV cache and a torch.compile'd decode step (CUDA graphs on CUDA); the first call compiles; "
+        "batches are padded to one shape so that it compiles once",
     )
     gen.add_argument(
         "--quantize",
         choices=QUANTIZE_METHODS,
-        help="weight-only int8 (torchao, else PyTorch) or int8_dynamic (PyTorch dynamic int8), for CPU inference",
+        help="CPU inference: weight-only int8 (torchao, else PyTorch), int8_dynamic (PyTorch dynamic int8, "
+        "the fastest on x86) or int4 (weight-only, groups of 32; PyTorch's int4 kernel needs AVX-512, "
+        "elsewhere the int4 values run in fp32 weights)",
     )
     run = parser.add_argument_group("execution and output")
     run.add_argument("--workers", type=int, help="parallel sandboxes (default: CPU count)")
@@ -220,6 +230,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_new_tokens = FORMATS[args.prompt_format].default_max_new_tokens(args.dataset)
     if args.dataset != "mbpp" and args.split != "test":
         fail(f"HumanEval has only the test split, got --split {args.split}")
+    if args.batch_size is not None and args.batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        fail(f"--threads must be >= 1, got {args.threads}")
     if args.num_samples < 1 or (args.limit is not None and args.limit < 1):
         fail("--num-samples and --limit must be >= 1")
     try:
@@ -235,13 +249,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def checkpoint_data(ckpt: str, key: str, default: Any) -> Any:
-    """The checkpoint's training config value `data.<key>` (`default` when it does not say)."""
+def checkpoint_data(ckpt: str) -> dict[str, Any]:
+    """The checkpoint's training config `data` section, read once (empty when the run has no config file)."""
     resolved = resolve_checkpoint(ckpt)
     config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
     if not config.is_file():
-        return default
-    return OmegaConf.select(OmegaConf.load(config), f"data.{key}", default=default) or default
+        return {}
+    data = OmegaConf.select(OmegaConf.load(config), "data", default=None)
+    return cast(dict[str, Any], OmegaConf.to_container(data)) if data is not None else {}
 
 
 def load_problems(args: argparse.Namespace, tokenizer: object = None) -> list[Problem]:
@@ -309,11 +324,10 @@ def file_digest(path: str) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate as the arguments say and return the summary (with --write-prompts: {"prompts_written": N})."""
+    trained = checkpoint_data(args.ckpt) if args.ckpt else {}
     if args.few_shot is None:
-        args.few_shot = (
-            int(checkpoint_data(args.ckpt, "few_shot", 0)) if args.ckpt and args.dataset == "mbpp" else 0
-        )
-    trained_format = checkpoint_data(args.ckpt, "prompt_format", "native") if args.ckpt else None
+        args.few_shot = int(trained.get("few_shot") or 0) if args.dataset == "mbpp" else 0
+    trained_format = (trained.get("prompt_format") or "native") if args.ckpt else None
     if trained_format and trained_format != args.prompt_format:
         print(
             f"notice: the checkpoint was trained in prompt format {trained_format!r}, evaluated here in "
@@ -352,6 +366,11 @@ def run(args: argparse.Namespace) -> dict:
             progress=progress,
         )
 
+    args.threads = args.threads or available_cpus()
+    torch.set_num_threads(args.threads)
+    if args.batch_size is None:
+        args.batch_size = default_batch_size(args.device, args.num_samples)
+    settings.update(threads=args.threads, batch_size=args.batch_size)
     if args.ckpt:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         loaded = load_checkpoint(
@@ -362,6 +381,7 @@ def run(args: argparse.Namespace) -> dict:
     settings["source"] = loaded.source
     if args.quantize:
         quantize_weights(loaded.model, args.quantize)
+        settings["int4_backend"] = loaded.model.__dict__.get("int4_backend")
     notice = raw_format_notice(loaded.tokenizer, args.prompt_format)
     if notice:
         print(f"notice: {notice}", file=sys.stderr)

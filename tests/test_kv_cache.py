@@ -139,5 +139,18 @@ def test_compiled_decode_equals_eager(tiny_hrm_config):
     again = generate(model, ids, mask, max_new_tokens=8, compile=True)  # reuses the compiled step
     assert again.compile_seconds is None
     assert torch.equal(again.sequences, eager.sequences)
+    # Evaluation's batches: one static cache kept across calls, so prompts of other lengths decode with the same
+    # shapes: after the first such call, no frame is compiled again.
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    generate(model, ids, mask, max_new_tokens=8, compile=True, cache=cache)
+    frames = dict(torch._dynamo.utils.counters["frames"])
+    for lengths in ([9, 2], [1, 4], [12, 12]):
+        other_ids, other_mask = padded_prompts(lengths, seed=len(lengths) + lengths[0])
+        out = generate(model, other_ids, other_mask, max_new_tokens=8, compile=True, cache=cache)
+        reference = generate(model, other_ids, other_mask, max_new_tokens=8, use_cache=False)
+        assert torch.equal(out.sequences, reference.sequences)
+    assert dict(torch._dynamo.utils.counters["frames"]) == frames, (
+        "a batch of other prompt lengths recompiled"
+    )
     with pytest.raises(ValueError, match="static"):
         generate(model, ids, mask, compile=True, cache_implementation="dynamic")

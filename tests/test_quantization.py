@@ -6,29 +6,85 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from hrm_codegen.generation import generate
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
-from hrm_codegen.quantization import Int8WeightOnlyLinear, quantize_weights, weight_bytes
+from hrm_codegen.quantization import (
+    Int4WeightOnlyLinear,
+    Int8WeightOnlyLinear,
+    quantize_weights,
+    weight_bytes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("method", ["int8", "int8_dynamic"])
-def test_quantized_hrm_is_close_and_smaller(tiny_hrm_config, method):
+def _tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    model = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "hidden_size": 64}).eval()
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _logits(model, ids):
+    return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("family", ["hrm", "llama"])
+@pytest.mark.parametrize("method", ["int8", "int8_dynamic", "int4"])
+def test_quantized_models_are_close_smaller_and_decode(tiny_hrm_config, family, method):
+    torch.manual_seed(0)
+    if family == "hrm":
+        model = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "hidden_size": 64}).eval()
+    else:
+        model = _tiny_llama()
     ids = torch.randint(1, 97, (2, 10))
-    reference = model.lm_forward(ids)
+    reference = _logits(model, ids)
     before = weight_bytes(model)
-    quantize_weights(model, method)
-    logits = model.lm_forward(ids)
-    assert ((logits - reference).norm() / reference.norm()).item() < 0.1
-    assert weight_bytes(model) < 0.6 * before
+    # int4 through the packed kernel whatever the CPU (slow without AVX-512, but exact enough to test)
+    quantize_weights(model, method, int4_packed=True if method == "int4" else None)
+    logits = _logits(model, ids)
+    tolerance = 0.25 if method == "int4" else 0.1
+    assert ((logits - reference).norm() / reference.norm()).item() < tolerance
+    if family == "hrm" or method != "int4":
+        assert weight_bytes(model) < 0.6 * before
     out = generate(model, ids, max_new_tokens=4)  # the KV-cached decoder runs on the quantized model
     assert len(out.completion_ids[0]) == 4
-    with pytest.raises(ValueError, match="method"):
-        quantize_weights(model, "int4")
+    if family == "llama":  # the embedding table stays fp32 when the head is quantized
+        assert model.get_input_embeddings().weight.dtype == torch.float32
+
+
+def test_unsupported_settings_are_refused_with_one_line(tiny_hrm_config):
+    torch.manual_seed(0)
+    model = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "hidden_size": 64}).eval()
+    with pytest.raises(ValueError, match="method must be one of int8, int8_dynamic, int4, got 'int3'"):
+        quantize_weights(model, "int3")
+    half = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "forward_dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="fp32 CPU inference; this model runs in bfloat16"):
+        quantize_weights(half, "int8")
+    with pytest.raises(ValueError, match="48 input features is not a multiple of the group size 32"):
+        Int4WeightOnlyLinear(torch.nn.Linear(48, 8))
+
+
+def test_int4_kernel_equals_its_dequantized_weights():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    packed, plain = Int4WeightOnlyLinear(linear, packed=True), Int4WeightOnlyLinear(linear, packed=False)
+    x = torch.randn(3, 5, 64)
+    torch.testing.assert_close(packed(x), plain(x), atol=1e-4, rtol=1e-4)
+    # the int4 grid: 16 levels per group of 32 input channels
+    assert max(len(group.unique()) for group in plain.weight.reshape(96, 32)) <= 16
+    error = (plain.weight - linear.weight).abs().max()
+    assert 0 < error <= (linear.weight.max() - linear.weight.min()) / 15
 
 
 def test_pytorch_int8_weight_only_linear_matches_dequantized_weights():

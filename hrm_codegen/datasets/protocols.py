@@ -416,6 +416,16 @@ def _mbpp_problem(
     return FormattedProblem(prompt=prompt, test_program=tests, chat_code=True, **common)
 
 
+def mbpp_task_problem(
+    text: str, tests: Sequence[str] = (), fmt: str = "native", tokenizer: Any = None
+) -> FormattedProblem:
+    """A task of one's own (its text and asserts) as an MBPP problem in format `fmt`: the prompt the models
+    trained here expect, its stop strings, and a program that runs the asserts (scripts/generate.py)."""
+    check_format("mbpp", fmt)
+    task = {"task_id": "task", "text": text, "test_list": list(tests), "code": ""}
+    return _mbpp_problem(task, "mbpp", fmt, [], tokenizer)
+
+
 def _humaneval_problem(task: dict, dataset: str, fmt: str, tokenizer: Any) -> FormattedProblem:
     """One HumanEval-family task in a format."""
     check = f"check({task['entry_point']})"

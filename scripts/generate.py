@@ -1,0 +1,116 @@
+"""Try a model by hand: write the code for a task of your own, streamed as it is generated, then (with --test)
+run it against your asserts in the sandbox.
+
+    python scripts/generate.py --ckpt checkpoints/retrofit_L15x2_ft "Write a function to reverse a string." \
+        --test "assert reverse_string('abc') == 'cba'"
+    python scripts/generate.py --model sources/smollm2-135m-instruct --prompt-format chat "Write a function ..."
+
+The task is rendered as an MBPP problem in the prompt format (default: the one the checkpoint was trained in),
+so a model fine-tuned here sees what it saw in training. Decoding is greedy unless --temperature > 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from hrm_codegen.completions import ModelCompletions, SamplingConfig, available_cpus
+from hrm_codegen.datasets.protocols import FORMATS, mbpp_task_problem
+from hrm_codegen.execution import Sandbox, SandboxLimits
+from hrm_codegen.generation import cut_at_stop
+from hrm_codegen.inference import load_checkpoint, load_pretrained
+from hrm_codegen.quantization import METHODS, quantize_weights
+from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
+
+
+class PrintStream:
+    """A streamer for `generate`: prints the completion as it grows, never past a stop string (the last few
+    characters wait until no stop string can start there)."""
+
+    def __init__(self, decode, stops: tuple[str, ...]):
+        self.decode, self.stops = decode, stops
+        self.ids: list[int] = []
+        self.printed, self.seen_prompt = 0, False
+        self.hold = max((len(s) for s in stops), default=0)
+
+    def _show(self, final: bool) -> None:
+        text = cut_at_stop(self.decode(self.ids), self.stops)
+        end = len(text) if final else max(self.printed, len(text) - self.hold)
+        sys.stdout.write(text[self.printed : end])
+        sys.stdout.flush()
+        self.printed = end
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # the first call carries the prompt
+            self.seen_prompt = True
+            return
+        self.ids += value.reshape(-1).tolist()
+        self._show(final=False)
+
+    def end(self) -> None:
+        self._show(final=True)
+        sys.stdout.write("\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("task", help="what the function should do, as an MBPP task's text")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ckpt", help="a run or step directory of this launcher")
+    what.add_argument("--model", help="a transformers causal LM (directory or Hub id)")
+    parser.add_argument("--test", action="append", default=[], help="an assert (repeatable): shown and run")
+    parser.add_argument("--prompt-format", choices=tuple(FORMATS), help="default: the checkpoint's own")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quantize", choices=METHODS, help="CPU: int8, int8_dynamic or int4 weights")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs available)")
+    return parser.parse_args(argv)
+
+
+def trained_format(ckpt: str) -> str:
+    """The prompt format a checkpoint was fine-tuned in (native when its config does not say)."""
+    from omegaconf import OmegaConf
+
+    resolved = resolve_checkpoint(ckpt)
+    config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
+    if not config.is_file():
+        return "native"
+    return OmegaConf.select(OmegaConf.load(config), "data.prompt_format", default=None) or "native"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or available_cpus())
+    try:
+        loaded = load_checkpoint(args.ckpt, device="cpu") if args.ckpt else load_pretrained(args.model)
+        fmt = args.prompt_format or (trained_format(args.ckpt) if args.ckpt else "native")
+        if args.quantize:
+            quantize_weights(loaded.model, args.quantize)
+        problem = mbpp_task_problem(args.task, args.test, fmt, loaded.tokenizer)
+    except (ValueError, OSError) as err:
+        print(f"generate.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    stops = tuple(problem.stop_sequences)
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, stop_strings=stops
+    )
+    source = ModelCompletions.from_loaded(loaded, sampling, progress=False, bos=FORMATS[fmt].bos)
+    source.options = {"streamer": PrintStream(source.decode, stops)}
+    print(f"--- {loaded.source}, prompt format {fmt} ---", file=sys.stderr)
+    completion = source([problem], [[0]])[0][0]
+    record = source.last_records[0][0]
+    print(f"--- {record['num_tokens']} tokens, stopped by {record['finish_reason']} ---", file=sys.stderr)
+    if args.test:
+        with Sandbox(SandboxLimits(timeout_s=10.0), workers=1) as sandbox:
+            result = sandbox.submit(problem.program(completion)).result()
+        verdict = "passed" if result.passed else f"failed: {result.status} {result.detail}".strip()
+        print(f"--- your {len(args.test)} assert(s): {verdict} ---", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
