@@ -789,12 +789,14 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
         prefix_mask: torch.Tensor | None = None,
         use_cache: bool | None = True,
         logits_to_keep: int | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """One decoding step's inputs: the positions not yet cached, the mask over the cache's keys (for a static
         cache the whole buffer, with the columns written at: constant shapes, so a compiled step compiles once),
-        their positions, and the prompt marks. Prompts are left-padded, as transformers expects."""
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        their positions, and the prompt marks. Prompts are left-padded, as transformers expects. `cache` is
+        transformers' name for the cache (`generate(cache=StaticCache(...))` passes a caller's own)."""
+        cache = cache if cache is not None else kwargs.get("past_key_values")
         past = int(cache.get_seq_length()) if cache is not None else 0
         new_ids = input_ids[:, past:]
         new = new_ids.shape[1]
