@@ -1,6 +1,10 @@
 """Print evaluation summaries side by side: one row per output directory of scripts/evaluate.py.
 
 python scripts/compare_evals.py "retrofitted HRM=outputs/eval/demo_hrm" "source=outputs/eval/demo_source"
+python scripts/compare_evals.py --show-passing "retrofitted HRM=outputs/eval/demo_hrm" "source=..."   # and a program
+
+--show-passing prints one program the first entry wrote that passed its tests, preferring a problem that the other
+entries failed: the task as the model saw it (its prompt) and the code.
 """
 
 from __future__ import annotations
@@ -36,12 +40,36 @@ def row(label: str, directory: Path) -> list[str]:
     ]
 
 
+def _records(directory: Path, name: str) -> list[dict]:
+    path = directory / name
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def passing_program(directory: Path, others: list[Path]) -> str | None:
+    """One passing program of an evaluation, as its prompt then its completion; a problem the `others` failed
+    first. None when nothing passed."""
+    passed = [r for r in _records(directory, "samples.jsonl") if r.get("passed")]
+    if not passed:
+        return None
+    solved_elsewhere = {r["task_id"] for d in others for r in _records(d, "samples.jsonl") if r.get("passed")}
+    record = next((r for r in passed if r["task_id"] not in solved_elsewhere), passed[0])
+    prompts = {p["task_id"]: p["prompt"] for p in _records(directory, "prompts.jsonl")}
+    alone = " (the others failed it)" if record["task_id"] not in solved_elsewhere and others else ""
+    prompt = prompts.get(record["task_id"], "").rstrip("\n")
+    return f"task {record['task_id']}{alone}:\n{prompt}\n{record['completion'].rstrip()}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print a markdown table of LABEL=DIR summaries; a missing summary is a one-line error."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("entries", nargs="+", help="LABEL=DIR (an evaluate.py --output directory)")
+    parser.add_argument(
+        "--show-passing", action="store_true", help="also print one program the first entry wrote that passed"
+    )
     args = parser.parse_args(argv)
     rows = [["model", "pass@k", "syntax valid", "generation"]]
     try:
@@ -58,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |")
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if args.show_passing:
+        directories = [Path(entry.partition("=")[2]) for entry in args.entries]
+        program = passing_program(directories[0], directories[1:])
+        label = args.entries[0].partition("=")[0]
+        print(f"\nA program {label} wrote that passed, " + (program or "none: no problem passed"))
 
 
 if __name__ == "__main__":
