@@ -81,7 +81,9 @@ def test_logits_to_keep_labels_and_positional_input_ids(tiny_hrm_config):
     torch.testing.assert_close(last, full.logits[:, -3:], rtol=0, atol=0)
     torch.testing.assert_close(picked, full.logits[:, [0, 4]], rtol=0, atol=0)
     torch.testing.assert_close(positional, full.logits, rtol=0, atol=0)
-    expected = F.cross_entropy(full.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100)
+    expected = F.cross_entropy(
+        full.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
     torch.testing.assert_close(full.loss, expected)
 
 
@@ -100,7 +102,9 @@ def _loss_and_gradients(model: HrmCodegenForCausalLM) -> tuple[torch.Tensor, dic
     return loss.detach(), grads, len(calls)
 
 
-@pytest.mark.filterwarnings("ignore:`(gradient_checkpointing_enable|is_gradient_checkpointing)` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings(
+    "ignore:`(gradient_checkpointing_enable|is_gradient_checkpointing)` is deprecated:FutureWarning"
+)
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 @pytest.mark.parametrize("bp_steps", [2, 0], ids=["1-step-gradient", "full-backprop"])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_hrm_config, reentrant, bp_steps):
@@ -156,7 +160,9 @@ def test_steps_written_with_the_old_names_load_and_export(gpt2_dir, tokenizer, t
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).logits
         loaded = load_checkpoint(step).model
-        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask).logits, expected, rtol=0, atol=0
+        )
     result = export_hf(step, tmp_path / "export")  # loads the export back with its shipped code
     assert result.max_abs_diff == 0.0
 
