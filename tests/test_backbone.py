@@ -78,8 +78,8 @@ def test_logits_to_keep_labels_and_positional_input_ids(tiny_hrm_config):
         last = model(input_ids=ids, attention_mask=mask, logits_to_keep=3).logits
         picked = model(input_ids=ids, attention_mask=mask, logits_to_keep=torch.tensor([0, 4])).logits
         positional = model(ids, attention_mask=mask).logits  # the transformers call, model(input_ids)
-    torch.testing.assert_close(last, full.logits[:, -3:], rtol=0, atol=0)
-    torch.testing.assert_close(picked, full.logits[:, [0, 4]], rtol=0, atol=0)
+    torch.testing.assert_close(last, full.logits[:, -3:])  # a smaller matmul: other kernel blocking
+    torch.testing.assert_close(picked, full.logits[:, [0, 4]])
     torch.testing.assert_close(positional, full.logits, rtol=0, atol=0)
     expected = F.cross_entropy(
         full.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100
