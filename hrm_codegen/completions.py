@@ -35,6 +35,7 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 8
     stop_strings: tuple[str, ...] = ()
+    batch_tokens: int | None = None  # prompt tokens per generate call, padding included (None: batch_size x 256)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -47,6 +48,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
 
     @property
     def do_sample(self) -> bool:
@@ -196,8 +199,7 @@ class ModelCompletions:
         rows.sort(key=lambda row: len(encoded[row[0]]))  # similar lengths share a batch: less padding
         completions = [[""] * len(wanted) for wanted in indices]
         self.last_records = [[{} for _ in wanted] for wanted in indices]
-        size = self.sampling.batch_size
-        chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
+        chunks = self._chunks([len(encoded[pos]) for pos, _ in rows], rows)
         for chunk in tqdm(chunks, desc="generate", unit="batch", leave=False, disable=not self.progress):
             prompts = [encoded[pos] for pos, _ in chunk]
             seeds = [
@@ -209,6 +211,29 @@ class ModelCompletions:
                 completions[pos][j] = cut_at_stop(self.decode(ids), self.sampling.stop_strings)
                 self.last_records[pos][j] = {"num_tokens": len(ids), "finish_reason": out.finish_reasons[k]}
         return completions
+
+    def _chunks(self, lengths: list[int], rows: list[Any]) -> list[list[Any]]:
+        """`rows` (sorted by prompt length, `lengths`) cut into generate calls of at most `batch_size` rows and
+        `batch_tokens` prompt positions (rows x the longest prompt: the prefill computes the padding too), so that
+        one long prompt does not pad a whole batch; a longer prompt goes alone. Compiled decoding keeps
+        `batch_size` rows (its shapes are fixed)."""
+        size = self.sampling.batch_size
+        if self.options.get("compile"):
+            return [rows[start : start + size] for start in range(0, len(rows), size)]
+        budget = self.sampling.batch_tokens or size * 256
+        chunks: list[list[Any]] = []
+        current: list[Any] = []
+        width = 0
+        for length, row in zip(lengths, rows, strict=True):
+            wider = max(width, length)
+            if current and (len(current) >= size or (len(current) + 1) * wider > budget):
+                chunks.append(current)
+                current, wider = [], length
+            current.append(row)
+            width = wider
+        if current:
+            chunks.append(current)
+        return chunks
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in prompts)

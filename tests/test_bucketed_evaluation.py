@@ -64,3 +64,19 @@ def test_bucketed_batches_give_the_records_of_ordered_batches(tmp_path, gpt2_dir
     assert any(r["completion"] for r in buckets)
     assert bucketed_summary["pass_at_k"] == ordered_summary["pass_at_k"]
     assert bucketed_summary["results"] == ordered_summary["results"]
+
+
+def test_a_long_prompt_does_not_pad_a_whole_batch(gpt2_dir, tiny_hrm_config):
+    tokenizer = load_tokenizer(gpt2_dir)
+    torch.manual_seed(0)
+    model = HierarchicalReasoningModel_ACTV1(
+        {**tiny_hrm_config, "vocab_size": tokenizer.vocab_size, "seq_len": 1024}
+    ).eval()
+    source = ModelCompletions(
+        model, tokenizer, SamplingConfig(batch_size=4, batch_tokens=100), progress=False, family=HRM
+    )
+    lengths = [5, 6, 10, 20, 24, 25, 30, 90]  # sorted, as __call__ sorts them
+    chunks = source._chunks(lengths, list(range(len(lengths))))
+    assert chunks == [[0, 1, 2, 3], [4, 5, 6], [7]]  # at most 4 rows, at most 100 padded prompt tokens
+    for chunk in chunks[:-1]:
+        assert len(chunk) * max(lengths[i] for i in chunk) <= 100
