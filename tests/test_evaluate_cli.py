@@ -241,12 +241,25 @@ def test_hrm_checkpoint_end_to_end_with_resume(tmp_path, mbpp_path, tokenizer, t
     assert second.returncode == 0, second.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["samples_run"], summary["samples_resumed"], summary["num_samples"]) == (2, 4, 6)
-    again = read_jsonl(out / "samples.jsonl")
-    assert again[:4] == records
-    assert sorted(r["sample_index"] for r in again[4:]) == [2, 2]
+    again = read_jsonl(out / "samples.jsonl")  # rewritten in problem order, the first run's records kept
+    assert [(r["task_id"], r["sample_index"]) for r in again] == [
+        (t, i) for t in ("11", "12") for i in range(3)
+    ]
+    assert [r for r in again if r["sample_index"] < 2] == records
+    assert (
+        summary["config"]["threads"] >= 1 and summary["config"]["batch_size"] == 8
+    )  # chosen for the machine
 
     changed = run_cli(*common, "--num-samples", 3, "--seed", 1)
     assert changed.returncode == 2 and "seed=0" in changed.stderr
+
+    quantized = run_cli(
+        *common[:-1], tmp_path / "int4", "--quantize", "int4", "--threads", 1, "--batch-size", 3
+    )
+    assert quantized.returncode == 0, quantized.stderr
+    config = json.loads((tmp_path / "int4" / "summary.json").read_text())["config"]
+    assert (config["quantize"], config["threads"], config["batch_size"]) == ("int4", 1, 3)
+    assert config["int4_backend"] in ("int4 kernel", "int4 values in fp32 weights")
 
     # The CLI's greedy completion is the model's own greedy continuation of [BOS] + prompt, cut at a stop.
     greedy_out = tmp_path / "greedy"
