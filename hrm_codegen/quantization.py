@@ -14,7 +14,7 @@ transformers LM), through the one decoding path (`hrm_codegen.generation.generat
 
 All act on `nn.Linear`; the HRM's `CastedLinear` (fp32 master weights cast at call time) is first swapped for an
 `nn.Linear` holding the same weight, which is exact for an fp32 forward pass. Embedding tables stay fp32 (a
-lookup reads one row); a tied LM head is quantized as a linear layer of its own.
+lookup reads one row); a tied LM head is quantized as a linear layer of its own (a copy of the table).
 """
 
 from __future__ import annotations
@@ -123,12 +123,23 @@ class Int4WeightOnlyLinear(nn.Module):
 
 
 def _untie_head(model: nn.Module) -> None:
-    """Give a tied LM head a weight of its own, so quantizing the head leaves the embedding table fp32."""
+    """Give a tied LM head a linear layer of its own, so that the head is quantized and the embedding table (a
+    lookup) stays fp32: a transformers head sharing the table gets a copy of it; the HRM, whose tied head reads
+    the table directly (`lm_head` None), gets an `lm_head` holding a copy."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     embed = getattr(model, "get_input_embeddings", lambda: None)()
-    if isinstance(head, nn.Linear) and embed is not None and head.weight is getattr(embed, "weight", None):
+    if head is None or embed is None:
+        return
+    if isinstance(head, nn.Linear) and head.weight is getattr(embed, "weight", None):
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    elif head is embed and getattr(model, "lm_head", False) is None:
+        table = getattr(embed, "embedding_weight", None)
+        table = table if table is not None else embed.weight
+        vocab, hidden = table.shape
+        linear = nn.Linear(hidden, vocab, bias=False, device="meta")
+        linear.weight = nn.Parameter(table.detach().float().clone(), requires_grad=False)
+        model.lm_head = linear
 
 
 def _replace_linears(model: nn.Module, make) -> int:
@@ -179,9 +190,9 @@ def quantize_weights(model: nn.Module, method: str = "int8", int4_packed: bool |
         raise ValueError(f"--quantize {method} is for CPU inference; the model is on {device}")
     model.eval()
     _replace_linears(model, _plain_linear)
+    _untie_head(model)
     if method == "int4":
         packed = int4_kernel_is_fast() if int4_packed is None else int4_packed
-        _untie_head(model)
         _replace_linears(
             model, lambda m: Int4WeightOnlyLinear(m, packed=packed) if isinstance(m, nn.Linear) else None
         )

@@ -44,7 +44,9 @@ def _logits(model, ids):
 def test_quantized_models_are_close_smaller_and_decode(tiny_hrm_config, family, method):
     torch.manual_seed(0)
     if family == "hrm":
-        model = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "hidden_size": 64}).eval()
+        model = HierarchicalReasoningModel_ACTV1(
+            {**tiny_hrm_config, "hidden_size": 64, "tie_word_embeddings": True}
+        ).eval()
     else:
         model = _tiny_llama()
     ids = torch.randint(1, 97, (2, 10))
@@ -53,14 +55,16 @@ def test_quantized_models_are_close_smaller_and_decode(tiny_hrm_config, family, 
     # int4 through the packed kernel whatever the CPU (slow without AVX-512, but exact enough to test)
     quantize_weights(model, method, int4_packed=True if method == "int4" else None)
     logits = _logits(model, ids)
-    tolerance = 0.25 if method == "int4" else 0.1
+    tolerance = 0.35 if method == "int4" else 0.1  # random weights: int4 moves logits more
     assert ((logits - reference).norm() / reference.norm()).item() < tolerance
     if family == "hrm" or method != "int4":
         assert weight_bytes(model) < 0.6 * before
     out = generate(model, ids, max_new_tokens=4)  # the KV-cached decoder runs on the quantized model
     assert len(out.completion_ids[0]) == 4
-    if family == "llama":  # the embedding table stays fp32 when the head is quantized
-        assert model.get_input_embeddings().weight.dtype == torch.float32
+    # a tied head is quantized as a layer of its own; the embedding table stays as it was
+    head = model.get_output_embeddings()
+    assert head is not model.get_input_embeddings()
+    assert type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter  # quantized
 
 
 def test_unsupported_settings_are_refused_with_one_line(tiny_hrm_config):
