@@ -35,7 +35,9 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 8
     stop_strings: tuple[str, ...] = ()
-    batch_tokens: int | None = None  # prompt tokens per generate call, padding included (None: batch_size x 256)
+    batch_tokens: int | None = (
+        None  # prompt tokens per generate call, padding included (None: batch_size x 256)
+    )
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -260,7 +262,11 @@ class ModelCompletions:
             self._cache_len = (
                 min(-(-needed // 64) * 64, limit) if limit is not None else -(-needed // 64) * 64
             )
-            config = getattr(self.model, "config", None)
+            config: Any = getattr(self.model, "config", None)
+            if config is None:
+                raise ValueError(
+                    "compiled decoding needs a transformers model (with a config) for its static cache"
+                )
             cache = self._cache = StaticCache(config=config, max_cache_len=self._cache_len)
         return cache
 

@@ -367,7 +367,9 @@ def evaluate(
     work = [(p, [i for i in range(wanted[p.task_id]) if (p.task_id, i) not in results]) for p in problems]
     work = [(p, indices) for p, indices in work if indices]
     prompt_length = getattr(completion_source, "prompt_length", None)
-    if prompt_length is not None:  # batches of similar lengths: less padding; the longest first (memory peak early)
+    if (
+        prompt_length is not None
+    ):  # batches of similar lengths: less padding; the longest first (memory peak early)
         work.sort(key=lambda item: -prompt_length(item[0]))
     to_run = sum(len(indices) for _, indices in work)
     # The sandbox is entered last so that it stops (aborting on an exception) before the file and bar close.
