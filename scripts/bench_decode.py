@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer", default="llama.cpp-Q4_1", help="the path the ratios are taken against")
     parser.add_argument("--eval", action="append", default=[], metavar="PATH=DIR", help="evaluate.py output")
     parser.add_argument("--out", help="write the table (markdown) here and the per-path JSON beside it")
+    parser.add_argument("--path-timeout", type=float, default=1800, help="seconds one path may take")
     parser.add_argument("--one-path", help=argparse.SUPPRESS)  # internal: run one path, print JSON
     parser.add_argument("--prompt-file", help=argparse.SUPPRESS)  # internal: the prompt ids, for llama.cpp
     return parser.parse_args(argv)
@@ -249,7 +250,7 @@ def main() -> None:
     ids = [source.encode(p.prompt) for p in problems]
     prompt_file.write_text(json.dumps({"ids": ids, "stops": list(source.sampling.stop_strings)}))
     del loaded, source
-    results = []
+    results, skipped = [], []
     for path in args.paths.split(","):
         began = time.perf_counter()
         command = [
@@ -261,15 +262,25 @@ def main() -> None:
             "--prompt-file",
             str(prompt_file),
         ]
-        done = subprocess.run(
-            command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        )
+        try:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+                timeout=args.path_timeout,
+            )
+        except subprocess.TimeoutExpired:
+            print(f"{path}: did not finish within --path-timeout {args.path_timeout} s", file=sys.stderr)
+            skipped.append(f"{path} (over {args.path_timeout} s)")
+            continue
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             print(
                 f"{path}: failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}",
                 file=sys.stderr,
             )
+            skipped.append(f"{path} (failed)")
             continue
         result = json.loads(line[len("RESULT ") :])
         result["wall_seconds"] = time.perf_counter() - began
@@ -286,6 +297,8 @@ def main() -> None:
         f"{args.ckpt} · first {args.problems} MBPP test problems, greedy, at most {args.max_new_tokens} new tokens"
     )
     text = header + "\n\n" + table(results, args)
+    if skipped:
+        text += "\n\nNot measured: " + ", ".join(skipped)
     print(text)
     if args.out:
         out = Path(args.out)
