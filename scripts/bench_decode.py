@@ -201,6 +201,15 @@ def measured_eval_minutes(directory: str) -> float:
     return (summary["generation_seconds"] + summary["execution_seconds"]) / 60
 
 
+def pass_at_1(directory: str | None) -> str:
+    """pass@1 of an evaluate.py run as "9.2% (46/500)", or "-"."""
+    if directory is None:
+        return "-"
+    summary = json.loads((Path(directory) / "summary.json").read_text())
+    value, problems = summary["pass_at_k"]["1"], summary["num_problems"]
+    return f"{100 * value:.1f}% ({round(value * problems)}/{problems})"
+
+
 def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
 
@@ -211,9 +220,10 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     peer_tps = sum(peer["batch1_tokens"]) / sum(peer["batch1_seconds"]) if peer else None
     head = (
         f"| path | tok/s batch 1 | tok/s batch {args.batch_size} | s/problem median | s/problem p90 | 500 problems (min) | "
-        f"peak RSS (MB) | layer evals/token | tok/s vs {args.peer} | per layer evaluation vs {args.peer} |"
+        f"peak RSS (MB) | layer evals/token | tok/s vs {args.peer} | per layer evaluation vs {args.peer} | "
+        "MBPP pass@1 |"
     )
-    lines = [head, "|---|" + "---:|" * 9]
+    lines = [head, "|---|" + "---:|" * 10]
     for r in results:
         tps1 = sum(r["batch1_tokens"]) / sum(r["batch1_seconds"])
         tpsb = r["batch_tokens"] / r["batch_seconds"] if r["batch_seconds"] else None
@@ -228,7 +238,8 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r['path']} | {tps1:.1f} | {'-' if tpsb is None else f'{tpsb:.1f}'} | "
             f"{statistics.median(r['batch1_seconds']):.2f} | {p90(r['batch1_seconds']):.2f} | {wall} | "
-            f"{r['peak_rss_mb']:.0f} | {r['layers_per_token']} | {ratio} | {per_layer} |"
+            f"{r['peak_rss_mb']:.0f} | {r['layers_per_token']} | {ratio} | {per_layer} | "
+            f"{pass_at_1(evals.get(r['path']))} |"
         )
     return "\n".join(lines)
 
