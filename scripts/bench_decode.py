@@ -166,9 +166,12 @@ def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
 
 
 def run_llama_path(args: argparse.Namespace, kind: str) -> dict[str, Any]:
-    from hrm_codegen.llamacpp import LlamaCppGreedy, requantize_gguf
+    from hrm_codegen.llamacpp import FTYPES, LlamaCppGreedy, llama_cpp, requantize_gguf
     from hrm_codegen.pretrained_sources import fetch_gguf
 
+    llama_cpp()  # the extra is there, before anything is downloaded
+    if kind not in FTYPES:
+        raise ValueError(f"llama.cpp path {kind!r}: the GGUF types are {', '.join(FTYPES)}")
     shipped = fetch_gguf(args.source, args.gguf_dir)
     gguf = (
         shipped

@@ -1,0 +1,62 @@
+"""scripts/bench_decode.py end to end on a tiny HRM checkpoint (torch paths only: llama.cpp is an optional extra)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import save_step
+
+from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
+from hrm_codegen.tokenization import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_decode_prints_every_path_with_its_pass_at_1(tmp_path, gpt2_dir, mbpp_path, tiny_hrm_config):
+    tokenizer = load_tokenizer(gpt2_dir)
+    arch = {**tiny_hrm_config, "vocab_size": tokenizer.vocab_size, "seq_len": 1024}
+    torch.manual_seed(0)
+    model = HierarchicalReasoningModel_ACTV1(arch).eval()
+    run_dir = tmp_path / "run"
+    save_step(run_dir, 1, model, {"arch": {"name": "hrm", **arch}}, tokenizer)
+    evaluation = (
+        tmp_path / "eval"
+    )  # an evaluate.py output: its summary gives the pass@1 and the 500-problem time
+    evaluation.mkdir()
+    summary = {
+        "num_problems": 500,
+        "pass_at_k": {"1": 0.092},
+        "generation_seconds": 420.0,
+        "execution_seconds": 60.0,
+    }
+    (evaluation / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "bench.md"
+    command = [
+        sys.executable,
+        str(REPO / "scripts/bench_decode.py"),
+        "--ckpt",
+        str(run_dir),
+        "--mbpp",
+        str(mbpp_path),
+    ]
+    command += ["--problems", "3", "--max-new-tokens", "4", "--batch-size", "2", "--threads", "1"]
+    command += [
+        "--paths",
+        "eager,int8_dynamic,llama.cpp-nope",
+        "--peer",
+        "eager",
+        "--eval",
+        f"eager={evaluation}",
+    ]
+    done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = out.read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert {"eager", "int8_dynamic"} <= set(rows)
+    assert "| 8.0 |" in rows["eager"] and "9.2% (46/500)" in rows["eager"]  # measured wall minutes, pass@1
+    assert "1.00x" in rows["eager"]  # the peer against itself
+    assert "Not measured: llama.cpp-nope (failed)" in table
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert all(len(r["batch1_seconds"]) == 3 and r["layers_per_token"] > 0 for r in results)
