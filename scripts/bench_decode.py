@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--ckpt", required=True, help="a run or step directory of this launcher")
+    parser.add_argument("--ckpt", help="a run or step directory of this launcher (required unless --render)")
     parser.add_argument("--mbpp", default="data/mbpp/mbpp.jsonl")
     parser.add_argument("--problems", type=int, default=100, help="the first N MBPP test problems")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer", default="llama.cpp-Q4_1", help="the path the ratios are taken against")
     parser.add_argument("--eval", action="append", default=[], metavar="PATH=DIR", help="evaluate.py output")
     parser.add_argument("--out", help="write the table (markdown) here and the per-path JSON beside it")
+    parser.add_argument(
+        "--render", help="print the table of a --out JSON again (with today's --eval), run nothing"
+    )
     parser.add_argument("--path-timeout", type=float, default=1800, help="seconds one path may take")
     parser.add_argument("--one-path", help=argparse.SUPPRESS)  # internal: run one path, print JSON
     parser.add_argument("--prompt-file", help=argparse.SUPPRESS)  # internal: the prompt ids, for llama.cpp
@@ -249,6 +252,15 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main() -> None:
     args = parse_args()
+    if not args.ckpt and not args.render:
+        raise SystemExit("bench_decode.py: error: --ckpt is required")
+    if args.render:  # the table again from a run's JSON, with --eval directories finished since
+        saved_path = Path(args.render)
+        saved = json.loads(saved_path.read_text())
+        markdown = saved_path.with_suffix(".md")
+        header = saved.get("header") or (markdown.read_text().splitlines()[0] if markdown.is_file() else "")
+        print(header + "\n\n" + table(saved["results"], args))
+        return
     if args.one_path:
         path = args.one_path
         result = (
@@ -318,9 +330,8 @@ def main() -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
-        out.with_suffix(".json").write_text(
-            json.dumps({"args": vars(args), "results": results}, indent=1) + "\n"
-        )
+        record = {"header": header, "args": vars(args), "results": results}
+        out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
