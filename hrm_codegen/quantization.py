@@ -2,9 +2,12 @@
 transformers LM), through the one decoding path (`hrm_codegen.generation.generate`).
 
 - `"int8"`: weight-only int8 (per output channel, symmetric): torchao's `Int8WeightOnlyConfig` when torchao
-  imports (`pip install -e ".[quant]"`), else PyTorch's own `torch._weight_int8pack_mm`.
-- `"int8_dynamic"`: PyTorch's `quantize_dynamic` (int8 weights and per-token dynamic int8 activations, fbgemm,
-  x86 CPUs): the fastest CPU path measured here.
+  imports (`pip install -e ".[quant]"`), else PyTorch's own `torch._weight_int8pack_mm`. Accurate (97% of the
+  fp32 model's next-token choices on MBPP solutions), but neither has a fast AVX2 kernel: slower than fp32 there.
+- `"int8_dynamic"`: PyTorch's `quantize_dynamic` (int8 weights and dynamically quantized int8 activations,
+  fbgemm, x86 CPUs): the fastest CPU path measured here (2-3.5x an fp32 linear layer on the AVX2 machine), but
+  its activations share one scale per tensor, which models with activation outliers do not survive: the
+  retrofitted SmolLM2 HRM falls from 9.2% to 1.4% MBPP pass@1 (docs/benchmarks.md).
 - `"int4"`: weight-only int4, asymmetric in groups of 32 input channels (a scale and a minimum per group: the
   grid of llama.cpp's Q4_1), run by PyTorch's int4 CPU kernel `_weight_int4pack_mm_for_cpu` (the kernel behind
   torchao's former `Int4CPULayout`; torchao 0.18 ships no x86 CPU int4 layout of its own). That kernel is only
