@@ -103,6 +103,15 @@ def layer_evaluations(model: torch.nn.Module, ids: list[int]) -> int:
     return calls
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (`VmHWM`: unlike `ru_maxrss`, which a process started by a larger parent
+    inherits across exec, it belongs to this program alone)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.ckpt, device="cpu")
@@ -164,7 +173,7 @@ def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
         "compile_seconds": compile_seconds,
         "batch_compile_seconds": batch_compile,
         "int4_backend": model.__dict__.get("int4_backend"),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -197,7 +206,7 @@ def run_llama_path(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         "batch1_tokens": tokens,
         "batch_tokens": None,
         "batch_seconds": None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -221,31 +230,29 @@ def p90(values: list[float]) -> float:
 
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The markdown table: this run's speeds, and from the --eval runs their pass@1 and wall time."""
     evals = dict(item.split("=", 1) for item in args.eval)
     peer = next((r for r in results if r["path"] == args.peer), None)
     peer_tps = sum(peer["batch1_tokens"]) / sum(peer["batch1_seconds"]) if peer else None
     head = (
-        f"| path | tok/s batch 1 | tok/s batch {args.batch_size} | s/problem median | s/problem p90 | 500 problems (min) | "
-        f"peak RSS (MB) | layer evals/token | tok/s vs {args.peer} | per layer evaluation vs {args.peer} | "
-        "MBPP pass@1 |"
+        f"| path | tok/s batch 1 | tok/s batch {args.batch_size} | s/problem median | s/problem p90 | "
+        f"500 problems (min, est.) | peak RSS (MB) | layer evals/token | tok/s vs {args.peer} | "
+        f"per layer evaluation vs {args.peer} | MBPP pass@1 (500) | evaluate.py run (min) |"
     )
-    lines = [head, "|---|" + "---:|" * 10]
+    lines = [head, "|---|" + "---:|" * 11]
     for r in results:
         tps1 = sum(r["batch1_tokens"]) / sum(r["batch1_seconds"])
         tpsb = r["batch_tokens"] / r["batch_seconds"] if r["batch_seconds"] else None
-        if r["path"] in evals:
-            wall = f"{measured_eval_minutes(evals[r['path']]):.1f}"
-        elif r["batch_seconds"]:
-            wall = f"~{r['batch_seconds'] / len(r['batch1_seconds']) * 500 / 60:.1f}"
-        else:
-            wall = f"~{sum(r['batch1_seconds']) / len(r['batch1_seconds']) * 500 / 60:.1f}"
+        per_problem = (r["batch_seconds"] or sum(r["batch1_seconds"])) / len(r["batch1_seconds"])
+        wall = f"~{per_problem * 500 / 60:.1f}"  # batched where the path batches, else batch 1
+        measured = f"{measured_eval_minutes(evals[r['path']]):.1f}" if r["path"] in evals else "-"
         ratio = f"{tps1 / peer_tps:.2f}x" if peer_tps else "-"
         per_layer = f"{tps1 * r['layers_per_token'] / (peer_tps * SOURCE_LAYERS):.2f}x" if peer_tps else "-"
         lines.append(
             f"| {r['path']} | {tps1:.1f} | {'-' if tpsb is None else f'{tpsb:.1f}'} | "
             f"{statistics.median(r['batch1_seconds']):.2f} | {p90(r['batch1_seconds']):.2f} | {wall} | "
             f"{r['peak_rss_mb']:.0f} | {r['layers_per_token']} | {ratio} | {per_layer} | "
-            f"{pass_at_1(evals.get(r['path']))} |"
+            f"{pass_at_1(evals.get(r['path']))} | {measured} |"
         )
     return "\n".join(lines)
 
