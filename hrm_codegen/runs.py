@@ -89,6 +89,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def trained_data_config(ckpt: str | Path) -> dict[str, Any]:
+    """The `data` section of the training config of a checkpoint (`--ckpt` as `resolve_checkpoint` takes it): what
+    it was trained on and in which prompt format; empty when the step has no config file."""
+    from omegaconf import OmegaConf
+
+    resolved = resolve_checkpoint(ckpt)
+    config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
+    if not config.is_file():
+        return {}
+    data = OmegaConf.select(OmegaConf.load(config), "data", default=None)
+    return dict(OmegaConf.to_container(data)) if data is not None else {}  # type: ignore[arg-type]
+
+
 def read_train_state(step_dir: str | Path) -> dict[str, Any]:
     """A step's train_state.json: step, tokens_seen, total_steps (steps the run's config implies), ..."""
     return json.loads((Path(step_dir) / TRAIN_STATE_FILE).read_text())

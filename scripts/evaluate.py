@@ -23,11 +23,10 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import torch
 import yaml
-from omegaconf import OmegaConf
 
 from hrm_codegen.completions import ModelCompletions, SamplingConfig, available_cpus, default_batch_size
 from hrm_codegen.datasets.evalplus import exclude_train_overlap, train_overlap
@@ -48,7 +47,7 @@ from hrm_codegen.execution import SandboxLimits
 from hrm_codegen.inference import load_checkpoint, load_pretrained
 from hrm_codegen.quantization import METHODS as QUANTIZE_METHODS
 from hrm_codegen.quantization import quantize_weights
-from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
+from hrm_codegen.runs import trained_data_config as checkpoint_data  # the training config's data section
 from hrm_codegen.tokenization import load_tokenizer
 
 RUN_CONFIG_FILE = "eval_config.json"
@@ -247,16 +246,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_samples > 1 and args.temperature == 0 and not args.samples:
         fail("--num-samples > 1 with greedy decoding gives identical samples; set --temperature > 0")
     return args
-
-
-def checkpoint_data(ckpt: str) -> dict[str, Any]:
-    """The checkpoint's training config `data` section, read once (empty when the run has no config file)."""
-    resolved = resolve_checkpoint(ckpt)
-    config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
-    if not config.is_file():
-        return {}
-    data = OmegaConf.select(OmegaConf.load(config), "data", default=None)
-    return cast(dict[str, Any], OmegaConf.to_container(data)) if data is not None else {}
 
 
 def load_problems(args: argparse.Namespace, tokenizer: object = None) -> list[Problem]:

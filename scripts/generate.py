@@ -22,7 +22,7 @@ from hrm_codegen.execution import Sandbox, SandboxLimits
 from hrm_codegen.generation import cut_at_stop
 from hrm_codegen.inference import load_checkpoint, load_pretrained
 from hrm_codegen.quantization import METHODS, quantize_weights
-from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
+from hrm_codegen.runs import trained_data_config
 
 
 class PrintStream:
@@ -72,23 +72,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def trained_format(ckpt: str) -> str:
-    """The prompt format a checkpoint was fine-tuned in (native when its config does not say)."""
-    from omegaconf import OmegaConf
-
-    resolved = resolve_checkpoint(ckpt)
-    config = (resolved if resolved.is_dir() else resolved.parent) / CONFIG_FILE
-    if not config.is_file():
-        return "native"
-    return OmegaConf.select(OmegaConf.load(config), "data.prompt_format", default=None) or "native"
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or available_cpus())
     try:
         loaded = load_checkpoint(args.ckpt, device="cpu") if args.ckpt else load_pretrained(args.model)
-        fmt = args.prompt_format or (trained_format(args.ckpt) if args.ckpt else "native")
+        fmt = args.prompt_format or (
+            (trained_data_config(args.ckpt).get("prompt_format") or "native") if args.ckpt else "native"
+        )
         if args.quantize:
             quantize_weights(loaded.model, args.quantize)
         problem = mbpp_task_problem(args.task, args.test, fmt, loaded.tokenizer)
