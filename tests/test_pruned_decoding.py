@@ -2,27 +2,11 @@
 
 import pytest
 import torch
+from test_generation import decode, padded_prompts  # the same fake decoder and prompts as the reference tests
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hrm_codegen.generation import generate
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
-
-VOCAB_TEXT = [chr(ord("a") + i % 26) if i % 7 else "\n" for i in range(97)]
-
-
-def decode(ids: list[int]) -> str:
-    return "".join(VOCAB_TEXT[i] for i in ids)
-
-
-def padded_prompts(lengths: list[int], vocab: int = 97, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        ids[row, width - length :] = torch.randint(1, vocab, (length,), generator=gen)
-        mask[row, width - length :] = 1
-    return ids, mask
 
 
 def tiny_llama() -> LlamaForCausalLM:
