@@ -85,3 +85,19 @@ def save_step(run_dir: Path, step: int, model, config, tokenizer, extra_files=No
             extra_files(directory)
 
     return save_checkpoint(run_dir, step, config=config, tokenizer=tokenizer, extra_files=files, **kwargs)
+
+
+def tiny_llama(vocab_size: int = 97, **overrides):
+    """A CPU-sized transformers Llama (2 layers, GQA), freshly initialised from torch's current RNG state."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(LlamaConfig(**{**config, **overrides}))

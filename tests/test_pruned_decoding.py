@@ -2,25 +2,11 @@
 
 import pytest
 import torch
+from conftest import tiny_llama
 from test_generation import decode, padded_prompts  # the same fake decoder and prompts as the reference tests
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from hrm_codegen.generation import generate
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def tiny_hrm(config: dict, **overrides) -> HierarchicalReasoningModel_ACTV1:
@@ -46,7 +32,8 @@ class Counting:
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
 def test_pruned_decoding_equals_transformers_generate(tiny_hrm_config, family, do_sample):
     if family == "llama":
-        model = tiny_llama()
+        torch.manual_seed(0)
+        model = tiny_llama().eval()
     else:
         model = tiny_hrm(tiny_hrm_config, halt_max_steps=2, prefix_lm=family == "hrm_prefix_lm")
     ids, mask = padded_prompts([9, 4, 1, 6])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama
 
 from hrm_codegen.generation import generate
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
@@ -18,21 +18,6 @@ from hrm_codegen.quantization import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def _logits(model, ids):
@@ -48,7 +33,7 @@ def test_quantized_models_are_close_smaller_and_decode(tiny_hrm_config, family, 
             {**tiny_hrm_config, "hidden_size": 64, "tie_word_embeddings": True}
         ).eval()
     else:
-        model = _tiny_llama()
+        model = tiny_llama(hidden_size=64, intermediate_size=128, tie_word_embeddings=True).eval()
     ids = torch.randint(1, 97, (2, 10))
     reference = _logits(model, ids)
     before = weight_bytes(model)

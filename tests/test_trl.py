@@ -13,8 +13,9 @@ import torch
 import torch.utils.checkpoint
 import transformers.modeling_utils
 import trl  # the dev extra installs it
+from conftest import tiny_llama
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from hrm_codegen.models import HrmCodegenForCausalLM
 
@@ -53,19 +54,6 @@ def tiny_hrm(vocab_size: int, tied: bool = False) -> HrmCodegenForCausalLM:
             "tie_word_embeddings": tied,
         }
     )
-
-
-def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
 
 
 def characters(completions: list[str], **_: Any) -> list[float]:
