@@ -128,7 +128,8 @@ def load_mbppplus(source: str | Path = "hub") -> list[dict]:
     """MBPP+ rows from "hub" or a local file, as MBPP-style tasks the prompt formats take.
 
     Each row: `task_id` (int), `text` (= `prompt`, the task text), `prompt`, `code`, `test_list`, `test`,
-    `test_imports` (list, empty when absent).
+    `test_imports` (list, empty when absent). (EvalPlus's source format, `MbppPlus.jsonl` with inputs and no
+    outputs, is `evalplus_source.load_mbppplus_source`'s; `sources.load_rows` tells them apart.)
     """
     rows = []
     for where, raw in _read("mbppplus", source):

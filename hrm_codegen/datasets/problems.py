@@ -21,3 +21,7 @@ class Problem:
         body = self.prompt + completion if self.include_prompt else completion
         parts = [self.setup_code, body, self.test_program]
         return "\n".join(p for p in parts if p) + "\n"
+
+    def syntax_source(self, completion: str) -> str:
+        """The source whose syntax the syntax-valid rate counts: the whole program."""
+        return self.program(completion)
