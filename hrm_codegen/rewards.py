@@ -8,7 +8,8 @@ so does every completion of a call in which the sandbox itself fails (the sandbo
 next call): a reward never crashes a training run.
 
 `ExecutionReward` is a TRL reward function (`GRPOTrainer(reward_funcs=...)`): TRL calls it with the
-completions and each dataset column as a keyword list, and this one reads the `task_id` column. The same
+completions and each dataset column as a keyword list, and this one reads the `task_id` column; given TRL's
+`log_metric` it also logs each call's `batch_metrics` (pass, solved, timeout and sandbox-error rates). The same
 object scores the samples of rejection-sampling fine-tuning (`results`).
 """
 
@@ -57,7 +58,9 @@ class ExecutionReward:
     def _problem(self, task_id: Any) -> Problem:
         key = str(task_id)
         if key not in self.problems:
-            raise KeyError(f"ExecutionReward: no problem with task_id {key!r} (it knows {len(self.problems)})")
+            raise KeyError(
+                f"ExecutionReward: no problem with task_id {key!r} (it knows {len(self.problems)})"
+            )
         return self.problems[key]
 
     def results(self, task_ids: Sequence[Any], completions: Sequence[str]) -> list[ExecResult | None]:
@@ -72,7 +75,9 @@ class ExecutionReward:
             futures = [self._sandbox.submit(program) for program in programs]
             results: list[ExecResult | None] = [future.result() for future in futures]
         except Exception as err:  # the sandbox's own failure (not a program's): score 0, restart it
-            logger.warning("execution reward: the sandbox failed (%s); %d completions score 0", err, len(programs))
+            logger.warning(
+                "execution reward: the sandbox failed (%s); %d completions score 0", err, len(programs)
+            )
             self.close(abort=True)
             results = [None] * len(programs)
         self.statuses.update("sandbox_error" if r is None else r.status for r in results)
@@ -88,7 +93,12 @@ class ExecutionReward:
         if "task_id" not in columns:
             raise KeyError("ExecutionReward needs the dataset's 'task_id' column among the keyword arguments")
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [float(r is not None and r.passed) for r in self.results(columns["task_id"], texts)]
+        results = self.results(columns["task_id"], texts)
+        log_metric = columns.get("log_metric")  # TRL's: scalars averaged over each logging window
+        if callable(log_metric):
+            for name, value in batch_metrics(columns["task_id"], results).items():
+                log_metric(name, value)
+        return [float(r is not None and r.passed) for r in results]
 
     def close(self, abort: bool = False) -> None:
         """Stop the sandbox's runners (a later call starts new ones)."""
@@ -101,3 +111,17 @@ class ExecutionReward:
 
     def __del__(self) -> None:
         self.close(abort=True)
+
+
+def batch_metrics(task_ids: Sequence[Any], results: Sequence[ExecResult | None]) -> dict[str, float]:
+    """What one call's verdicts say, as fractions: `execution/pass_rate` (completions that pass),
+    `execution/solved_rate` (tasks with a passing completion), `execution/timeout_rate` and
+    `execution/sandbox_error_rate` (completions the sandbox itself failed on)."""
+    count = max(len(results), 1)
+    solved = {str(t) for t, r in zip(task_ids, results, strict=True) if r is not None and r.passed}
+    return {
+        "execution/pass_rate": sum(r is not None and r.passed for r in results) / count,
+        "execution/solved_rate": len(solved) / max(len({str(t) for t in task_ids}), 1),
+        "execution/timeout_rate": sum(r is not None and r.status == "timeout" for r in results) / count,
+        "execution/sandbox_error_rate": sum(r is None for r in results) / count,
+    }

@@ -3,6 +3,7 @@
     python scripts/train_codegen.py arch=tiny train.max_steps=200 train.lr=3e-4
     python scripts/train_codegen.py -m train.lr=1e-4,3e-4                  # a sweep
     python scripts/train_codegen.py experiment=mbpp_cpu_demo resume=auto
+    python scripts/train_codegen.py experiment=rl_mbpp train.init_from=RUN      # GSPO with TRL (hrm_codegen/rl.py)
     python scripts/train_codegen.py --config configs/codegen_base.yaml --dry-run
     accelerate launch --multi_gpu --num_processes 2 scripts/train_codegen.py arch=tiny   # CPU without CUDA: gloo
 
