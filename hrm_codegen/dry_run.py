@@ -18,7 +18,7 @@ def dry_run_report(trainer: Any) -> str:
     batch = next(self._micro_batches(0))
     model = self.accelerator.unwrap_model(self.model)
     self.model.train()
-    state = self.family.new_train_state(self.model_config)
+    state = self.family.new_train_state(self.model_config, self.cfg.train)
     state.prepare(model, batch)
     out = self.family.forward_loss(self.model, batch, state, self.cfg.train.loss_type)
     loss = out.objective(max(int(out.num_tokens), 1), batch["input_ids"].shape[0])

@@ -8,7 +8,7 @@ big batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +60,17 @@ class LossOutput:
     q_sum: torch.Tensor | None = None  # summed Q-halt + Q-continue BCE over the sequences (differentiable)
     q_halt_sum: torch.Tensor | None = None  # the Q-halt part, detached
     q_continue_sum: torch.Tensor | None = None  # the Q-continue part, detached
+    # another per-token objective's sum (differentiable; the HRM's exit gate)
+    extra_sum: torch.Tensor | None = None
+    # Per-token sums to log, detached: the Trainer logs each summed over the global batch / its target tokens
+    metric_sums: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def objective(self, total_tokens: float | torch.Tensor, total_sequences: int) -> torch.Tensor:
-        """lm_sum / total_tokens + 0.5 * q_sum / total_sequences: this micro-batch's share of the batch loss."""
+        """(lm_sum + extra_sum) / total_tokens + 0.5 * q_sum / total_sequences: this micro-batch's share of the
+        batch loss."""
         loss = self.lm_sum / total_tokens
+        if self.extra_sum is not None:
+            loss = loss + self.extra_sum / total_tokens
         if self.q_sum is not None:
             loss = loss + Q_LOSS_WEIGHT * self.q_sum / total_sequences
         return loss

@@ -6,7 +6,7 @@ from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from hrm_codegen.datasets.batching import PackedDataset
 from hrm_codegen.datasets.cache import file_sha256
@@ -25,7 +25,9 @@ def build_datasets(
     data=mbpp: the MBPP splits `data.train_split` and `data.eval_split`; with `data.pack` the training split
     (after `data.train_limit`) is packed into seq_len blocks, and validation stays one example per sequence so
     its loss compares with unpacked runs; `data.prompt_format=chat` trains and validates in an instruct
-    model's chat format (`MBPPDataset`'s `chat`). data=corpus: the seq_len blocks of the corpus in `data.corpus_dir`,
+    model's chat format (`MBPPDataset`'s `chat`). data=pairs: the mined pairs of `data.pairs_path` (only the
+    verified ones with `data.pairs_verified_only`; after MBPP's training split with `data.pairs_with_mbpp_train`),
+    validated on MBPP. data=corpus: the seq_len blocks of the corpus in `data.corpus_dir`,
     its last `data.eval_blocks` blocks held out for validation.
     """
     data = cfg.data
@@ -47,9 +49,17 @@ def build_datasets(
             raise ValueError(
                 "data.name=pairs needs data.pairs_path: a pairs.jsonl written by scripts/build_pairs.py"
             )
-        pairs = PairsDataset(load_pairs(data.pairs_path), tokenizer, data.seq_len)
+        pair_rows = load_pairs(data.pairs_path)
+        if data.get("pairs_verified_only"):
+            pair_rows = [row for row in pair_rows if row["verified"]]
+            if not pair_rows:
+                raise ValueError(f"data.pairs_verified_only=true: {data.pairs_path} has no verified pair")
+        train: Dataset = PairsDataset(pair_rows, tokenizer, data.seq_len)
         rows = load_mbpp(data.path)  # validation on MBPP, so the loss compares with the MBPP stages
-        splits = [pairs, MBPPDataset(rows, data.eval_split, tokenizer, data.seq_len, data.few_shot)]
+        if data.get("pairs_with_mbpp_train"):
+            mbpp_train = MBPPDataset(rows, data.train_split, tokenizer, data.seq_len, data.few_shot)
+            train = ConcatDataset([mbpp_train, train])
+        splits = [train, MBPPDataset(rows, data.eval_split, tokenizer, data.seq_len, data.few_shot)]
     elif data.name == "corpus":
         splits = corpus_splits(data.corpus_dir, data.seq_len, data.eval_blocks, tokenizer)
     else:

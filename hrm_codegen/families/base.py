@@ -122,8 +122,8 @@ class ModelFamily:
         """Plain next-token logits [B, S, V] of a batch (validation loss)."""
         return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
 
-    def new_train_state(self, config: dict[str, Any]) -> TrainState:
-        """A fresh training-time state for one micro-batch slot."""
+    def new_train_state(self, config: dict[str, Any], train: Any = None) -> TrainState:
+        """A fresh training-time state for one micro-batch slot (`train`: the run's `train` settings, when known)."""
         return TrainState()
 
     def compile_for_training(self, model: nn.Module) -> None:
@@ -131,9 +131,10 @@ class ModelFamily:
         parameter names and the state dict stay as they are). A family may compile a smaller part instead."""
         model.compile()
 
-    def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> None:
+    def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> dict[str, Any] | None:
         """Called by the Trainer before optimizer step `step` (0-based) of `total_steps`, with the unwrapped
-        model and the whole run config: a family's schedules (e.g. the HRM's bp_steps warm-up). No-op here."""
+        model and the whole run config: a family's schedules (e.g. the HRM's bp_steps warm-up). What it returns is
+        logged with the step's metrics (e.g. the HRM's random cycles). No-op here."""
 
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str

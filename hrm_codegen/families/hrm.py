@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hrm_codegen.families.base import (
@@ -23,7 +26,7 @@ from hrm_codegen.families.base import (
     step_weights_file,
 )
 from hrm_codegen.flops import hrm_flops_per_token
-from hrm_codegen.losses_codegen import LossOutput, codegen_loss
+from hrm_codegen.losses_codegen import IGNORE_INDEX, LossOutput, codegen_loss, token_cross_entropy
 from hrm_codegen.models.configuration_hrm import HRM_DEFAULTS
 from hrm_codegen.models.hrm_act_v1 import (
     HierarchicalReasoningModel_ACTV1,
@@ -32,6 +35,10 @@ from hrm_codegen.models.hrm_act_v1 import (
     HRMConfig,
     rename_legacy_keys,
 )
+from hrm_codegen.recurrence import draw_cycles, exit_targets, random_cycles_on, segment_weights
+
+logger = logging.getLogger(__name__)
+EXIT_HEAD_KEYS = ("model.exit_head.weight", "model.exit_head.bias")
 
 
 def _hrm_arch_schema() -> type:
@@ -124,6 +131,62 @@ class ActCarryState(TrainState):
         )
 
 
+class SegmentsState(TrainState):
+    """Deep supervision within a step and the exit gate's training (`hrm_codegen.recurrence`): every step runs
+    `segments` segments of its batch from a fresh carry, passed on detached or not, with a loss after each
+    weighted by `weights`; with `exit_weight` > 0 the exit gate learns whether another L step lowers each token's
+    loss (by more than `exit_margin`). Nothing is carried across steps."""
+
+    def __init__(
+        self, segments: int, weights: list[float], detach: bool, exit_weight: float, exit_margin: float
+    ) -> None:
+        self.segments, self.weights, self.detach = segments, weights, detach
+        self.exit_weight, self.exit_margin = exit_weight, exit_margin
+
+
+def _exit_loss(
+    model: HierarchicalReasoningModel_ACTV1,
+    points: list[Any],
+    labels: torch.Tensor,
+    loss_type: str,
+    margin: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed BCE of the exit gate over the target tokens at every exit point but the last, averaged over those
+    points; the summed targets, detached): the target says whether the next point's loss is not lower."""
+    valid = labels != IGNORE_INDEX
+    with torch.no_grad():
+        losses = [token_cross_entropy(model.head(p.head_states), labels, loss_type) for p in points]
+    targets = exit_targets(losses, margin)
+    bce = sum(
+        (
+            F.binary_cross_entropy_with_logits(p.exit_logits, t, reduction="none")[valid].sum()
+            for p, t in zip(points, targets, strict=False)
+        ),
+        torch.zeros((), device=labels.device),
+    )
+    exits = sum((t[valid].sum() for t in targets), torch.zeros((), device=labels.device))
+    return bce / len(targets), exits / len(targets)
+
+
+@contextlib.contextmanager
+def _cycles(model: HierarchicalReasoningModel_ACTV1, cycles: tuple[int, int] | None) -> Iterator[None]:
+    """Run with `cycles` (None: as it is), then put the ones in force back."""
+    current = model.cycles
+    if cycles is None or cycles == current:
+        yield
+        return
+    model.set_cycles(*cycles)
+    try:
+        yield
+    finally:
+        model.set_cycles(*current)
+
+
+def _eval_cycles(model: nn.Module) -> tuple[int, int] | None:
+    """The cycles a run drawing random cycles validates and saves with (its arch's), None otherwise."""
+    return getattr(model, "__dict__", {}).get("_eval_cycles")
+
+
 class HrmFamily(ModelFamily):
     """Our HRM port (`models/hrm_act_v1.py`): trains with the ACT carry, decodes with its own KV cache."""
 
@@ -151,38 +214,105 @@ class HrmFamily(ModelFamily):
         return HierarchicalReasoningModel_ACTV1(config)
 
     def lm_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Plain LM logits: halt_max_steps fresh segments (the prompt bidirectional with arch.prefix_lm)."""
-        return cast(HierarchicalReasoningModel_ACTV1, model).lm_forward(
-            batch["input_ids"],
-            batch.get("attention_mask"),
-            token_type_ids=batch.get("token_type_ids"),
-        )
+        """Plain LM logits: halt_max_steps fresh segments (the prompt bidirectional with arch.prefix_lm); a run
+        drawing random cycles validates with its arch's cycles."""
+        hrm = cast(HierarchicalReasoningModel_ACTV1, model)
+        with _cycles(hrm, _eval_cycles(hrm)):
+            return hrm.lm_forward(
+                batch["input_ids"],
+                batch.get("attention_mask"),
+                token_type_ids=batch.get("token_type_ids"),
+            )
 
-    def new_train_state(self, config: dict[str, Any]) -> TrainState:
+    def new_train_state(self, config: dict[str, Any], train: Any = None) -> TrainState:
+        """The ACT carry (persisting across steps when halt_max_steps > 1), or with train.deep_supervision or
+        arch.exit_gate the segments of each step (`SegmentsState`)."""
+        train = train if train is not None else {}
+        deep = bool(train.get("deep_supervision", False))
+        if deep or config.get("exit_gate"):
+            segments = int(config.get("halt_max_steps", 1)) if deep else 1
+            return SegmentsState(
+                segments,
+                segment_weights(train, segments) if deep else [1.0],
+                bool(train.get("deep_supervision_detach", True)),
+                float(train.get("exit_loss_weight", 1.0)) if config.get("exit_gate") else 0.0,
+                float(train.get("exit_margin", 0.0)),
+            )
         return ActCarryState(persist=config.get("halt_max_steps", 1) > 1)
 
-    def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> None:
-        """The recurrence curriculum (train.cycles_schedule: the cycles of this step, `cycles_at`), then the
-        bp_steps warm-up (train.bp_warmup_ratio > 0): from 2 up to arch.bp_steps (`bp_steps_at`; 0 = none)."""
+    def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> dict[str, Any] | None:
+        """The recurrence curriculum (train.cycles_schedule: the cycles of this step, `cycles_at`) or the random
+        cycles of this step (train.random_cycles: `draw_cycles`, returned as the step's H_cycles / L_cycles
+        metrics), then the bp_steps warm-up (train.bp_warmup_ratio > 0): from 2 up to arch.bp_steps
+        (`bp_steps_at`; 0 = none)."""
         hrm = cast(HierarchicalReasoningModel_ACTV1, model)
         schedule = cfg.train.get("cycles_schedule") or []
+        drawn = None
         if schedule:
             hrm.set_cycles(*cycles_at(step, total_steps, schedule))
+        elif random_cycles_on(cfg.train):
+            arch_cycles = (int(cfg.arch.H_cycles), int(cfg.arch.L_cycles))
+            hrm.__dict__["_eval_cycles"] = arch_cycles  # validation and saved weights: the arch's cycles
+            drawn = draw_cycles(int(cfg.seed), step, cfg.train, arch_cycles)
+            hrm.set_cycles(*drawn)
         ratio = float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0)
         target = hrm.configured_bp_steps
         if ratio > 0 and target > 2:  # 0: full backpropagation whatever the cycles, nothing to warm up
             h_cycles, l_cycles = hrm.cycles  # above these cycles' steps is all of them (full backpropagation)
             hrm.bp_steps = min(bp_steps_at(step, total_steps, target, ratio), h_cycles * (l_cycles + 1))
+        return None if drawn is None else {"H_cycles": drawn[0], "L_cycles": drawn[1]}
 
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str
     ) -> LossOutput:
-        """One ACT segment from the state's carry; the loss is on the carry's current data."""
+        """One ACT segment from the state's carry, the loss on the carry's current data; or with a
+        `SegmentsState` its segments of this batch (`segments_loss`)."""
+        if isinstance(state, SegmentsState):
+            return self.segments_loss(model, batch, state, loss_type)
         act = cast(ActCarryState, state)
         new_carry, outputs = model(act.carry, batch)
         if act.persist:
             act.carry = new_carry
         return codegen_loss(outputs, new_carry.current_data["labels"], loss_type)
+
+    def segments_loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], state: SegmentsState, loss_type: str
+    ) -> LossOutput:
+        """The segments of one batch (through the wrapped model, so data parallelism sees the forward): the weighted
+        sum of each segment's next-token loss (`segment_<m>_loss` metrics with several segments), and the exit
+        gate's BCE (`extra_sum`, weight train.exit_loss_weight; `exit_loss` and `exit_target` metrics)."""
+        labels = batch["labels"]
+        outputs = model(
+            batch=batch,
+            segments=state.segments,
+            detach_carry=state.detach,
+            exit_points=state.exit_weight > 0,
+        )
+        segment_logits = outputs["segment_logits"]
+        valid = labels != IGNORE_INDEX
+        lm_sum = torch.zeros((), device=labels.device)
+        metrics: dict[str, torch.Tensor] = {}
+        for m, (logits, weight) in enumerate(zip(segment_logits, state.weights, strict=True)):
+            ce = token_cross_entropy(logits, labels, loss_type).sum()
+            lm_sum = lm_sum + weight * ce
+            if state.segments > 1:
+                metrics[f"segment_{m + 1}_loss"] = ce.detach()
+        with torch.no_grad():
+            hits = (segment_logits[-1].argmax(-1) == labels) & valid
+        result = LossOutput(
+            lm_sum=lm_sum,
+            num_tokens=valid.sum(),
+            correct_tokens=hits.sum(),
+            num_sequences=labels.shape[0],
+            metric_sums=metrics,
+        )
+        points = outputs["exit_points"]
+        if points is not None and len(points) > 1:
+            hrm = cast(HierarchicalReasoningModel_ACTV1, getattr(model, "module", model))
+            bce, target = _exit_loss(hrm, points, labels, loss_type, state.exit_margin)
+            result.extra_sum = state.exit_weight * bce
+            metrics["exit_loss"], metrics["exit_target"] = bce.detach(), target
+        return result
 
     def report_lines(self, config: dict[str, Any], total_params: int) -> list[str]:
         """What the enable_q_head flag adds or removes (the model rebuilt on the meta device with it flipped)."""
@@ -204,7 +334,10 @@ class HrmFamily(ModelFamily):
     ) -> None:
         """save_pretrained layout in `<step>/hf/`: `AutoModelForCausalLM.from_pretrained(<step>/hf)` loads it
         after `import hrm_codegen`, and with trust_remote_code=True (its shipped model code) without it."""
-        save_hf(cast(HierarchicalReasoningModel_ACTV1, model), tokenizer, directory / HF_DIR, dict(state))
+        hrm = cast(HierarchicalReasoningModel_ACTV1, model)
+        # random cycles: config.json keeps the arch's, not the last draw
+        with _cycles(hrm, _eval_cycles(hrm)):
+            save_hf(hrm, tokenizer, directory / HF_DIR, dict(state))
 
     def load_weights(self, model: nn.Module, path: Path) -> None:
         """From a step directory (its `hf/`, or the `model.safetensors` of older steps) or a weights file; weights
@@ -213,8 +346,14 @@ class HrmFamily(ModelFamily):
 
         file = step_weights_file(path)
         state = rename_legacy_keys(load_weights(file))
-        check_weights_fit(state, model, file)
-        model.load_state_dict(state)
+        # A model given an exit gate (arch.exit_gate=true) over weights without one starts with a fresh gate.
+        check_weights_fit(state, model, file, may_lack=EXIT_HEAD_KEYS)
+        fresh = [key for key in EXIT_HEAD_KEYS if key in model.state_dict() and key not in state]
+        if fresh:
+            logger.warning(
+                "%s has no exit gate: the model's exit gate starts untrained (exit probability 0.5)", file
+            )
+        model.load_state_dict(state, strict=not fresh)
 
     def generate(
         self,

@@ -63,6 +63,13 @@ HRM_DEFAULTS: dict[str, Any] = {
     # global clipping norm).
     "recurrence_gates": False,
     "recurrence_gate_lr_scale": 100.0,
+    # With recurrence_gates: the first calls of a segment after the first (which start from the carried states) are
+    # gated too, so with closed gates every segment returns the first one's states (deep supervision on a retrofit).
+    "gate_later_segments": False,
+    # Learned halting (Ouro's exit gate): a linear head on the (normalised) L state after each L step gives each
+    # token's probability that another step no longer lowers its loss; decoding with `set_exit_threshold` stops a
+    # token's recurrence once it exceeds the threshold.
+    "exit_gate": False,
 }
 HRM_KEYS = tuple(HRM_DEFAULTS)
 
@@ -123,6 +130,8 @@ class HRMConfig(PretrainedConfig):
         zero_init_states: bool
         recurrence_gates: bool
         recurrence_gate_lr_scale: float
+        gate_later_segments: bool
+        exit_gate: bool
 
     def __init__(self, **kwargs: Any) -> None:
         for key in ("num_hidden_layers", "max_position_embeddings"):  # derived: never taken from the input
@@ -199,6 +208,11 @@ class HRMConfig(PretrainedConfig):
         if self.norm_type not in ("post", "pre"):
             raise ValueError(f"norm_type must be 'post' or 'pre', got {self.norm_type!r}")
         check_bp_steps(self.bp_steps, self.H_cycles, self.L_cycles)
+        if self.gate_later_segments and not self.recurrence_gates:
+            raise ValueError(
+                "gate_later_segments=true gates the first calls of later segments through the recurrence gates; "
+                "set recurrence_gates=true or gate_later_segments=false"
+            )
         if self.prefix_lm and self.attn_backend == "flash_attn":
             raise ValueError(
                 "prefix_lm=true needs an explicit attention mask, which FlashAttention cannot take; "

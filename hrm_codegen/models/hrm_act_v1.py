@@ -49,6 +49,8 @@ from .layers import (
 )
 
 __all__ = [
+    "DecodeExits",
+    "ExitPoint",
     "HRMConfig",
     "HierarchicalReasoningModel_ACTV1",
     "HrmCodegenForCausalLM",
@@ -94,6 +96,83 @@ class HierarchicalReasoningModel_ACTV1Carry:
     steps: torch.Tensor
     halted: torch.Tensor
     current_data: dict[str, torch.Tensor]
+
+
+@dataclass
+class ExitPoint:
+    """One exit point of the exit gate's training (after an L step): the gate's logits [B, S] (fp32, from the
+    detached L state) and the states the LM head would read had the token stopped there [B, S, hidden] (no
+    gradient: the L state through this cycle's H call)."""
+
+    exit_logits: torch.Tensor
+    head_states: torch.Tensor
+
+
+def copy_cache_columns(
+    cache: Cache, source: int, target: int, count: int, rows: torch.Tensor, columns: torch.Tensor | None
+) -> None:
+    """Copy the keys and values of `rows` [B] (bool) at `columns` (the step's key columns; None: the last one) from
+    cache slots [source, source + count) to [target, target + count): a token that skipped a call attends later
+    tokens with the entries of its last computed call."""
+    index = rows.nonzero().squeeze(-1)
+    for offset in range(count):
+        src, dst = cache.layers[source + offset], cache.layers[target + offset]
+        for name in ("keys", "values"):
+            into, out_of = getattr(dst, name), getattr(src, name)
+            if columns is None:
+                into[index, :, -1] = out_of[index, :, -1]
+            else:
+                into[index[:, None], :, columns[None, :]] = out_of[index[:, None], :, columns[None, :]]
+
+
+class DecodeExits:
+    """Per-token exits of one cached decoding step (`set_exit_threshold`), computed by masking: every row runs
+    every call, and a token that has exited keeps its states (L frozen after its exit step, H after the H call of
+    that cycle) while its cache entries of the calls it skipped are copied from its last computed call of the
+    same level. `layer_evals` [B, S] counts the layer evaluations a real exit would have run."""
+
+    def __init__(
+        self, threshold: float, shape: torch.Size, device: torch.device, columns: torch.Tensor | None
+    ):
+        self.threshold = threshold
+        self.columns = columns  # a static cache's key columns of the step (None: the last one)
+        self.exited = torch.zeros(shape, dtype=torch.bool, device=device)
+        # the H call (counted over the step's segments) in whose cycle the token exited
+        self.exit_call = torch.full(shape, -1, dtype=torch.long, device=device)
+        self.layer_evals = torch.zeros(shape, dtype=torch.long, device=device)
+        self.h_call = 0  # H calls of the step so far (all segments)
+        self.previous: dict[str, int] = {}  # the cache slot of each level's previous call
+        self.final_segment = False
+
+    def _keep(self, frozen: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return torch.where(frozen[..., None], old, new)
+
+    def _copy(self, level: str, cache: Cache | None, slot: int, layers: int, frozen: torch.Tensor) -> None:
+        previous = self.previous.get(level)
+        if cache is not None and previous is not None and bool(frozen.any()):
+            copy_cache_columns(cache, previous, slot, layers, frozen.any(-1), self.columns)
+        self.previous[level] = slot
+
+    def after_L(self, model: HrmCodegenModel, old, new, cache, slot: int, last: bool) -> torch.Tensor:
+        """The L states after an L call: exited tokens keep theirs; then the tokens whose gate exceeds the
+        threshold exit (not after the step's last L call, which every token runs to)."""
+        frozen = self.exited.clone()
+        self._copy("L", cache, slot, model.config.L_layers, frozen)
+        self.layer_evals += (~frozen).long() * model.config.L_layers
+        z_L = self._keep(frozen, old, new)
+        if not last:
+            leaving = ~self.exited & (torch.sigmoid(model.exit_logits(z_L)) > self.threshold)
+            self.exit_call = torch.where(leaving, self.h_call, self.exit_call)
+            self.exited |= leaving
+        return z_L
+
+    def after_H(self, model: HrmCodegenModel, old, new, cache, slot: int) -> torch.Tensor:
+        """The H states after an H call: tokens that exited in an earlier cycle keep theirs."""
+        frozen = self.exited & (self.exit_call < self.h_call)
+        self._copy("H", cache, slot, model.config.H_layers, frozen)
+        self.layer_evals += (~frozen).long() * model.config.H_layers
+        self.h_call += 1
+        return self._keep(frozen, old, new)
 
 
 class HierarchicalReasoningModel_ACTV1Block(nn.Module):
@@ -157,12 +236,13 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
         hidden_states: torch.Tensor,
         input_injection: torch.Tensor,
         slot: int | None = None,
-        gated: bool = False,
+        gated: bool | torch.Tensor = False,
         **attn_kwargs,
     ) -> torch.Tensor:
         """`slot`: the KV-cache slot of this call's first layer (layer i writes slot + i).
 
-        `gated`: this call is not the level's first in the segment (the gate applies when there is one). The two
+        `gated`: this call is not the level's first in the segment (the gate applies when there is one), or a [B]
+        boolean tensor saying so per row (gate_later_segments under ACT: rows continuing from a carry). The two
         states come positionally, everything else by keyword (what reentrant checkpointing needs).
         """
         state = hidden_states
@@ -172,7 +252,10 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
             hidden_states = layer(hidden_states, slot=layer_slot, **attn_kwargs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        if gated and self.gate is not None:
+        if isinstance(gated, torch.Tensor) and self.gate is not None:
+            gate = self.gate.to(hidden_states.dtype) * gated.view(-1, 1, 1).to(hidden_states.dtype)
+            hidden_states = state + gate * (hidden_states - state)
+        elif gated and self.gate is not None:
             hidden_states = state + self.gate.to(hidden_states.dtype) * (hidden_states - state)
         return hidden_states
 
@@ -317,6 +400,15 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
         init_std = 0.0 if config.zero_init_states else 1.0
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size), std=init_std))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size), std=init_std))
+        if config.exit_gate:  # built last: the random draws of every other parameter stay as without it
+            self.exit_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.exit_head = CastedLinear(config.hidden_size, 1, bias=True)
+            with torch.no_grad():  # p(exit) = 0.5 everywhere until trained
+                self.exit_head.weight.zero_()
+        # Decoding with per-token exits (`HrmCodegenForCausalLM.set_exit_threshold`): the threshold, and the
+        # [tokens, layer evaluations] of the one-token cached steps run with it since the last reset.
+        self.exit_threshold: float | None = None
+        self.exit_stats = [0, 0]
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -380,11 +472,19 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
         cache: Cache | None = None,
         segment: int = 0,
         inputs_embeds: torch.Tensor | None = None,
+        continued: bool | torch.Tensor = False,
+        detach: bool = True,
+        exit_points: list[ExitPoint] | None = None,
+        exits: DecodeExits | None = None,
     ) -> tuple[HierarchicalReasoningModel_ACTV1InnerCarry, torch.Tensor]:
-        """Run one segment; returns (detached new carry, the states the head reads [B, S, hidden]).
+        """Run one segment; returns (new carry, the states the head reads [B, S, hidden]).
 
         `attn_mask` is a boolean [B, 1, S, K] mask (`build_attn_mask`), None for unpadded input; `cache` a
-        transformers `Cache` whose slots this segment's calls write (`cache_slot`).
+        transformers `Cache` whose slots this segment's calls write (`cache_slot`). `continued` (gate_later_segments:
+        True, or per row a [B] tensor): the segment starts from a carried state, so its first calls are gated too.
+        `detach=False` keeps the new carry in the graph (deep supervision through segments). `exit_points` (the
+        exit gate's training, uncached): a list to which every L step appends its `ExitPoint`. `exits`: per-token
+        exits of a one-token cached decoding step (`DecodeExits`).
         """
         attn_kwargs: dict[str, Any] = {"attn_mask": attn_mask, "cache": cache}
         if self.config.pos_encodings == "rope":
@@ -402,13 +502,44 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
                 l_index = h_step * l_cycles + l_step
                 with _grad_if(l_index >= first_l_grad):
                     slot = self.cache_slot(segment, h_step, l_step, "L") if cache is not None else None
-                    z_L = self.L_level(z_L, z_H + x, slot=slot, gated=l_index > 0, **attn_kwargs)
+                    gated = True if l_index > 0 else continued
+                    new_L = self.L_level(z_L, z_H + x, slot=slot, gated=gated, **attn_kwargs)
+                if exits is not None:
+                    assert slot is not None, "per-token exits decode over a cache"
+                    last = exits.final_segment and l_index == h_cycles * l_cycles - 1
+                    new_L = exits.after_L(self, z_L, new_L, cache, slot, last)
+                z_L = new_L
+                if exit_points is not None and l_step < l_cycles - 1:  # read out through this cycle's H call
+                    with torch.no_grad():
+                        gated_H = True if h_step > 0 else continued
+                        readout = self.H_level(z_H, z_L, gated=gated_H, **{**attn_kwargs, "cache": None})
+                    exit_points.append(ExitPoint(self.exit_logits(z_L.detach()), self._head_states(readout)))
             with _grad_if(h_step >= h_cycles - h_grad):
                 slot = self.cache_slot(segment, h_step, None, "H") if cache is not None else None
-                z_H = self.H_level(z_H, z_L, slot=slot, gated=h_step > 0, **attn_kwargs)
+                gated = True if h_step > 0 else continued
+                new_H = self.H_level(z_H, z_L, slot=slot, gated=gated, **attn_kwargs)
+            if exits is not None:
+                assert slot is not None, "per-token exits decode over a cache"
+                new_H = exits.after_H(self, z_H, new_H, cache, slot)
+            z_H = new_H
+            if exit_points is not None:
+                exit_points.append(ExitPoint(self.exit_logits(z_L.detach()), self._head_states(z_H.detach())))
 
-        new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
-        return new_carry, z_H if self.norm is None else self.norm(z_H)
+        new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H, z_L=z_L)
+        if detach:
+            new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
+        return new_carry, self._head_states(z_H)
+
+    def _head_states(self, z_H: torch.Tensor) -> torch.Tensor:
+        """What the LM head reads of an H state: itself, or with final_norm='head' its norm."""
+        return z_H if self.norm is None else self.norm(z_H)
+
+    def exit_logits(self, z_L: torch.Tensor) -> torch.Tensor:
+        """The exit gate's logits [B, S] in fp32 from an L state [B, S, hidden] (config.exit_gate): sigmoid of it
+        is the probability that another step no longer lowers the token's loss."""
+        if not self.config.exit_gate:
+            raise ValueError("this HRM has no exit gate (exit_gate=false)")
+        return self.exit_head(self.exit_norm(z_L)).squeeze(-1).to(torch.float32)
 
     def q_logits(
         self, hidden_states: torch.Tensor, last_index: torch.Tensor | None = None
@@ -564,11 +695,28 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
             torch.ones(batch_size, dtype=torch.bool, device=shape_ids.device),
             self.empty_carry(batch_size, seq_len, shape_ids.device),
         )
+        # Per-token exits (set_exit_threshold) in one-token cached steps; the prefill runs every call.
+        exits = None
+        if self.exit_threshold is not None and cache is not None and seq_len == 1:
+            exits = DecodeExits(self.exit_threshold, shape_ids.shape, shape_ids.device, cache_columns)
         hidden_states = carry.z_H
         for segment in range(segments):  # earlier segments only feed the carry
+            if exits is not None:
+                exits.final_segment = segment == segments - 1
             carry, hidden_states = self.forward_segment(
-                carry, input_ids, position_ids, attn_mask, cache, segment, inputs_embeds
+                carry,
+                input_ids,
+                position_ids,
+                attn_mask,
+                cache,
+                segment,
+                inputs_embeds,
+                continued=segment > 0 and self.config.gate_later_segments,
+                exits=exits,
             )
+        if exits is not None:
+            self.exit_stats[0] += exits.layer_evals.numel()
+            self.exit_stats[1] += int(exits.layer_evals.sum())
         output = BaseModelOutputWithPast(last_hidden_state=hidden_states)
         if cache is not None:
             output[_cache_field(BaseModelOutputWithPast)] = cache
@@ -654,6 +802,69 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
         check_bp_steps(value, *self.cycles)
         self.model.bp_steps = int(value)
 
+    def set_exit_threshold(self, threshold: float | None) -> None:
+        """Decode with per-token exits (config.exit_gate): in every one-token cached step a token stops its
+        recurrence after the first L step whose exit probability exceeds `threshold` (1.0 never exits early: the
+        fixed-cycle output); None turns exits off. Resets `exit_stats`."""
+        if threshold is not None:
+            if not self.config.exit_gate:
+                raise ValueError(
+                    "exit threshold: this HRM has no exit gate (arch.exit_gate=false); train one with "
+                    "arch.exit_gate=true to decode with per-token exits"
+                )
+            if not 0.0 <= float(threshold) <= 1.0:
+                raise ValueError(f"exit threshold must be between 0 and 1, got {threshold}")
+            threshold = float(threshold)
+        self.model.exit_threshold = threshold
+        self.model.exit_stats = [0, 0]
+
+    @property
+    def full_layer_evals_per_token(self) -> int:
+        """Layer evaluations per token of a forward that runs every call: halt_max_steps segments."""
+        return self.config.halt_max_steps * self.config.layer_evals_per_segment
+
+    def exit_summary(self) -> dict[str, float | int | None]:
+        """Decoding with exits since `set_exit_threshold`: the one-token steps' tokens, their layer evaluations
+        (those a real exit would run; all rows are computed) and the mean per token, beside the full count."""
+        tokens, evals = self.model.exit_stats
+        return {
+            "threshold": self.model.exit_threshold,
+            "decode_tokens": tokens,
+            "layer_evals": evals,
+            "mean_layer_evals_per_token": evals / tokens if tokens else None,
+            "full_layer_evals_per_token": self.full_layer_evals_per_token,
+        }
+
+    def segments_forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        segments: int,
+        detach_carry: bool = True,
+        exit_points: bool = False,
+    ) -> dict[str, Any]:
+        """`segments` segments of one batch from a fresh carry, the carry passed on (detached or not): the logits
+        after each (`segment_logits`, deep supervision), and with `exit_points` every L step's `ExitPoint`."""
+        ids, pos, attn_mask, _ = self.model._batch_views(batch)
+        batch_size, seq_len = ids.shape
+        carry = self.model.reset_carry(
+            torch.ones(batch_size, dtype=torch.bool, device=ids.device),
+            self.model.empty_carry(batch_size, seq_len, ids.device),
+        )
+        points: list[ExitPoint] | None = [] if exit_points else None
+        logits = []
+        for segment in range(segments):
+            carry, states = self.model.forward_segment(
+                carry,
+                ids,
+                pos,
+                attn_mask,
+                continued=segment > 0 and self.config.gate_later_segments,
+                detach=detach_carry,
+                exit_points=points,
+            )
+            logits.append(self.head(states))
+        return {"segment_logits": logits, "exit_points": points}
+
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> HierarchicalReasoningModel_ACTV1Carry:
         """A carry in which every sequence is halted, so the first `forward` loads `batch` and resets."""
         batch_size, seq_len = batch["input_ids"].shape
@@ -682,14 +893,22 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         cache_columns: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        segments: int | None = None,
         **kwargs: Any,
     ) -> Any:
-        """`forward(carry, batch)`: one ACT segment (returns (new carry, outputs)). Otherwise a causal LM step
+        """`forward(carry, batch)`: one ACT segment (returns (new carry, outputs)); `forward(batch=..., segments=M,
+        ...)`: `segments_forward` (deep supervision, the exit gate's training). Otherwise a causal LM step
         (`model(input_ids)` too): the backbone's states (`HrmCodegenModel.forward`, which takes the other
         arguments) through the head, for the last `logits_to_keep` positions (0: all; or a tensor of indices),
         a loss with `labels` (next-token cross-entropy, -100 ignored), and the cache when one is used."""
         if isinstance(carry, torch.Tensor) and batch is None and input_ids is None:
             carry, input_ids = None, carry  # the transformers call model(input_ids)
+        if segments is not None:
+            if batch is None or carry is not None:
+                raise ValueError(
+                    "the segments forward takes a batch and no carry: model(batch=..., segments=M)"
+                )
+            return self.segments_forward(batch, segments, **kwargs)
         if carry is not None or batch is not None:
             if not isinstance(carry, HierarchicalReasoningModel_ACTV1Carry) or batch is None:
                 raise ValueError("the ACT forward takes both carry and batch: model(carry, batch)")
@@ -731,7 +950,10 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
             for k, v in carry.current_data.items()
         }
         ids, pos, attn_mask, last_index = self.model._batch_views(current_data)
-        inner_carry, hidden_states = self.model.forward_segment(inner_carry, ids, pos, attn_mask)
+        continued = ~carry.halted if cfg.gate_later_segments else False  # rows going on from their carry
+        inner_carry, hidden_states = self.model.forward_segment(
+            inner_carry, ids, pos, attn_mask, continued=continued
+        )
         outputs: dict[str, torch.Tensor] = {"logits": self.head(hidden_states)}
         q = self.model.q_logits(hidden_states, last_index) if cfg.enable_q_head else None
         if q is not None:
@@ -747,7 +969,9 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
                 explore = torch.rand_like(q_halt) < cfg.halt_exploration_prob
                 min_halt_steps = explore * torch.randint_like(steps, low=2, high=cfg.halt_max_steps + 1)
                 halted = halted & (steps >= min_halt_steps)
-                _, next_states = self.model.forward_segment(inner_carry, ids, pos, attn_mask)
+                _, next_states = self.model.forward_segment(
+                    inner_carry, ids, pos, attn_mask, continued=bool(cfg.gate_later_segments)
+                )
                 next_halt, next_continue = self.model.q_logits(next_states, last_index)
                 outputs["target_q_continue"] = torch.sigmoid(
                     torch.where(is_last_step, next_halt, torch.maximum(next_halt, next_continue))
