@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from tqdm.auto import tqdm
 
+from hrm_codegen.datasets.evalplus_judge import base_passed
 from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.execution import STATUSES, ExecResult, Sandbox, SandboxLimits
 from hrm_codegen.jsonl import read_jsonl
@@ -246,9 +247,8 @@ def _run_batches(
                 program = problem.program(completion)
                 future = sandbox.submit(program)
                 extra = {"prompt_sha256": prompt_sha256(problem.prompt), **info, "generation_seconds": share}
-                future.add_done_callback(
-                    appender.callback(problem.task_id, index, completion, syntax_valid(program), extra)
-                )
+                valid = syntax_valid(problem.syntax_source(completion))
+                future.add_done_callback(appender.callback(problem.task_id, index, completion, valid, extra))
                 current.append(future)
         wait(previous)
         appender.wait_for_callbacks(submitted)
@@ -306,6 +306,7 @@ def summarize(
         "samples_per_problem": sample_counts[0] if len(sample_counts) == 1 else sample_counts,
         "num_samples": len(records),
         "pass_at_k": {str(k): pass_at[k] for k in ks},
+        **_base_pass_at_k(problems, wanted, results, ks),
         "results": {status: sum(r["result"] == status for r in records) for status in STATUSES},
         "error_types": dict(Counter(r["detail"] for r in records if r["result"] == "error").most_common()),
         "syntax_valid_rate": sum(r["syntax_valid"] for r in records) / len(records) if records else None,
@@ -316,6 +317,25 @@ def summarize(
             else None
         ),
     }
+
+
+def _base_pass_at_k(
+    problems: Sequence[Problem],
+    wanted: Mapping[str, int],
+    results: Mapping[tuple[str, int], dict],
+    ks: Sequence[int],
+) -> dict:
+    """For judged MBPP+ problems (EvalPlus's source file), `base_pass_at_k`: pass@k on MBPP's shown inputs alone
+    (`pass_at_k` is EvalPlus's plus: base and plus inputs); nothing for other problems."""
+    if not any(getattr(p, "judged", False) for p in problems):
+        return {}
+    counts = []
+    for problem in problems:
+        keys = [(problem.task_id, i) for i in range(wanted[problem.task_id])]
+        scored = [results[key] for key in keys if key in results]
+        counts.append((len(scored), sum(base_passed(record) for record in scored)))
+    pass_at = mean_pass_at_k(counts, ks)
+    return {"base_pass_at_k": {str(k): pass_at[k] for k in ks}}
 
 
 def _generation_seconds_all(
@@ -353,7 +373,8 @@ def evaluate(
     the file, this run's generation seconds (inside the completion source) and those of every sample,
     resumed ones included (`generation_seconds_all`: None when a resumed line predates the per-sample
     record), execution seconds (the rest of this run's wall time) and program seconds (summed per sample), the sandbox's isolation and
-    limits, and `config`.
+    limits, and `config`. A completion source with a `summary_extra(problems, wanted, results)` method adds its
+    own keys (`hrm_codegen.repair.SelfRepair`: `self_repair`).
     """
     started = time.perf_counter()
     task_ids = [p.task_id for p in problems]
@@ -386,8 +407,10 @@ def evaluate(
     if appender.records:
         _rewrite_in_problem_order(samples_path, task_ids)
     total_seconds = time.perf_counter() - started
+    extra = getattr(completion_source, "summary_extra", None)  # a source's own numbers (self-repair's rounds)
     summary = {
         **summarize(problems, wanted, results, ks),
+        **(extra(problems, wanted, results) if extra is not None else {}),
         "samples_run": len(appender.records),
         "samples_resumed": sum(wanted.values()) - to_run,
         "generation_seconds": round(generation_seconds, 3),
@@ -449,7 +472,17 @@ def _percent(value: float | None) -> str:
 def format_summary_table(summary: Mapping[str, Any]) -> str:
     """The summary as a two-column text table (pass@k, result counts, syntax validity, timings)."""
     rows = [("problems", str(summary["num_problems"])), ("samples", str(summary["num_samples"]))]
-    rows += [(f"pass@{k}", _percent(value)) for k, value in summary["pass_at_k"].items()]
+    repair = summary.get("self_repair")
+    label = " (feedback-assisted)" if repair and repair["feedback_assisted"] else ""
+    if "base_pass_at_k" in summary:  # MBPP+ judged as EvalPlus does: base (MBPP's inputs), then plus (all)
+        base = " (feedback-assisted)" if repair and repair.get("base_feedback_assisted") else label
+        rows += [(f"base pass@{k}{base}", _percent(v)) for k, v in summary["base_pass_at_k"].items()]
+        label = " (plus)" + label
+    rows += [(f"pass@{k}{label}", _percent(value)) for k, value in summary["pass_at_k"].items()]
+    if repair:
+        by_round = " > ".join(_percent(value) for value in repair["pass_at_1_by_round"])
+        rows.append((f"pass@1 by repair round{label}", by_round))
+        rows.append(("generated tokens", str(repair["generated_tokens"])))
     total = summary["num_samples"] or 1
     rows += [
         (status, f"{count} ({100 * count / total:.1f}%)") for status, count in summary["results"].items()

@@ -21,6 +21,7 @@ from hrm_codegen.families import FAMILIES, ModelFamily, get_family
 from hrm_codegen.families.base import is_pretrained_source
 from hrm_codegen.inference import model_config, override_arch
 from hrm_codegen.losses_codegen import LOSS_TYPES
+from hrm_codegen.recurrence import check_recurrence_settings
 from hrm_codegen.runs import CONFIG_FILE, resolve_checkpoint
 from hrm_codegen.tokenization import FINGERPRINT_FILE
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MIXED_PRECISION = ("no", "bf16", "fp16")
+METHODS = ("sft", "grpo")  # train.method: the next-token loop, or learning from execution (hrm_codegen.rl)
 
 
 @dataclass
@@ -56,6 +58,8 @@ class DataConfig:
     prompt_format: str = "native"
     corpus_dir: str | None = None
     pairs_path: str | None = None  # data=pairs: a pairs.jsonl from scripts/build_pairs.py
+    pairs_verified_only: bool = False  # data=pairs: only the pairs whose asserts passed in the sandbox
+    pairs_with_mbpp_train: bool = False  # data=pairs: MBPP's data.train_split first, then the pairs
     eval_blocks: int = 0
 
 
@@ -102,8 +106,44 @@ class TrainConfig:
     arch_overrides: dict[str, Any] = field(default_factory=dict)  # merged over that arch (arch_from_init)
     # HRM recurrence curriculum: [[start_fraction, H_cycles, L_cycles], ...]; [] = arch's cycles all along
     cycles_schedule: list[Any] = field(default_factory=list)
+    # Recurrence that pays (HRM, hrm_codegen.recurrence; all off by default): deep supervision within a step,
+    # random cycles per step, the exit gate's loss
+    deep_supervision: bool = False  # arch.halt_max_steps segments per example, a loss after each
+    deep_supervision_weights: list[float] = field(default_factory=list)  # per segment; [] = 1/M each
+    deep_supervision_detach: bool = True  # the carry passed between segments without gradient
+    random_cycles: str = "none"  # none | uniform | lognormal_poisson
+    # uniform: [low, high]; lognormal_poisson: [mean, max]; [] = the arch's cycles of that level
+    random_H_cycles: list[Any] = field(default_factory=list)
+    random_L_cycles: list[Any] = field(default_factory=list)
+    random_cycles_sigma: float = 0.5  # lognormal_poisson: sigma of the log-normal rate
+    exit_loss_weight: float = 1.0  # arch.exit_gate: weight of the exit gate's BCE
+    exit_margin: float = 0.0  # arch.exit_gate: another L step "pays" when it lowers a token's loss by more
     num_threads: int | None = None
     cpu: bool = False
+    method: str = "sft"  # sft: the next-token loop (training.py) | grpo: learning from execution (rl.py)
+
+
+@dataclass
+class RLConfig:
+    """Learning from execution (train.method=grpo, `hrm_codegen.rl`): TRL's GRPOTrainer; codegen_base.yaml
+    documents each key."""
+
+    algorithm: str = "gspo"  # gspo (sequence-level importance ratio) | grpo (token-level)
+    tasks: list[str] = field(default_factory=lambda: ["mbpp"])  # mbpp and/or pairs (verified pairs)
+    num_generations: int = 4
+    max_completion_length: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    updates_per_generation: int = 1
+    gradient_checkpointing: bool = True
+    reward_timeout_s: float = 10.0
+    reward_workers: int | None = None
 
 
 @dataclass
@@ -115,6 +155,7 @@ class CodegenConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     seed: int = 0
     run_name: str = MISSING
     checkpoint_root: str = "checkpoints"
@@ -268,6 +309,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(
             f"data.prompt_format=chat is for data=mbpp; data={cfg.data.name} trains in MBPP's format"
         )
+    for key in ("pairs_verified_only", "pairs_with_mbpp_train"):
+        if cfg.data.get(key) and cfg.data.name != "pairs":
+            raise ValueError(f"data.{key}=true is for data=pairs, not data={cfg.data.name}")
     family = get_family(cfg.arch.name)
     # Packing first: the family's check builds the model, which fails on flash_attn without the package.
     if cfg.data.pack:
@@ -280,12 +324,15 @@ def validate_config(cfg: DictConfig) -> None:
     family.check(model_config(cfg, vocab_size=1))
     check_train_settings(cfg)
     _check_cycles_schedule(cfg, family)
+    check_recurrence_settings(cfg, family.name)
 
 
 def check_train_settings(cfg: DictConfig) -> None:
     """Check the `train` keys that need no model (ValueError naming the key); part of `validate_config`, and
     what the Trainer checks before it starts its processes."""
     train = cfg.train
+    if train.get("method", "sft") not in METHODS:
+        raise ValueError(f"train.method must be one of {METHODS}, got {train.method!r}")
     if train.loss_type not in LOSS_TYPES:
         raise ValueError(f"train.loss_type must be one of {LOSS_TYPES}, got {train.loss_type!r}")
     if train.mixed_precision not in MIXED_PRECISION:

@@ -78,7 +78,9 @@ class Trainer:
         self._build_data()
         model = self._build_model()
         self.model_config = model_config(self.cfg, self.tokenizer.vocab_size)
-        self.states = [self.family.new_train_state(self.model_config) for _ in range(cfg.train.grad_accum)]
+        self.states = [
+            self.family.new_train_state(self.model_config, cfg.train) for _ in range(cfg.train.grad_accum)
+        ]
         # A state carried across steps (deep supervision) needs fixed [B, S] batches.
         self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
         optimizer = self._build_optimizer(model)
@@ -245,7 +247,7 @@ class Trainer:
         self.model.train()
         batches = list(self._micro_batches(self.state.step))
         unwrapped = acc.unwrap_model(self.model)
-        self.family.before_step(unwrapped, self.state.step, self.total_steps, self.cfg)  # e.g. bp warm-up
+        step_info = self.family.before_step(unwrapped, self.state.step, self.total_steps, self.cfg) or {}
         for batch, state in zip(batches, self.states, strict=True):
             state.prepare(unwrapped, batch)
         local_tokens = sum(
@@ -254,7 +256,7 @@ class Trainer:
         total_tokens = max(float(self._sum(torch.as_tensor(local_tokens, dtype=torch.float64))), 1.0)
         zero = torch.zeros((), dtype=torch.float64, device=acc.device)
         stats = torch.zeros(6, dtype=torch.float64, device=acc.device)
-        q_terms = False
+        q_terms, extra = False, {}  # extra: the families' per-token metric sums (the HRM's segment losses)
         for j, batch in enumerate(batches):
             with contextlib.nullcontext() if j == len(batches) - 1 else acc.no_sync(self.model):
                 out = self.family.forward_loss(self.model, batch, self.states[j], train.loss_type)
@@ -270,6 +272,7 @@ class Trainer:
             )
             stats += torch.stack([zero if p is None else p.double() for p in parts])
             q_terms = out.q_halt_sum is not None
+            extra.update({k: extra.get(k, zero) + v.detach().double() for k, v in out.metric_sums.items()})
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), train.grad_clip or math.inf)
         stats = self._sum(stats)
         self.state.step += 1
@@ -296,7 +299,10 @@ class Trainer:
         if q_terms:
             metrics["q_halt_loss"] = float(stats[3]) / train.global_batch_size
             metrics["q_continue_loss"] = float(stats[4]) / train.global_batch_size
-        return metrics
+        if extra:  # per token over the global batch (every process adds the same keys in the same order)
+            summed = (self._sum(torch.stack(list(extra.values()))) / total_tokens).tolist()
+            metrics.update(zip(extra, summed, strict=True))
+        return {**metrics, **step_info}  # and what before_step returned (the HRM's random cycles)
 
     def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over processes."""
@@ -472,5 +478,9 @@ class Trainer:
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any] | str:
     """Train as `cfg` says (with `cfg.dry_run`, return the dry-run report instead); `run_dir` overrides the name."""
+    if cfg.train.get("method", "sft") == "grpo":  # learning from execution with TRL: hrm_codegen/rl.py
+        from hrm_codegen.rl import run_rl
+
+        return run_rl(cfg, run_dir)
     trainer = Trainer(cfg, run_dir)
     return trainer.dry_run() if cfg.dry_run else trainer.fit()

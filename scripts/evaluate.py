@@ -4,6 +4,7 @@
     python scripts/evaluate.py --model path/or/hub-id --num-samples 10 --k 1,10 --output DIR   # any transformers LM
     python scripts/evaluate.py --samples completions.jsonl --output DIR     # {"task_id", "completion"} lines
     python scripts/evaluate.py --prompt-format bigcode --write-prompts prompts.jsonl   # the prompts, no model
+    python scripts/evaluate.py --ckpt checkpoints/run --repair-rounds 2 --output DIR   # self-repair (MBPP, MBPP+)
 
 --prompt-format picks the protocol: native (this project's), bigcode (bigcode-evaluation-harness), lm-eval
 (lm-evaluation-harness 0.4), chat (the tokenizer's chat template, EvalPlus's instruct prompt). The datasets
@@ -18,6 +19,7 @@ at once, also when a shell started the evaluation in the background, killing the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import signal
@@ -30,6 +32,7 @@ import yaml
 
 from hrm_codegen.completions import ModelCompletions, SamplingConfig, available_cpus, default_batch_size
 from hrm_codegen.datasets.evalplus import exclude_train_overlap, train_overlap
+from hrm_codegen.datasets.evalplus_source import JUDGE_MEMORY_MB, JUDGE_TIMEOUT_S, is_source_file
 from hrm_codegen.datasets.mbpp import DEFAULT_PATH, SPLITS, load_mbpp
 from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.datasets.protocols import (
@@ -47,6 +50,7 @@ from hrm_codegen.execution import SandboxLimits
 from hrm_codegen.inference import load_checkpoint, load_pretrained
 from hrm_codegen.quantization import METHODS as QUANTIZE_METHODS
 from hrm_codegen.quantization import quantize_weights
+from hrm_codegen.repair import SelfRepair
 from hrm_codegen.runs import trained_data_config as checkpoint_data  # the training config's data section
 from hrm_codegen.tokenization import load_tokenizer
 
@@ -79,6 +83,8 @@ SAMPLING_KEYS = (
     "seed",
     "quantize",
     "arch_overrides",
+    "halt_threshold",  # recorded only when set (per-token exits of an HRM with an exit gate)
+    "repair_rounds",  # recorded only when > 0, so the files of runs without self-repair stay as they were
 )
 
 
@@ -138,13 +144,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--ckpt: set a key of the checkpoint's arch before the model is built, e.g. L_cycles=3 (test-time "
         "cycles); repeatable; the value is a YAML scalar; keys that change parameter shapes cannot load",
     )
+    parser.add_argument(
+        "--halt-threshold",
+        type=float,
+        metavar="P",
+        help="--ckpt of an HRM with an exit gate (arch.exit_gate): each generated token stops its recurrence "
+        "after the first L step whose exit probability exceeds P (1 = never early: the fixed cycles); "
+        "summary.json's `halting` records the mean layer evaluations per token",
+    )
     data = parser.add_argument_group("problems")
     data.add_argument("--dataset", choices=DATASETS, default="mbpp")
     data.add_argument(
         "--prompt-format", choices=tuple(FORMATS), default="native", help="prompt protocol (default native)"
     )
     data.add_argument(
-        "--data-file", help="mbppplus / humanevalplus: a local jsonl or parquet (default: the Hub)"
+        "--data-file",
+        help="mbppplus / humanevalplus: a local jsonl or parquet (default: the Hub); mbppplus also takes "
+        "EvalPlus's source file (MbppPlus.jsonl: inputs only, judged by EvalPlus's rules, base and plus pass@k)",
     )
     data.add_argument(
         "--exclude-train-overlap", action="store_true", help="mbppplus: drop tasks from MBPP's training split"
@@ -176,6 +192,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, help="torch threads for decoding (default: the CPUs this process may run on)"
     )
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--repair-rounds",
+        type=int,
+        default=0,
+        metavar="R",
+        help="self-repair: a completion failing the asserts its prompt shows gets the failing assert or error "
+        "as feedback, in the prompt format, and is generated again, up to R times (MBPP, MBPP+; default 0)",
+    )
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument(
         "--compile",
@@ -192,7 +216,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run = parser.add_argument_group("execution and output")
     run.add_argument("--workers", type=int, help="parallel sandboxes (default: CPU count)")
-    run.add_argument("--timeout", type=float, help="seconds per program (default 10; EvalPlus datasets 30)")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds per program (default 10; EvalPlus datasets 30; MBPP+ from its source file {JUDGE_TIMEOUT_S:g}, "
+        "behind the judge's own per-input limits)",
+    )
     run.add_argument(
         "--sanitize",
         action="store_true",
@@ -210,6 +239,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         fail(
             "--arch-override applies to --ckpt (a checkpoint of this launcher) only, not --model or --samples"
         )
+    if args.halt_threshold is not None:
+        if not args.ckpt:
+            fail("--halt-threshold applies to --ckpt (an HRM of this launcher with an exit gate) only")
+        if not 0.0 <= args.halt_threshold <= 1.0:
+            fail(f"--halt-threshold must be between 0 and 1, got {args.halt_threshold}")
+        if args.compile:
+            fail("--halt-threshold decodes uncompiled (exits copy cache entries): drop --compile")
     if args.dataset != "mbpp" and args.few_shot:
         fail(f"--few-shot applies to MBPP only, not --dataset {args.dataset}")
     if args.data_file and not args.dataset.endswith("plus"):
@@ -245,6 +281,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.temperature = 0.0 if args.num_samples == 1 else 0.8
     if args.num_samples > 1 and args.temperature == 0 and not args.samples:
         fail("--num-samples > 1 with greedy decoding gives identical samples; set --temperature > 0")
+    if args.repair_rounds < 0:
+        fail(f"--repair-rounds must be >= 0, got {args.repair_rounds}")
+    if args.repair_rounds and args.samples:
+        fail("--repair-rounds needs a model to generate repairs (--ckpt or --model), not --samples")
+    if args.repair_rounds and args.dataset.startswith("humaneval"):
+        fail(
+            f"--repair-rounds needs asserts shown in the prompt for its feedback; {args.dataset}'s prompts show "
+            "none (use --dataset mbpp or mbppplus)"
+        )
     return args
 
 
@@ -278,6 +323,13 @@ def load_problems(args: argparse.Namespace, tokenizer: object = None) -> list[Pr
     args.train_overlap = train_overlap(problems) if args.dataset == "mbppplus" else []
     if args.exclude_train_overlap:
         problems = exclude_train_overlap(problems)
+    if args.dataset == "mbppplus":
+        what = "excluded" if args.exclude_train_overlap else "kept (--exclude-train-overlap drops them)"
+        print(
+            f"MBPP+: {len(args.train_overlap)} tasks are in MBPP's train split (601-974), {what}: "
+            f"{len(problems)} tasks to score",
+            file=sys.stderr,
+        )
     if args.sanitize:
         problems = [SanitizedProblem.of(p) for p in problems]  # type: ignore[arg-type]
     return problems[: args.limit] if args.limit else problems
@@ -287,7 +339,7 @@ def check_run_config(output: Path, settings: dict[str, Any]) -> None:
     """Record the sample-defining settings in output/eval_config.json, or check them against a previous run."""
     path = output / RUN_CONFIG_FILE
     keys = PROBLEM_KEYS if settings["samples"] else PROBLEM_KEYS + SAMPLING_KEYS
-    current = {key: settings[key] for key in keys}
+    current = {key: settings[key] for key in keys if key in settings}
     if current.get("temperature") == 0:  # greedy: the sampling controls do not matter
         current.update(top_p=None, top_k=None, seed=None)
     if path.is_file():
@@ -323,8 +375,11 @@ def run(args: argparse.Namespace) -> dict:
             f"{args.prompt_format!r} (--prompt-format {trained_format} matches its training)",
             file=sys.stderr,
         )
+    # MBPP+ from EvalPlus's source file: the judge keeps EvalPlus's time limits itself; the sandbox's wall clock
+    # stands behind them, with EvalPlus's memory limit
+    judged = args.dataset == "mbppplus" and args.data_file is not None and is_source_file(args.data_file)
     if args.timeout is None:
-        args.timeout = default_timeout_s(args.dataset)
+        args.timeout = JUDGE_TIMEOUT_S if judged else default_timeout_s(args.dataset)
     if args.write_prompts:
         tokenizer = None
         if args.tokenizer:
@@ -338,7 +393,9 @@ def run(args: argparse.Namespace) -> dict:
     else:
         source = ""  # named by the loaded model below
     settings = {**vars(args), "source": source}
-    limits = SandboxLimits(timeout_s=args.timeout)
+    if not args.repair_rounds:
+        del settings["repair_rounds"]
+    limits = SandboxLimits(timeout_s=args.timeout, **({"memory_mb": JUDGE_MEMORY_MB} if judged else {}))
     progress = not args.no_progress
     if args.samples:
         problems = load_problems(args)
@@ -368,6 +425,12 @@ def run(args: argparse.Namespace) -> dict:
     else:
         loaded = load_pretrained(args.model, args.tokenizer, args.device, args.trust_remote_code)
     settings["source"] = loaded.source
+    if args.halt_threshold is None:  # recorded only when set, so the files of other runs stay as they were
+        settings.pop("halt_threshold", None)
+    elif not callable(getattr(loaded.model, "set_exit_threshold", None)):
+        raise ValueError(f"--halt-threshold: {loaded.source} is not an HRM (exits need an exit gate)")
+    else:
+        loaded.model.set_exit_threshold(args.halt_threshold)
     if args.quantize:
         quantize_weights(loaded.model, args.quantize)
         settings["int4_backend"] = loaded.model.__dict__.get("int4_backend")
@@ -400,18 +463,29 @@ def run(args: argparse.Namespace) -> dict:
     settings["truncated_prompts"] = truncated
     check_run_config(output, settings)
     write_prompts(output / PROMPTS_FILE, problems)  # samples name their prompt by sha256
-    summary = evaluate(
-        problems,
-        completions,
-        num_samples=args.num_samples,
-        ks=args.ks,
-        output_dir=output,
-        limits=limits,
-        workers=args.workers,
-        config=settings,
-        progress=progress,
-        batch_size=max(1, args.batch_size // args.num_samples),
+    repair = (
+        SelfRepair(
+            completions, args.repair_rounds, limits=limits, workers=args.workers, tokenizer=loaded.tokenizer
+        )
+        if args.repair_rounds
+        else None
     )
+    with repair or contextlib.nullcontext():
+        summary = evaluate(
+            problems,
+            repair or completions,
+            num_samples=args.num_samples,
+            ks=args.ks,
+            output_dir=output,
+            limits=limits,
+            workers=args.workers,
+            config=settings,
+            progress=progress,
+            batch_size=max(1, args.batch_size // args.num_samples),
+        )
+    if args.halt_threshold is not None:  # layer evaluations of this run's one-token decoding steps
+        summary["halting"] = loaded.model.exit_summary()
+        (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if completions.compile_seconds is not None:
         print(
             f"compiled decoding: the first compiled call took {completions.compile_seconds:.1f} s",

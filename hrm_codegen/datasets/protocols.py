@@ -29,7 +29,8 @@ before the prompt (training's `[BOS] prompt`, or whatever the tokenizer adds, as
 default number of new tokens.
 
 The MBPP+ and HumanEval+ datasets (`hrm_codegen.datasets.evalplus`) use their family's prompts and stops
-and their extended `test` code as the test program.
+and their extended `test` code as the test program. MBPP+ from EvalPlus's source file (`evalplus_source`) is
+`judged`: its test program is EvalPlus's judge, handed the solution's source as a string.
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ FAMILY = {"mbpp": "mbpp", "mbppplus": "mbpp", "humaneval": "humaneval", "humanev
 # Sandbox wall-clock limits per program: the extended (plus) tests run hundreds of inputs.
 DEFAULT_TIMEOUT_S = 10.0
 PLUS_TIMEOUT_S = 30.0
+# A judged problem's program is `SOLUTION = <the solution's source as a string>` and its test program, which
+# runs that source itself (MBPP+ from EvalPlus's source file: `hrm_codegen.datasets.evalplus_judge`).
+SOLUTION_NAME = "SOLUTION"
 
 LM_EVAL_SHOT_IDS = (2, 3, 4)
 EVALPLUS_INSTRUCTION_PREFIX = "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
@@ -188,6 +192,9 @@ class FormattedProblem(Problem):
     concat: bool = False
     cut_at_stops: bool = False
     chat_code: bool = False
+    visible_tests: tuple[str, ...] = ()  # the asserts the prompt shows (MBPP family): self-repair's feedback
+    visible_setup: str = ""  # what they need first, as the test program provides it (setup code, imports)
+    judged: bool = False  # the test program gets the solution's source as SOLUTION_NAME and runs it itself
 
     def code(self, completion: str) -> str:
         """The completion as the protocol post-processes it before the program is assembled."""
@@ -200,9 +207,19 @@ class FormattedProblem(Problem):
             completion = sanitize(extract_code(completion.replace("\t", "    ")), self.entry_point or None)
         return completion
 
+    def _solution(self, code: str) -> str:
+        """A judged problem's solution: setup, (prompt,) the post-processed completion."""
+        return self.setup_code + (self.prompt if self.include_prompt else "") + code
+
+    def syntax_source(self, completion: str) -> str:
+        """The source whose syntax the syntax-valid rate counts: the program (a judged problem: its solution)."""
+        return self._solution(self.code(completion)) if self.judged else self.program(completion)
+
     def program(self, completion: str) -> str:
         """The full program the sandbox runs for `completion`."""
         code = self.code(completion)
+        if self.judged:
+            return f"{SOLUTION_NAME} = {self._solution(code)!r}\n{self.test_program}"
         if not self.concat:
             return super().program(code)
         return self.setup_code + (self.prompt if self.include_prompt else "") + code + self.test_program
@@ -217,13 +234,22 @@ class SanitizedProblem(FormattedProblem):
     def of(cls, problem: FormattedProblem) -> SanitizedProblem:
         return cls(**asdict(problem))
 
-    def program(self, completion: str) -> str:
+    def _plain(self, completion: str) -> tuple[FormattedProblem, str]:
+        """The problem without post-processing, and the sanitized body it runs."""
         code = self.code(completion)
         body = sanitize((self.prompt if self.include_prompt else "") + code, self.entry_point or None)
         plain = FormattedProblem(
             **{**asdict(self), "include_prompt": False, "cut_at_stops": False, "chat_code": False}
         )
+        return plain, body
+
+    def program(self, completion: str) -> str:
+        plain, body = self._plain(completion)
         return plain.program(body)
+
+    def syntax_source(self, completion: str) -> str:
+        plain, body = self._plain(completion)
+        return plain.syntax_source(body)
 
 
 def check_format(dataset: str, fmt: str) -> str:
@@ -385,6 +411,20 @@ def _mbpp_tests(task: dict, fmt: str) -> str:
     return setup.strip("\n") + "\n" + asserts
 
 
+def _mbpp_visible(task: dict, fmt: str) -> dict[str, Any]:
+    """The asserts a prompt in `fmt` shows (native: all of `test_list`, lm-eval: its first three, bigcode and
+    chat: the first) and their setup as `_mbpp_tests` gives it (a plus task's imports, else `test_setup_code`
+    where the format runs it): `visible_tests` and `visible_setup`, what self-repair's feedback runs."""
+    shown = task["test_list"] if fmt == "native" else task["test_list"][: 3 if fmt == "lm-eval" else 1]
+    if "test" in task:
+        setup = "".join(line + "\n" for line in task.get("test_imports", []))
+    elif fmt in ("bigcode", "lm-eval") or not task.get("test_setup_code", "").strip():
+        setup = ""
+    else:
+        setup = normalize_code(task["test_setup_code"])
+    return {"visible_tests": tuple(shown), "visible_setup": setup}
+
+
 def _mbpp_problem(
     task: dict, dataset: str, fmt: str, shots: Sequence[dict], tokenizer: Any
 ) -> FormattedProblem:
@@ -398,6 +438,8 @@ def _mbpp_problem(
         "stop_sequences": stop_sequences(dataset, fmt),
         "entry_point": mbpp_entry_point(task),
         "cut_at_stops": fmt != "native",
+        **_mbpp_visible(task, fmt),
+        "judged": bool(task.get("judged")),
     }
     tests = _mbpp_tests(task, fmt)
     if fmt == "native":
@@ -514,6 +556,7 @@ def _as_formatted(problem: Problem, rows: Sequence[dict], dataset: str) -> Forma
         fmt="native",
         stop_sequences=stop_sequences(dataset, "native"),
         entry_point=mbpp_entry_point(task),
+        **_mbpp_visible(task, "native"),
     )
 
 
