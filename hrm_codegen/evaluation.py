@@ -15,8 +15,6 @@ import ast
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 import warnings
@@ -28,6 +26,7 @@ from typing import IO, Any
 
 from tqdm.auto import tqdm
 
+from hrm_codegen.datasets.cache import atomic_write_bytes
 from hrm_codegen.datasets.evalplus_judge import base_passed
 from hrm_codegen.datasets.problems import Problem
 from hrm_codegen.execution import STATUSES, ExecResult, Sandbox, SandboxLimits
@@ -152,15 +151,7 @@ def load_results(path: Path) -> dict[tuple[str, int], dict]:
 
 def _atomic_write_json(path: Path, value: Any) -> None:
     """Write JSON to `path` through a temporary file and a rename."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(value, out, indent=2)
-            out.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 class _Appender:
@@ -271,14 +262,7 @@ def _rewrite_in_problem_order(path: Path, task_ids: Sequence[str]) -> None:
     for order, line in enumerate(lines):
         row = json.loads(line)
         keyed.append(((position.get(row["task_id"], len(position)), row["sample_index"], order), line))
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.writelines(line + "\n" for _, line in sorted(keyed))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, "".join(line + "\n" for _, line in sorted(keyed)).encode("utf-8"))
 
 
 def summarize(

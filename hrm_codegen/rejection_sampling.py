@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hrm_codegen import runs
 from hrm_codegen.completions import ModelCompletions, SamplingConfig, default_batch_size
-from hrm_codegen.datasets.cache import file_sha256
+from hrm_codegen.datasets.cache import atomic_write_bytes, file_sha256
 from hrm_codegen.datasets.mbpp import DEFAULT_PATH, load_mbpp, split_tasks
 from hrm_codegen.datasets.protocols import FORMATS, FormattedProblem, build_problems
 from hrm_codegen.evaluation import SAMPLES_FILE, CompletionSource, evaluate, load_results
@@ -303,28 +301,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, value: Any) -> None:
     """Write JSON through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(value, out, indent=2)
-            out.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def _write_pairs(path: Path, rows: Sequence[dict]) -> None:
     """Write pairs.jsonl through a temporary file and a rename."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
 
 
 def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
