@@ -8,6 +8,10 @@ transformers LM), through the one decoding path (`hrm_codegen.generation.generat
   fbgemm, x86 CPUs): the fastest CPU path measured here (2-3.5x an fp32 linear layer on the AVX2 machine), but
   its activations share one scale per tensor, which models with activation outliers do not survive: the
   retrofitted SmolLM2 HRM falls from 9.2% to 1.4% MBPP pass@1 (docs/benchmarks.md).
+- `"int8_smooth"`: int8 dynamic with SmoothQuant's per-channel scales folded into the weights first
+  (`hrm_codegen.smoothing`, calibrated on standard-library source text), int8 weights per output channel, and
+  the MLP down projections left in fp32 (`SMOOTH_FP32`): the same kernels for three quarters of each block's
+  weights, the outlier channels moved from the activations into the weights.
 - `"int4"`: weight-only int4, asymmetric in groups of 32 input channels (a scale and a minimum per group: the
   grid of llama.cpp's Q4_1), run by PyTorch's int4 CPU kernel `_weight_int4pack_mm_for_cpu` (the kernel behind
   torchao's former `Int4CPULayout`; torchao 0.18 ships no x86 CPU int4 layout of its own). That kernel is only
@@ -24,15 +28,20 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
 from torch import nn
 
 from hrm_codegen.models.layers import CastedLinear
+from hrm_codegen.smoothing import DEFAULT_ALPHA, calibration_ids, smooth_activations
 
-METHODS = ("int8", "int8_dynamic", "int4")
+METHODS = ("int8", "int8_dynamic", "int8_smooth", "int4")
 INT4_GROUP_SIZE = 32
+# int8_smooth keeps these layers in fp32: the MLP's down projection reads silu(gate) * up, whose outliers
+# smoothing does not tame (retrofitted HRM, six MBPP validation solutions: loss +8% with it in int8, +1% without)
+SMOOTH_FP32 = ("down_proj",)
 FAST_INT4_CPUS = ("AVX512", "AVX512_BF16", "AVX512_VNNI", "ZVECTOR")
 
 
@@ -178,15 +187,28 @@ def _check_fp32(model: nn.Module) -> None:
         raise ValueError(f"int8 quantization is for fp32 CPU inference; this model runs in {dtype}")
 
 
-def quantize_weights(model: nn.Module, method: str = "int8", int4_packed: bool | None = None) -> nn.Module:
+def quantize_weights(
+    model: nn.Module,
+    method: str = "int8",
+    int4_packed: bool | None = None,
+    tokenizer: Any = None,
+    calibration: Sequence[torch.Tensor] | None = None,
+    smooth_alpha: float = DEFAULT_ALPHA,
+) -> nn.Module:
     """Quantize `model`'s linear layers in place for CPU inference (`method`: one of METHODS); returns it.
 
     The model is put in eval mode; its weights no longer train. The LM head is quantized too. `int4_packed`:
     run int4 through PyTorch's int4 kernel (default: where that kernel is fast, `int4_kernel_is_fast`) or as
-    dequantized fp32 weights; `model.__dict__["quantization"]` and `["int4_backend"]` record what was done.
+    dequantized fp32 weights. int8_smooth calibrates on `calibration` (token-id windows), by default
+    `smoothing.calibration_ids(tokenizer)`, with `smooth_alpha`. `model.__dict__["quantization"]`, `["int4_backend"]` and `["smoothing"]` record what was
+    done.
     """
     if method not in METHODS:
         raise ValueError(f"quantization method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "int8_smooth" and not calibration:
+        if tokenizer is None:
+            raise ValueError("int8_smooth needs the model's tokenizer (or calibration token ids)")
+        calibration = calibration_ids(tokenizer)
     _check_fp32(model)
     device = next(model.parameters()).device
     if device.type != "cpu":
@@ -208,6 +230,16 @@ def quantize_weights(model: nn.Module, method: str = "int8", int4_packed: bool |
                 "accuracy, fp32 speed and memory)",
                 file=sys.stderr,
             )
+    elif method == "int8_smooth":
+        model.__dict__["smoothing"] = smooth_activations(model, calibration or [], smooth_alpha, SMOOTH_FP32)
+        from torch.ao.quantization.qconfig import per_channel_dynamic_qconfig as per_channel
+
+        spec = {
+            name: per_channel
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and not name.endswith(SMOOTH_FP32)
+        }
+        torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
     elif method == "int8_dynamic":
         torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     elif torchao_available():

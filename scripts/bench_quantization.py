@@ -26,6 +26,7 @@ from hrm_codegen.datasets.batching import collate_batch, encode_prompt
 from hrm_codegen.datasets.mbpp import MBPPDataset, build_prompt, load_mbpp, split_tasks
 from hrm_codegen.families import GenerationRequest, get_family
 from hrm_codegen.quantization import METHODS, quantize_weights, weight_bytes
+from hrm_codegen.smoothing import DEFAULT_ALPHA
 from hrm_codegen.tokenization import load_tokenizer
 
 TINY = dict(
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default="gpt2", help="with --random-tiny")
     parser.add_argument("--data", default="data/mbpp/mbpp.jsonl")
     parser.add_argument("--method", default="int8", choices=METHODS)
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="int8_smooth's migration strength")
     parser.add_argument("--limit", type=int, default=90, help="validation tasks (the split has 90)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -121,8 +123,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     prompts = [p[-(seq_len - args.new_tokens) :] for p in prompts]
 
-    quantized = quantize_weights(copy.deepcopy(model), args.method)
-    results: dict[str, Any] = {"method": args.method, "tasks": len(dataset_limited), "prompts": len(prompts)}
+    quantized = quantize_weights(
+        copy.deepcopy(model), args.method, tokenizer=tokenizer, smooth_alpha=args.alpha
+    )
+    results: dict[str, Any] = {
+        "method": args.method,
+        "smoothing": quantized.__dict__.get("smoothing"),
+        "tasks": len(dataset_limited),
+        "prompts": len(prompts),
+    }
     completions = {}
     for name, net in (("fp32", model), (args.method, quantized)):
         start = time.perf_counter()

@@ -211,7 +211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quantize",
         choices=QUANTIZE_METHODS,
         help="CPU inference: weight-only int8 (torchao, else PyTorch), int8_dynamic (PyTorch dynamic int8, "
-        "the fastest on x86) or int4 (weight-only, groups of 32; PyTorch's int4 kernel needs AVX-512, "
+        "the fastest on x86, inaccurate with activation outliers), int8_smooth (int8 dynamic after SmoothQuant "
+        "scaling, MLP down projections in fp32) or int4 (weight-only, groups of 32; PyTorch's int4 kernel needs AVX-512, "
         "elsewhere the int4 values run in fp32 weights)",
     )
     run = parser.add_argument_group("execution and output")
@@ -432,8 +433,12 @@ def run(args: argparse.Namespace) -> dict:
     else:
         loaded.model.set_exit_threshold(args.halt_threshold)
     if args.quantize:
-        quantize_weights(loaded.model, args.quantize)
+        quantize_weights(loaded.model, args.quantize, tokenizer=loaded.tokenizer)
         settings["int4_backend"] = loaded.model.__dict__.get("int4_backend")
+        if (
+            args.quantize == "int8_smooth"
+        ):  # recorded only for it, so the files of other runs stay as they were
+            settings["smoothing"] = loaded.model.__dict__.get("smoothing")
     notice = raw_format_notice(loaded.tokenizer, args.prompt_format)
     if notice:
         print(f"notice: {notice}", file=sys.stderr)

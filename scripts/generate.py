@@ -67,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quantize", choices=METHODS, help="CPU: int8, int8_dynamic or int4 weights")
+    parser.add_argument(
+        "--quantize", choices=METHODS, help="CPU: int8, int8_dynamic, int8_smooth or int4 weights"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs available)")
     return parser.parse_args(argv)
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             (trained_data_config(args.ckpt).get("prompt_format") or "native") if args.ckpt else "native"
         )
         if args.quantize:
-            quantize_weights(loaded.model, args.quantize)
+            quantize_weights(loaded.model, args.quantize, tokenizer=loaded.tokenizer)
         problem = mbpp_task_problem(args.task, args.test, fmt, loaded.tokenizer)
     except (ValueError, OSError) as err:
         print(f"generate.py: error: {err}", file=sys.stderr)

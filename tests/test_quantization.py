@@ -55,7 +55,9 @@ def test_quantized_models_are_close_smaller_and_decode(tiny_hrm_config, family, 
 def test_unsupported_settings_are_refused_with_one_line(tiny_hrm_config):
     torch.manual_seed(0)
     model = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "hidden_size": 64}).eval()
-    with pytest.raises(ValueError, match="method must be one of int8, int8_dynamic, int4, got 'int3'"):
+    with pytest.raises(
+        ValueError, match="method must be one of int8, int8_dynamic, int8_smooth, int4, got 'int3'"
+    ):
         quantize_weights(model, "int3")
     half = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "forward_dtype": "bfloat16"})
     with pytest.raises(ValueError, match="fp32 CPU inference; this model runs in bfloat16"):
