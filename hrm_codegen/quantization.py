@@ -1,6 +1,9 @@
 """Weight quantization for CPU inference of any family's model (the HRM port, the Llama baseline, any
 transformers LM), through the one decoding path (`hrm_codegen.generation.generate`).
 
+- `"fp16"`: fp16 weights, fp32 activations and accumulation (PyTorch's dynamic quantization with fbgemm's
+  packed fp16 GEMM, x86): half the weight bytes of fp32, a relative error of about 2e-4 per layer, 1.2-2x an
+  fp32 layer on the AVX2 machine.
 - `"int8"`: weight-only int8 (per output channel, symmetric): torchao's `Int8WeightOnlyConfig` when torchao
   imports (`pip install -e ".[quant]"`), else PyTorch's own `torch._weight_int8pack_mm`. Accurate (97% of the
   fp32 model's next-token choices on MBPP solutions), but neither has a fast AVX2 kernel: slower than fp32 there.
@@ -10,8 +13,8 @@ transformers LM), through the one decoding path (`hrm_codegen.generation.generat
   retrofitted SmolLM2 HRM falls from 9.2% to 1.4% MBPP pass@1 (docs/benchmarks.md).
 - `"int8_smooth"`: int8 dynamic with SmoothQuant's per-channel scales folded into the weights first
   (`hrm_codegen.smoothing`, calibrated on standard-library source text), int8 weights per output channel, and
-  the MLP down projections left in fp32 (`SMOOTH_FP32`): the same kernels for three quarters of each block's
-  weights, the outlier channels moved from the activations into the weights.
+  the MLP down projections in fp16 weights (`SMOOTH_FP16`): int8 dynamic's kernels for three quarters of each
+  block's weights, the outlier channels moved from the activations into the weights.
 - `"int4"`: weight-only int4, asymmetric in groups of 32 input channels (a scale and a minimum per group: the
   grid of llama.cpp's Q4_1), run by PyTorch's int4 CPU kernel `_weight_int4pack_mm_for_cpu` (the kernel behind
   torchao's former `Int4CPULayout`; torchao 0.18 ships no x86 CPU int4 layout of its own). That kernel is only
@@ -37,11 +40,12 @@ from torch import nn
 from hrm_codegen.models.layers import CastedLinear
 from hrm_codegen.smoothing import DEFAULT_ALPHA, calibration_ids, smooth_activations
 
-METHODS = ("int8", "int8_dynamic", "int8_smooth", "int4")
+METHODS = ("fp16", "int8", "int8_dynamic", "int8_smooth", "int4")
 INT4_GROUP_SIZE = 32
-# int8_smooth keeps these layers in fp32: the MLP's down projection reads silu(gate) * up, whose outliers
-# smoothing does not tame (retrofitted HRM, six MBPP validation solutions: loss +8% with it in int8, +1% without)
-SMOOTH_FP32 = ("down_proj",)
+# int8_smooth keeps these layers in fp16 weights: the MLP's down projection reads silu(gate) * up, whose outliers
+# smoothing does not tame (retrofitted HRM, six MBPP validation solutions, an ad-hoc check: loss +8% with it in
+# int8, +1% without)
+SMOOTH_FP16 = ("down_proj",)
 FAST_INT4_CPUS = ("AVX512", "AVX512_BF16", "AVX512_VNNI", "ZVECTOR")
 
 
@@ -231,15 +235,18 @@ def quantize_weights(
                 file=sys.stderr,
             )
     elif method == "int8_smooth":
-        model.__dict__["smoothing"] = smooth_activations(model, calibration or [], smooth_alpha, SMOOTH_FP32)
+        model.__dict__["smoothing"] = smooth_activations(model, calibration or [], smooth_alpha, SMOOTH_FP16)
+        from torch.ao.quantization.qconfig import float16_dynamic_qconfig as fp16
         from torch.ao.quantization.qconfig import per_channel_dynamic_qconfig as per_channel
 
         spec = {
-            name: per_channel
+            name: fp16 if name.endswith(SMOOTH_FP16) else per_channel
             for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and not name.endswith(SMOOTH_FP32)
+            if isinstance(module, nn.Linear)
         }
-        torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+        torch.ao.quantization.quantize_dynamic(model, spec, inplace=True)
+    elif method == "fp16":
+        torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.float16, inplace=True)
     elif method == "int8_dynamic":
         torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     elif torchao_available():
@@ -256,7 +263,7 @@ def quantize_weights(
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes of a module's weights as stored (int8 data plus scales after quantization)."""
+    """Bytes of a module's weights as stored (int8 data plus scales, or fp16, after quantization)."""
     total = 0
     for tensor in [*module.parameters(), *module.buffers()]:
         inner = getattr(tensor, "qdata", None)  # torchao Int8Tensor: data and scales
@@ -269,6 +276,9 @@ def weight_bytes(module: nn.Module) -> int:
     for child in module.modules():  # quantize_dynamic keeps its packed weights outside the parameters
         if getattr(child, "_packed_params", None) is not None and callable(getattr(child, "weight", None)):
             weight = cast(Any, child).weight()
+            if not weight.is_quantized:  # fp16 weights (returned unpacked as fp32)
+                total += weight.numel() * 2
+                continue
             total += weight.numel()  # int8
             per_channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
             total += weight.q_per_channel_scales().numel() * 8 if per_channel else 8

@@ -42,7 +42,7 @@ from hrm_codegen.datasets.protocols import FORMATS, build_problems
 from hrm_codegen.inference import load_checkpoint
 from hrm_codegen.quantization import quantize_weights
 
-TORCH_PATHS = ("eager", "compiled", "int8_dynamic", "int8_smooth", "int8", "int4")
+TORCH_PATHS = ("eager", "compiled", "fp16", "int8_dynamic", "int8_smooth", "int8", "int4")
 GGUF_KINDS = ("Q4_1", "Q8_0", "F16")
 SOURCE_LAYERS = 30  # SmolLM2-135M's decoder layers: llama.cpp's layer evaluations per token
 
@@ -116,7 +116,7 @@ def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.ckpt, device="cpu")
     model = loaded.model
-    if path in ("int8_dynamic", "int8_smooth", "int8", "int4"):
+    if path in ("fp16", "int8_dynamic", "int8_smooth", "int8", "int4"):
         quantize_weights(model, path, tokenizer=loaded.tokenizer)
     problems, source = problems_and_ids(args, loaded)
     layers = layer_evaluations(model, source.encode(problems[0].prompt)[:8])

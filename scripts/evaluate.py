@@ -210,7 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gen.add_argument(
         "--quantize",
         choices=QUANTIZE_METHODS,
-        help="CPU inference: weight-only int8 (torchao, else PyTorch), int8_dynamic (PyTorch dynamic int8, "
+        help="CPU inference: fp16 weights (fbgemm, fp32 arithmetic), weight-only int8 (torchao, else PyTorch), int8_dynamic (PyTorch dynamic int8, "
         "the fastest on x86, inaccurate with activation outliers), int8_smooth (int8 dynamic after SmoothQuant "
         "scaling, MLP down projections in fp32) or int4 (weight-only, groups of 32; PyTorch's int4 kernel needs AVX-512, "
         "elsewhere the int4 values run in fp32 weights)",

@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quantize", choices=METHODS, help="CPU: int8, int8_dynamic, int8_smooth or int4 weights"
+        "--quantize", choices=METHODS, help="CPU: fp16, int8, int8_dynamic, int8_smooth or int4 weights"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs available)")
     return parser.parse_args(argv)
