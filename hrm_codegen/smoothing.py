@@ -33,7 +33,7 @@ from torch import nn
 from hrm_codegen.models.hrm_act_v1 import HierarchicalReasoningModel_ACTV1Block
 
 # Migration strength: 0.5 is the paper's default; on the retrofitted SmolLM2 HRM (int8 dynamic, per-channel
-# weights, six MBPP validation solutions) 0.7 lost least (loss +8% against +27% at 0.5, +10% at 0.8).
+# weights, six MBPP validation solutions, an ad-hoc check) 0.7 lost least (loss +8% against +27% at 0.5, +10% at 0.8).
 DEFAULT_ALPHA = 0.7
 TRANSFORMERS_TYPES = ("llama", "qwen2", "mistral")  # RMSNorm computes weight * normed(x): foldable
 CALIBRATION_MODULES = ("textwrap", "heapq", "bisect", "fractions", "statistics", "difflib")

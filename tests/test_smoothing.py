@@ -32,8 +32,11 @@ def _retrofit():
     return hrm.eval()
 
 
-def _model(family: str):
-    return _retrofit() if family == "hrm" else _llama(tied=False)
+def _outlier_model(family: str):
+    """The family's tiny model with a planted outlier channel (`_plant_outlier`)."""
+    model = _retrofit() if family == "hrm" else _llama(tied=False)
+    _plant_outlier(model)
+    return model
 
 
 def _calibration(count: int = 4, length: int = 24) -> list[torch.Tensor]:
@@ -59,8 +62,7 @@ def _plant_outlier(model) -> None:
 
 @pytest.mark.parametrize("family", ["hrm", "llama"])
 def test_smoothing_keeps_the_function_and_shrinks_the_outliers(family):
-    model = _model(family)
-    _plant_outlier(model)
+    model = _outlier_model(family)
     ids = torch.randint(1, VOCAB, (2, 12), generator=torch.Generator().manual_seed(2))
     reference = _logits(model, ids)
     smoothed = copy.deepcopy(model)
@@ -78,8 +80,7 @@ def test_smoothing_keeps_the_function_and_shrinks_the_outliers(family):
 
 @pytest.mark.parametrize("family", ["hrm", "llama"])
 def test_int8_smooth_is_closer_than_int8_dynamic_on_an_outlier_model_and_decodes(family):
-    model = _model(family)
-    _plant_outlier(model)
+    model = _outlier_model(family)
     ids = torch.randint(1, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
     reference = _logits(model, ids)
     errors = {}
