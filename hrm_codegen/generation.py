@@ -1,6 +1,6 @@
 """Decoding for every model family through transformers' `generate`: greedy, sampled (one generator per
-sequence), beam search; a dynamic or static KV cache, `torch.compile`d steps; stop strings on the generated
-text only. The HRM (`HrmCodegenForCausalLM`) and the transformers baselines take exactly the same path."""
+sequence), beam search; a dynamic or static KV cache, `torch.compile`d steps, prompt lookup decoding; stop
+strings on the generated text only. The HRM (`HrmCodegenForCausalLM`) and the transformers baselines take exactly the same path."""
 
 from __future__ import annotations
 
@@ -206,6 +206,29 @@ def _check(input_ids: torch.Tensor, mask: torch.Tensor, limit: int | None, **arg
         )
     if args["stop_strings"] and args["decode"] is None:
         raise ValueError("stop_strings need a tokenizer (or a decode callable) to decode the new tokens")
+    if args["prompt_lookup"] < 0:
+        raise ValueError(f"prompt_lookup must be >= 0 (0 = off), got {args['prompt_lookup']}")
+    if args["prompt_lookup"]:
+        clash = [
+            what
+            for what, on in (
+                ("do_sample=True", args["do_sample"]),
+                ("num_beams > 1", args["num_beams"] > 1),
+                ("use_cache=False", not args["use_cache"]),
+                ("compile=True", args["compile"]),
+                ("a static cache", args["cache_implementation"] == "static"),
+                ("return_logits=True", args["return_logits"]),
+                ("a prefix_mask (PrefixLM)", args["prefix_mask"]),
+                ("token_type_ids", args["token_type_ids"]),
+                ("per-token exits (an HRM exit threshold)", args["exits"]),
+            )
+            if on
+        ]
+        if clash:
+            raise ValueError(
+                f"prompt_lookup (prompt lookup decoding) is greedy over the dynamic cache; it cannot run with "
+                f"{clash[0]}"
+            )
 
 
 @torch.no_grad()
@@ -235,6 +258,7 @@ def generate(
     prune_finished: bool = True,
     streamer: Any = None,
     cache: Any = None,
+    prompt_lookup: int = 0,
 ) -> GenerationOutput:
     """Decode continuations of left-padded prompts [B, P] with any transformers causal LM (the HRM included).
 
@@ -256,6 +280,11 @@ def generate(
     `put`/`end`) receives the prompt, then each new token of the first row. `cache`: a caller's static cache
     (`transformers.StaticCache`), reset and reused, so that calls with the same batch size decode with the same
     shapes whatever their prompt lengths (a compiled step then compiles once; `compile=True` implies it).
+    `prompt_lookup` N > 0 (greedy only): prompt lookup decoding (transformers' `prompt_lookup_num_tokens`): the
+    continuation of the last matching 2-gram earlier in the sequence (prompt or generated) is proposed as up to N
+    draft tokens and verified in one forward, which keeps the greedy tokens (up to floating-point ties) and
+    saves steps where the code repeats names from the prompt or from itself. transformers' assisted decoding
+    takes one row at a time, so the rows of a batch are decoded one after another (`_decode_prompt_lookup`).
     """
     decode = _decoder(tokenizer)
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -276,6 +305,11 @@ def generate(
         use_cache=use_cache,
         stop_strings=stop_strings,
         decode=decode,
+        prompt_lookup=prompt_lookup,
+        return_logits=return_logits,
+        prefix_mask=prefix_mask is not None,
+        token_type_ids=token_type_ids is not None,
+        exits=getattr(getattr(model, "model", None), "exit_threshold", None) is not None,
     )
     if eos_token_id is None:
         eos_token_id = getattr(tokenizer, "eos_id", None)
@@ -334,6 +368,14 @@ def generate(
     budgets = [
         max_new_tokens if limit is None else min(max_new_tokens, limit - n) for n in prompt_lengths.tolist()
     ]
+    if prompt_lookup:
+        start = time.perf_counter()
+        sequences = _decode_prompt_lookup(
+            model, input_ids, mask, budgets, prompt_lookup, eos_ids, pad_token_id, stops, decode, streamer
+        )
+        result = _finish(input_ids.shape[1], sequences, eos_ids, stops, decode, budgets)
+        result.decode_seconds = time.perf_counter() - start
+        return result
     pruned = prune_finished and use_cache and num_beams == 1 and not return_logits and not compile
     if pruned and cache_implementation != "static" and cache is None:
         start = time.perf_counter()
@@ -382,6 +424,51 @@ def generate(
     result.compile_seconds = seconds if compiled_now else None
     result.decode_seconds = seconds
     return result
+
+
+def _decode_prompt_lookup(
+    model: Any,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    budgets: list[int],
+    draft_tokens: int,
+    eos_ids: list[int],
+    pad_token_id: int,
+    stops: tuple[str, ...],
+    decode: Decoder | None,
+    streamer: Any,
+) -> torch.Tensor:
+    """Greedy prompt lookup decoding of each row on its own (its real prompt, padding stripped) through
+    transformers' assisted `generate`, stopping where `generate` stops (EOS, a stop string in the new text, the
+    row's budget of new tokens). Returns the sequences [B, P + T] as `_decode_pruned` does."""
+    rows, width = input_ids.shape
+    generated: list[list[int]] = []
+    for row in range(rows):
+        real = int(mask[row].sum())
+        ids = input_ids[row : row + 1, width - real :]
+        criteria = StoppingCriteriaList(
+            [StopOnGeneratedText(real, stops, decode)] if stops and decode else []
+        )
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=budgets[row],
+            do_sample=False,
+            prompt_lookup_num_tokens=draft_tokens,
+            eos_token_id=eos_ids or None,
+            pad_token_id=pad_token_id,
+            stopping_criteria=criteria,
+            streamer=streamer if row == 0 else None,
+            disable_compile=True,
+        )
+        generated.append(out[0, real:].tolist())
+    longest = max((len(g) for g in generated), default=0)
+    sequences = torch.full((rows, width + longest), pad_token_id, dtype=torch.long, device=input_ids.device)
+    sequences[:, :width] = input_ids
+    for row, tokens_of_row in enumerate(generated):
+        if tokens_of_row:
+            sequences[row, width : width + len(tokens_of_row)] = torch.tensor(tokens_of_row)
+    return sequences
 
 
 def _decode_pruned(

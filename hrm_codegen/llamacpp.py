@@ -61,12 +61,25 @@ class Decoded:
 
 
 class LlamaCppGreedy:
-    """Greedy decoding of prompt ids with llama.cpp, stopping at EOS, a stop string or `max_new_tokens`."""
+    """Greedy decoding of prompt ids with llama.cpp, stopping at EOS, a stop string or `max_new_tokens`;
+    `prompt_lookup` N > 0: with prompt lookup decoding (up to N draft tokens from the last matching 2-gram)."""
 
-    def __init__(self, gguf: str | Path, threads: int, n_ctx: int = 2048):
+    def __init__(self, gguf: str | Path, threads: int, n_ctx: int = 2048, prompt_lookup: int = 0):
         lib = llama_cpp()
+        draft = None
+        if prompt_lookup:  # llama-cpp-python's prompt lookup decoding: drafts verified in one llama.cpp batch
+            from llama_cpp.llama_speculative import (  # pyright: ignore[reportMissingImports]
+                LlamaPromptLookupDecoding,
+            )
+
+            draft = LlamaPromptLookupDecoding(max_ngram_size=2, num_pred_tokens=prompt_lookup)
         self.model = lib.Llama(
-            model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+            model_path=str(gguf),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+            draft_model=draft,
         )
         self.eos = self.model.token_eos()
 

@@ -6,7 +6,10 @@ on every decoding path, against llama.cpp running the source model's GGUF on the
 
 Paths: eager (fp32, dynamic cache, finished rows leave the batch), compiled (static cache, torch.compile'd step),
 int8_dynamic, int8 (weight-only), int4 (weight-only; on CPUs without AVX-512 the int4 values run in fp32), and
-llama.cpp on the GGUF as shipped (Q4_1) and rewritten by llama.cpp's quantizer (Q8_0, F16). Each path runs in a
+llama.cpp on the GGUF as shipped (Q4_1) and rewritten by llama.cpp's quantizer (Q8_0, F16). A path with the suffix
+`+pld` (e.g. fp16+pld, llama.cpp-Q4_1+pld) decodes with prompt lookup (--lookup draft tokens: transformers'
+prompt_lookup_num_tokens, llama-cpp-python's LlamaPromptLookupDecoding), one sequence at a time; the table's
+footer says on how many problems its completions equal those of the path without the suffix. Each path runs in a
 process of its own (its peak RSS is its own) on the first --problems MBPP test problems in the native prompt
 format, max 128 new tokens, stopping where evaluate.py stops; every path decodes its own completions.
 
@@ -60,13 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--paths", default=",".join(TORCH_PATHS + tuple(f"llama.cpp-{k}" for k in GGUF_KINDS))
     )
+    parser.add_argument("--lookup", type=int, default=10, help="draft tokens of the +pld paths")
     parser.add_argument("--source", default="smollm2-135m-instruct", help="registered source of the GGUF")
     parser.add_argument("--gguf-dir", default="sources/gguf", help="where the GGUFs are kept")
     parser.add_argument("--peer", default="llama.cpp-Q4_1", help="the path the ratios are taken against")
     parser.add_argument("--eval", action="append", default=[], metavar="PATH=DIR", help="evaluate.py output")
     parser.add_argument("--out", help="write the table (markdown) here and the per-path JSON beside it")
     parser.add_argument(
-        "--render", help="print the table of a --out JSON again (with today's --eval), run nothing"
+        "--render",
+        help="print the table of a --out JSON again (its batch size and peer, with today's --eval; to --out when "
+        "given), run nothing",
     )
     parser.add_argument("--path-timeout", type=float, default=1800, help="seconds one path may take")
     parser.add_argument("--one-path", help=argparse.SUPPRESS)  # internal: run one path, print JSON
@@ -112,8 +118,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
+def run_torch_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
+    path, lookup = name.removesuffix("+pld"), name.endswith("+pld")
+    if path not in TORCH_PATHS or (lookup and path == "compiled"):
+        raise ValueError(f"unknown path {name!r}: {', '.join(TORCH_PATHS)}, each but compiled with +pld")
     loaded = load_checkpoint(args.ckpt, device="cpu")
     model = loaded.model
     if path in ("fp16", "int8_dynamic", "int8_smooth", "int8", "int4"):
@@ -122,12 +131,14 @@ def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
     layers = layer_evaluations(model, source.encode(problems[0].prompt)[:8])
     if path == "compiled":
         source.options = {"compile": True}
+    if lookup:
+        source.options = {"prompt_lookup": args.lookup}
     # batch 1, problem by problem
-    seconds, tokens = [], []
+    seconds, tokens, completions = [], [], []
     compile_seconds = None
     for index, problem in enumerate(problems):
         start = time.perf_counter()
-        source([problem], [[0]])
+        text = source([problem], [[0]])[0][0]
         elapsed = time.perf_counter() - start
         if path == "compiled" and index == 0:  # the first call compiles: timed apart, then run again
             compile_seconds = elapsed
@@ -136,6 +147,20 @@ def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
             elapsed = time.perf_counter() - start
         seconds.append(elapsed)
         tokens.append(source.last_records[0][0]["num_tokens"])
+        completions.append(text)
+    result = {
+        "path": name,
+        "layers_per_token": layers,
+        "batch1_seconds": seconds,
+        "batch1_tokens": tokens,
+        "batch1_completions": completions,
+        "batch_tokens": None,
+        "batch_seconds": None,
+        "compile_seconds": compile_seconds,
+        "int4_backend": model.__dict__.get("int4_backend"),
+    }
+    if lookup:  # one sequence at a time: no batched run
+        return {**result, "peak_rss_mb": peak_rss_mb()}
     # the evaluation's batch size, prompts bucketed by length as evaluate.py does
     batched = ModelCompletions(
         model,
@@ -164,23 +189,19 @@ def run_torch_path(args: argparse.Namespace, path: str) -> dict[str, Any]:
         batch_tokens += sum(r[0]["num_tokens"] for r in batched.last_records)
     batch_seconds = time.perf_counter() - start
     return {
-        "path": path,
-        "layers_per_token": layers,
-        "batch1_seconds": seconds,
-        "batch1_tokens": tokens,
+        **result,
         "batch_tokens": batch_tokens,
         "batch_seconds": batch_seconds,
-        "compile_seconds": compile_seconds,
         "batch_compile_seconds": batch_compile,
-        "int4_backend": model.__dict__.get("int4_backend"),
         "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def run_llama_path(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+def run_llama_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
     from hrm_codegen.llamacpp import FTYPES, LlamaCppGreedy, llama_cpp, requantize_gguf
     from hrm_codegen.pretrained_sources import fetch_gguf
 
+    kind, lookup = name.removesuffix("+pld"), name.endswith("+pld")
     llama_cpp()  # the extra is there, before anything is downloaded
     if kind not in FTYPES:
         raise ValueError(f"llama.cpp path {kind!r}: the GGUF types are {', '.join(FTYPES)}")
@@ -191,14 +212,16 @@ def run_llama_path(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         else requantize_gguf(shipped, Path(args.gguf_dir) / f"{shipped.stem}.{kind}.gguf", kind)
     )
     prompts = json.loads(Path(args.prompt_file).read_text())  # the model's prompt ids, written by the parent
-    llm = LlamaCppGreedy(gguf, args.threads)
-    seconds, tokens = [], []
+    llm = LlamaCppGreedy(gguf, args.threads, prompt_lookup=args.lookup if lookup else 0)
+    seconds, tokens, completions = [], [], []
     for ids in prompts["ids"]:
         out = llm(ids, args.max_new_tokens, prompts["stops"], llm.detokenize)
         seconds.append(out.seconds)
         tokens.append(len(out.ids))
+        completions.append(out.ids)
     return {
-        "path": f"llama.cpp-{kind}",
+        "path": f"llama.cpp-{name}",
+        "batch1_completions": completions,
         "gguf": str(gguf),
         "gguf_mb": gguf.stat().st_size / 2**20,
         "layers_per_token": SOURCE_LAYERS,
@@ -229,6 +252,20 @@ def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
 
 
+def agreement(results: list[dict[str, Any]]) -> list[str]:
+    """For each +pld path: on how many problems its completions equal those of the path without prompt lookup
+    (when both ran and recorded them)."""
+    by_path = {r["path"]: r for r in results}
+    lines = []
+    for r in results:
+        base = by_path.get(r["path"].removesuffix("+pld"))
+        mine, theirs = r.get("batch1_completions"), base.get("batch1_completions") if base else None
+        if r["path"].endswith("+pld") and base and mine and theirs:
+            same = sum(a == b for a, b in zip(mine, theirs, strict=True))
+            lines.append(f"{r['path']}: the completions of {base['path']} on {same}/{len(mine)} problems")
+    return lines
+
+
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The markdown table: this run's speeds, and from the --eval runs their pass@1 and wall time."""
     evals = dict(item.split("=", 1) for item in args.eval)
@@ -254,6 +291,9 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{r['peak_rss_mb']:.0f} | {r['layers_per_token']} | {ratio} | {per_layer} | "
             f"{pass_at_1(evals.get(r['path']))} | {measured} |"
         )
+    same = agreement(results)
+    if same:
+        lines += ["", "Prompt lookup, same tokens: " + "; ".join(same) + "."]
     return "\n".join(lines)
 
 
@@ -266,7 +306,13 @@ def main() -> None:
         saved = json.loads(saved_path.read_text())
         markdown = saved_path.with_suffix(".md")
         header = saved.get("header") or (markdown.read_text().splitlines()[0] if markdown.is_file() else "")
-        print(header + "\n\n" + table(saved["results"], args))
+        ran = argparse.Namespace(**{**vars(args), **{k: saved["args"][k] for k in ("batch_size", "peer")}})
+        text = header + "\n\n" + table(saved["results"], ran)
+        if saved.get("skipped"):
+            text += "\n\nNot measured: " + ", ".join(saved["skipped"])
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
         return
     if args.one_path:
         path = args.one_path
@@ -337,7 +383,7 @@ def main() -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
-        record = {"header": header, "args": vars(args), "results": results}
+        record = {"header": header, "args": vars(args), "results": results, "skipped": skipped}
         out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -208,11 +208,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "batches are padded to one shape so that it compiles once",
     )
     gen.add_argument(
+        "--prompt-lookup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="greedy prompt lookup decoding: up to N draft tokens copied from where the last 2-gram occurred "
+        "earlier (prompt or code so far), verified in one forward; the greedy tokens in fewer steps, one sequence "
+        "at a time (default batch size 1); 0 = off",
+    )
+    gen.add_argument(
         "--quantize",
         choices=QUANTIZE_METHODS,
         help="CPU inference: fp16 weights (fbgemm, fp32 arithmetic), weight-only int8 (torchao, else PyTorch), int8_dynamic (PyTorch dynamic int8, "
         "the fastest on x86, inaccurate with activation outliers), int8_smooth (int8 dynamic after SmoothQuant "
-        "scaling, MLP down projections in fp32) or int4 (weight-only, groups of 32; PyTorch's int4 kernel needs AVX-512, "
+        "scaling, MLP down projections in fp16) or int4 (weight-only, groups of 32; PyTorch's int4 kernel needs AVX-512, "
         "elsewhere the int4 values run in fp32 weights)",
     )
     run = parser.add_argument_group("execution and output")
@@ -284,6 +293,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         fail("--num-samples > 1 with greedy decoding gives identical samples; set --temperature > 0")
     if args.repair_rounds < 0:
         fail(f"--repair-rounds must be >= 0, got {args.repair_rounds}")
+    if args.prompt_lookup:
+        if args.prompt_lookup < 0:
+            fail(f"--prompt-lookup must be >= 0, got {args.prompt_lookup}")
+        if args.samples:
+            fail("--prompt-lookup is a way of decoding: it needs --ckpt or --model, not --samples")
+        if args.temperature > 0:
+            fail(f"--prompt-lookup decodes greedily; got --temperature {args.temperature:g} (set 0)")
+        if args.compile:
+            fail("--prompt-lookup decodes over the dynamic cache: drop --compile")
+        if args.halt_threshold is not None:
+            fail(
+                "--prompt-lookup verifies several tokens per step, per-token exits one: drop --halt-threshold"
+            )
     if args.repair_rounds and args.samples:
         fail("--repair-rounds needs a model to generate repairs (--ckpt or --model), not --samples")
     if args.repair_rounds and args.dataset.startswith("humaneval"):
@@ -396,6 +418,8 @@ def run(args: argparse.Namespace) -> dict:
     settings = {**vars(args), "source": source}
     if not args.repair_rounds:
         del settings["repair_rounds"]
+    if not args.prompt_lookup:  # recorded only when set, so the files of other runs stay as they were
+        del settings["prompt_lookup"]
     limits = SandboxLimits(timeout_s=args.timeout, **({"memory_mb": JUDGE_MEMORY_MB} if judged else {}))
     progress = not args.no_progress
     if args.samples:
@@ -415,8 +439,8 @@ def run(args: argparse.Namespace) -> dict:
 
     args.threads = args.threads or available_cpus()
     torch.set_num_threads(args.threads)
-    if args.batch_size is None:
-        args.batch_size = default_batch_size(args.device, args.num_samples)
+    if args.batch_size is None:  # prompt lookup decodes one sequence at a time
+        args.batch_size = 1 if args.prompt_lookup else default_batch_size(args.device, args.num_samples)
     settings.update(threads=args.threads, batch_size=args.batch_size)
     if args.ckpt:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
@@ -454,7 +478,9 @@ def run(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         stop_strings=stops,
     )
-    options = {"compile": True} if args.compile else {}
+    options: dict[str, Any] = {"compile": True} if args.compile else {}
+    if args.prompt_lookup:
+        options["prompt_lookup"] = args.prompt_lookup
     bos = FORMATS[args.prompt_format].bos  # the harness's rule: [BOS] prompt, or the tokenizer's own tokens
     settings["prompt_bos"] = bos
     completions = ModelCompletions.from_loaded(loaded, sampling, progress=progress, options=options, bos=bos)

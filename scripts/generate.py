@@ -71,7 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quantize", choices=METHODS, help="CPU: fp16, int8, int8_dynamic, int8_smooth or int4 weights"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs available)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--prompt-lookup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="greedy prompt lookup decoding with up to N draft tokens (the same tokens, fewer steps; 0 = off)",
+    )
+    args = parser.parse_args(argv)
+    if args.prompt_lookup < 0 or (args.prompt_lookup and args.temperature > 0):
+        parser.error("--prompt-lookup takes N >= 0 and decodes greedily (--temperature 0)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     source = ModelCompletions.from_loaded(loaded, sampling, progress=False, bos=FORMATS[fmt].bos)
     source.options = {"streamer": PrintStream(source.decode, stops)}
+    if args.prompt_lookup:
+        source.options["prompt_lookup"] = args.prompt_lookup
     print(f"--- {loaded.source}, prompt format {fmt} ---", file=sys.stderr)
     completion = source([problem], [[0]])[0][0]
     record = source.last_records[0][0]

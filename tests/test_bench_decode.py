@@ -44,7 +44,7 @@ def test_bench_decode_prints_every_path_with_its_pass_at_1(tmp_path, gpt2_dir, m
     command += ["--problems", "3", "--max-new-tokens", "4", "--batch-size", "2", "--threads", "1"]
     command += [
         "--paths",
-        "eager,int8_dynamic,llama.cpp-nope",
+        "eager,eager+pld,int8_dynamic,llama.cpp-nope",
         "--peer",
         "eager",
         "--eval",
@@ -54,9 +54,32 @@ def test_bench_decode_prints_every_path_with_its_pass_at_1(tmp_path, gpt2_dir, m
     assert done.returncode == 0, done.stderr
     table = out.read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
-    assert {"eager", "int8_dynamic"} <= set(rows)
+    assert {"eager", "eager+pld", "int8_dynamic"} <= set(rows)
+    assert "eager+pld: the completions of eager on 3/3 problems" in table
     assert "| 9.2% (46/500) | 8.0 |" in rows["eager"]  # pass@1 and the evaluate.py run's minutes
     assert "1.00x" in rows["eager"]  # the peer against itself
     assert "Not measured: llama.cpp-nope (failed)" in table
     results = json.loads(out.with_suffix(".json").read_text())["results"]
     assert all(len(r["batch1_seconds"]) == 3 and r["layers_per_token"] > 0 for r in results)
+
+    # --render: the saved run's table again (its batch size and peer, not the command line's), to --out
+    again = tmp_path / "again.md"
+    render = [
+        sys.executable,
+        str(REPO / "scripts/bench_decode.py"),
+        "--render",
+        str(out.with_suffix(".json")),
+    ]
+    render += [
+        "--batch-size",
+        "7",
+        "--peer",
+        "int8_dynamic",
+        "--eval",
+        f"eager={evaluation}",
+        "--out",
+        str(again),
+    ]
+    done = subprocess.run(render, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert again.read_text() == table

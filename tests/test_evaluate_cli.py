@@ -107,6 +107,9 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, mbpp_path, capsys):
         (["--samples", bad, "--arch-override", "L_cycles=2"], "--arch-override applies to --ckpt"),
         (["--ckpt", tmp_path / "run", "--arch-override", "L_cycles"], "KEY=VALUE (e.g. L_cycles=3)"),
         (["--ckpt", tmp_path / "run", "--arch-override", "L_cycles=[1, 2]"], "must be a scalar"),
+        (["--samples", bad, "--prompt-lookup", "3"], "--prompt-lookup is a way of decoding"),
+        (["--ckpt", tmp_path / "run", "--prompt-lookup", "3", "--temperature", "0.8"], "decodes greedily"),
+        (["--ckpt", tmp_path / "run", "--prompt-lookup", "3", "--compile"], "drop --compile"),
         (
             ["--ckpt", tmp_path / "run", "--arch-override", "L_cycles=1", "--arch-override", "L_cycles=2"],
             "--arch-override L_cycles is given twice",
@@ -280,6 +283,18 @@ def test_hrm_checkpoint_end_to_end_with_resume(tmp_path, mbpp_path, tokenizer, t
     ids = generate(model, prompt, max_new_tokens=8, eos_token_id=tokenizer.eos_id).completion_ids[0]
     expected = cut_at_stop(tokenizer.decode(ids), MBPP_STOP_STRINGS)
     assert read_jsonl(greedy_out / "samples.jsonl")[0]["completion"] == expected
+
+    # Prompt lookup decoding: the same greedy completion, one sequence at a time, the setting recorded.
+    lookup_out = tmp_path / "lookup"
+    lookup = run_cli(
+        "--ckpt", run_dir, "--mbpp", mbpp_path, "--limit", 1, "--max-new-tokens", 8, "--prompt-lookup", 4,
+        "--output", lookup_out,
+    )  # fmt: skip
+    assert lookup.returncode == 0, lookup.stderr
+    assert read_jsonl(lookup_out / "samples.jsonl")[0]["completion"] == expected
+    config = json.loads((lookup_out / "summary.json").read_text())["config"]
+    assert (config["prompt_lookup"], config["batch_size"]) == (4, 1)
+    assert "prompt_lookup" not in json.loads((greedy_out / "summary.json").read_text())["config"]
 
 
 @pytest.mark.slow
