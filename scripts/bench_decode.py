@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--paths", default=",".join(TORCH_PATHS + tuple(f"llama.cpp-{k}" for k in GGUF_KINDS))
     )
-    parser.add_argument("--lookup", type=int, default=10, help="draft tokens of the +pld paths")
+    parser.add_argument("--lookup", type=int, default=3, help="draft tokens of the +pld paths")
     parser.add_argument("--source", default="smollm2-135m-instruct", help="registered source of the GGUF")
     parser.add_argument("--gguf-dir", default="sources/gguf", help="where the GGUFs are kept")
     parser.add_argument("--peer", default="llama.cpp-Q4_1", help="the path the ratios are taken against")
@@ -284,7 +284,9 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         wall = f"~{per_problem * 500 / 60:.1f}"  # batched where the path batches, else batch 1
         measured = f"{measured_eval_minutes(evals[r['path']]):.1f}" if r["path"] in evals else "-"
         ratio = f"{tps1 / peer_tps:.2f}x" if peer_tps else "-"
-        per_layer = f"{tps1 * r['layers_per_token'] / (peer_tps * SOURCE_LAYERS):.2f}x" if peer_tps else "-"
+        per_layer = (
+            f"{tps1 * r['layers_per_token'] / (peer_tps * peer['layers_per_token']):.2f}x" if peer else "-"
+        )
         lines.append(
             f"| {r['path']} | {tps1:.1f} | {'-' if tpsb is None else f'{tpsb:.1f}'} | "
             f"{statistics.median(r['batch1_seconds']):.2f} | {p90(r['batch1_seconds']):.2f} | {wall} | "

@@ -57,7 +57,7 @@ def test_bench_decode_prints_every_path_with_its_pass_at_1(tmp_path, gpt2_dir, m
     assert {"eager", "eager+pld", "int8_dynamic"} <= set(rows)
     assert "eager+pld: the completions of eager on 3/3 problems" in table
     assert "| 9.2% (46/500) | 8.0 |" in rows["eager"]  # pass@1 and the evaluate.py run's minutes
-    assert "1.00x" in rows["eager"]  # the peer against itself
+    assert "| 1.00x | 1.00x |" in rows["eager"]  # the peer against itself, in tokens and per layer evaluation
     assert "Not measured: llama.cpp-nope (failed)" in table
     results = json.loads(out.with_suffix(".json").read_text())["results"]
     assert all(len(r["batch1_seconds"]) == 3 and r["layers_per_token"] > 0 for r in results)
