@@ -1,0 +1,64 @@
+"""scripts/plot_cycles.py: pass@1 against test-time cycles as a table and a PNG; malformed series are one-line errors."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_cycles.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("plot_cycles", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def summary(root: Path, name: str, value: float, problems: int = 500) -> Path:
+    directory = root / name
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps({"pass_at_k": {"1": value}, "num_problems": problems}))
+    return directory
+
+
+def test_table_and_png(tmp_path, capsys):
+    a1, a2 = summary(tmp_path, "a1", 0.084), summary(tmp_path, "a2", 0.092)
+    b2, b4 = summary(tmp_path, "b2", 0.09), summary(tmp_path, "b4", 0.1)
+    out, table = tmp_path / "plot.png", tmp_path / "table.md"
+    load_script().main(
+        [
+            "--series", f"SFT=1:{a1},2:{a2}", "--series", f"random 1-3=2:{b2},4:{b4}",
+            "--trained", "SFT=2-2", "--out", str(out), "--table", str(table),
+        ]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert "| model | 1 L cycle | 2 L cycles | 4 L cycles |" in text
+    assert "| SFT | 8.4% (42/500) | **9.2% (46/500)** | - |" in text
+    assert "| random 1-3 | - | 9.0% (45/500) | 10.0% (50/500) |" in text
+    assert table.read_text() == text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("series", "message"),
+    [
+        ("no-equals", "expected LABEL=CYCLES:DIR"),
+        ("x=two:dir", "'two:dir' is not CYCLES:DIR"),
+        ("x=1:a,1:b", "1 cycles are given twice"),
+        ("x=1:missing", "does not exist"),
+    ],
+)
+def test_malformed_series_is_one_line(tmp_path, series, message):
+    with pytest.raises(SystemExit) as stop:
+        load_script().main(
+            [
+                "--series",
+                series.replace("missing", str(tmp_path / "missing")),
+                "--out",
+                str(tmp_path / "p.png"),
+            ]
+        )
+    assert message in str(stop.value) and "\n" not in str(stop.value)
