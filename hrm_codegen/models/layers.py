@@ -253,7 +253,10 @@ class Attention(nn.Module):
                 if slot is None:
                     raise ValueError("a cached attention call needs its slot (segment, H, L, level, layer)")
                 k, v = cache.update(k, v, slot)
-            if n_kv != n_q:
+            # Grouped-query attention over a cache: SDPA reads each key-value head for its query heads
+            # (enable_gqa) instead of a copy of the whole cache per step; elsewhere the heads are repeated.
+            gqa = n_kv != n_q and cache is not None and self.backend != "eager"
+            if n_kv != n_q and not gqa:
                 k, v = k.repeat_interleave(n_q // n_kv, dim=1), v.repeat_interleave(n_q // n_kv, dim=1)
             if attn_mask is None and cache is not None:
                 raise ValueError("a cached step needs an explicit attn_mask (over the cache's keys)")
@@ -261,7 +264,9 @@ class Attention(nn.Module):
             if self.backend == "eager":
                 out = self._eager(q, k, v, attn_mask, is_causal)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=attn_mask, is_causal=is_causal, **({"enable_gqa": True} if gqa else {})
+                )
             out = out.transpose(1, 2)
         return self.o_proj(out.reshape(batch, seq, n_q * self.head_dim))
 
