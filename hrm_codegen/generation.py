@@ -462,13 +462,7 @@ def _decode_prompt_lookup(
             disable_compile=True,
         )
         generated.append(out[0, real:].tolist())
-    longest = max((len(g) for g in generated), default=0)
-    sequences = torch.full((rows, width + longest), pad_token_id, dtype=torch.long, device=input_ids.device)
-    sequences[:, :width] = input_ids
-    for row, tokens_of_row in enumerate(generated):
-        if tokens_of_row:
-            sequences[row, width : width + len(tokens_of_row)] = torch.tensor(tokens_of_row)
-    return sequences
+    return _right_padded(input_ids, generated, pad_token_id)
 
 
 def _decode_pruned(
@@ -494,7 +488,7 @@ def _decode_pruned(
     the ones `generate` gives it. Returns the sequences [B, P + T]: prompts, then the new ids right-padded
     with `pad_token_id`.
     """
-    rows, width = input_ids.shape
+    rows = input_ids.shape[0]
     generated: list[list[int]] = [[] for _ in range(rows)]
     live = list(range(rows))  # original row of each row still decoding
     ids, keys = input_ids, mask.long()
@@ -556,6 +550,13 @@ def _decode_pruned(
         keys = F.pad(keys, (0, 1), value=1)
     if streamer is not None:
         streamer.end()
+    return _right_padded(input_ids, generated, pad_token_id)
+
+
+def _right_padded(input_ids: torch.Tensor, generated: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """The sequences [B, P + T]: the (left-padded) prompts, then each row's new ids right-padded with
+    `pad_token_id` to the longest row's."""
+    rows, width = input_ids.shape
     longest = max((len(g) for g in generated), default=0)
     sequences = torch.full((rows, width + longest), pad_token_id, dtype=torch.long, device=input_ids.device)
     sequences[:, :width] = input_ids

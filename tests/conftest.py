@@ -8,6 +8,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (its `main(argv)` callable in-process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _shared(relative: str) -> Path:
     path = SHARED / relative
     if not path.exists():

@@ -1,24 +1,11 @@
 """scripts/generate.py, the command to try a model by hand: it streams the completion it returns, runs the given
 asserts, and decodes the same text with prompt lookup."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-from conftest import save_step
+from conftest import load_script, save_step
 from test_evaluate_cli import tiny_hrm
 
 from hrm_codegen.tokenization import load_tokenizer
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("generate_cli", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_streams_the_greedy_completion_with_and_without_prompt_lookup(
@@ -27,7 +14,7 @@ def test_streams_the_greedy_completion_with_and_without_prompt_lookup(
     tokenizer = load_tokenizer(gpt2_dir)
     model, arch = tiny_hrm(tokenizer, tiny_hrm_config)
     save_step(tmp_path / "run", 1, model, {"arch": {"name": "hrm", **arch}}, tokenizer)
-    cli = load_script()
+    cli = load_script("generate")
     task = ["Write a function to add two numbers.", "--test", "assert add(1, 2) == 3"]
     common = ["--ckpt", str(tmp_path / "run"), "--max-new-tokens", "12", "--threads", "1"]
     outputs = []
@@ -42,7 +29,7 @@ def test_streams_the_greedy_completion_with_and_without_prompt_lookup(
 
 
 def test_prompt_lookup_with_sampling_is_refused(tmp_path, capsys):
-    cli = load_script()
+    cli = load_script("generate")
     with pytest.raises(SystemExit) as stop:
         cli.main(["task", "--ckpt", str(tmp_path), "--temperature", "0.8", "--prompt-lookup", "3"])
     assert stop.value.code == 2

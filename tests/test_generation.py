@@ -47,26 +47,26 @@ def test_cached_greedy_equals_full_recompute(tiny_hrm_config, halt_max_steps, le
     torch.testing.assert_close(cached.logits, full.logits, atol=1e-4, rtol=0)
 
 
+def assert_cached_equals_full_recompute(model) -> None:
+    """Greedy decoding of padded prompts with the cache gives the tokens and logits of full recomputation."""
+    ids, mask = padded_prompts([9, 4, 1])
+    cached = generate(model, ids, mask, max_new_tokens=12, return_logits=True)
+    full = generate(model, ids, mask, max_new_tokens=12, use_cache=False, return_logits=True)
+    assert torch.equal(cached.sequences, full.sequences)
+    assert cached.logits is not None and full.logits is not None
+    torch.testing.assert_close(cached.logits, full.logits, atol=1e-4, rtol=0)
+
+
 def test_cached_grouped_query_attention_equals_full_recompute(tiny_hrm_config):
     # cached steps read each key-value head for its query heads (SDPA's enable_gqa); the uncached forward repeats them
     model = make_model(tiny_hrm_config, num_key_value_heads=2, L_cycles=2, halt_max_steps=2)
     assert model.config.num_heads == 4  # two query heads per key-value head: their order matters
-    ids, mask = padded_prompts([9, 4, 1])
-    cached = generate(model, ids, mask, max_new_tokens=12, return_logits=True)
-    full = generate(model, ids, mask, max_new_tokens=12, use_cache=False, return_logits=True)
-    assert torch.equal(cached.sequences, full.sequences)
-    assert cached.logits is not None and full.logits is not None
-    torch.testing.assert_close(cached.logits, full.logits, atol=1e-4, rtol=0)
+    assert_cached_equals_full_recompute(model)
 
 
 def test_cached_equals_full_recompute_with_learned_positions_and_q_head(tiny_hrm_config):
     model = make_model(tiny_hrm_config, pos_encodings="learned", enable_q_head=True, halt_max_steps=2)
-    ids, mask = padded_prompts([9, 4, 1])
-    cached = generate(model, ids, mask, max_new_tokens=12, return_logits=True)
-    full = generate(model, ids, mask, max_new_tokens=12, use_cache=False, return_logits=True)
-    assert torch.equal(cached.sequences, full.sequences)
-    assert cached.logits is not None and full.logits is not None
-    torch.testing.assert_close(cached.logits, full.logits, atol=1e-4, rtol=0)
+    assert_cached_equals_full_recompute(model)
 
 
 def test_non_causal_model_refuses_the_cache(tiny_hrm_config):

@@ -1,20 +1,10 @@
 """scripts/plot_cycles.py: pass@1 against test-time cycles as a table and a PNG; malformed series are one-line errors."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_cycles.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("plot_cycles", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def summary(root: Path, name: str, value: float, problems: int = 500) -> Path:
@@ -28,7 +18,7 @@ def test_table_and_png(tmp_path, capsys):
     a1, a2 = summary(tmp_path, "a1", 0.084), summary(tmp_path, "a2", 0.092)
     b2, b4 = summary(tmp_path, "b2", 0.09), summary(tmp_path, "b4", 0.1)
     out, table = tmp_path / "plot.png", tmp_path / "table.md"
-    load_script().main(
+    load_script("plot_cycles").main(
         [
             "--series", f"SFT=1:{a1},2:{a2}", "--series", f"random 1-3=2:{b2},4:{b4}",
             "--trained", "SFT=2-2", "--out", str(out), "--table", str(table),
@@ -53,7 +43,7 @@ def test_table_and_png(tmp_path, capsys):
 )
 def test_malformed_series_is_one_line(tmp_path, series, message):
     with pytest.raises(SystemExit) as stop:
-        load_script().main(
+        load_script("plot_cycles").main(
             [
                 "--series",
                 series.replace("missing", str(tmp_path / "missing")),
