@@ -75,6 +75,56 @@ def test_exits_decode_the_same_over_the_dynamic_and_the_static_cache_and_count_f
     assert model.model.exit_threshold is None and _decode(model) != dynamic
 
 
+def _level_calls(model) -> dict[str, int]:
+    """Count the level calls the model runs (forward hooks on the L and H stacks)."""
+    counts = {"L": 0, "H": 0}
+    for name in counts:
+        getattr(model.model, f"{name}_level").register_forward_hook(
+            lambda *_, name=name: counts.__setitem__(name, counts[name] + 1)
+        )
+    return counts
+
+
+@pytest.mark.parametrize(("overrides", "cache"), [({}, "dynamic"), ({"halt_max_steps": 2}, "static")])
+def test_calls_every_row_has_left_are_not_run_and_decode_the_same_as_masking(overrides, cache):
+    model = _model(**overrides)
+    counts = _level_calls(model)
+    ids, mask = _prompts()
+    options = {"max_new_tokens": 8, "eos_token_id": None, "pad_token_id": 0}
+    if cache == "static":
+        options["cache_implementation"] = "static"
+
+    def decode(row: int, skip: bool):
+        model.model.exit_skip_calls = skip
+        model.set_exit_threshold(0.5)
+        counts.update(L=0, H=0)
+        out = generate(model, ids[row : row + 1, mask[row].bool()], **options).completion_ids
+        return out, dict(counts), model.exit_summary()
+
+    skipped_any = False
+    for row in range(3):  # batch 1: every exit is a call not run
+        masked, masked_calls, masked_stats = decode(row, skip=False)
+        skipped, skipped_calls, skipped_stats = decode(row, skip=True)
+        assert skipped == masked
+        assert masked_stats["skipped_layer_evals"] == 0
+        assert {k: v for k, v in skipped_stats.items() if k != "skipped_layer_evals"} == {
+            k: v for k, v in masked_stats.items() if k != "skipped_layer_evals"
+        }
+        # what a real exit runs is what ran: the full count less the calls skipped
+        full = masked_stats["decode_tokens"] * masked_stats["full_layer_evals_per_token"]
+        assert skipped_stats["layer_evals"] == full - skipped_stats["skipped_layer_evals"]
+        layers = model.config.L_layers * (masked_calls["L"] - skipped_calls["L"])
+        layers += model.config.H_layers * (masked_calls["H"] - skipped_calls["H"])
+        assert layers == skipped_stats["skipped_layer_evals"]
+        skipped_any |= skipped_stats["skipped_layer_evals"] > 0
+    assert skipped_any  # the random gate exits some tokens early
+    # in a batch a call runs while any row still needs it: the same tokens as each row alone
+    model.model.exit_skip_calls = True
+    model.set_exit_threshold(0.5)
+    batched = generate(model, ids, mask, **options).completion_ids
+    assert batched == [decode(row, skip=True)[0][0] for row in range(3)]
+
+
 def test_a_token_that_exits_after_step_c_has_its_later_cache_entries_equal_to_step_c():
     """H_cycles = L_cycles = 2, one layer per level: the L calls (0,0), (0,1), (1,0), (1,1) and H calls 0, 1 of one
     decoding step. Row 0 exits after L call (0,0), row 1 after (1,0), row 2 runs everything."""

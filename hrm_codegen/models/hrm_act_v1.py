@@ -125,17 +125,39 @@ def copy_cache_columns(
                 into[index[:, None], :, columns[None, :]] = out_of[index[:, None], :, columns[None, :]]
 
 
+def append_cache_columns(
+    cache: Cache, source: int, target: int, count: int, columns: torch.Tensor | None
+) -> None:
+    """Write the step's keys and values of cache slots [source, source + count) (at `columns`; None: the last one)
+    as the step's entries of slots [target, target + count), for every row: a call that no row runs."""
+    layers: list[Any] = list(cache.layers)  # key-value layers (dynamic or static)
+    at = slice(-1, None) if columns is None else columns
+    for offset in range(count):
+        src, dst = layers[source + offset], layers[target + offset]
+        dst.update(src.keys[:, :, at], src.values[:, :, at])
+
+
 class DecodeExits:
-    """Per-token exits of one cached decoding step (`set_exit_threshold`), computed by masking: every row runs
-    every call, and a token that has exited keeps its states (L frozen after its exit step, H after the H call of
-    that cycle) while its cache entries of the calls it skipped are copied from its last computed call of the
-    same level. `layer_evals` [B, S] counts the layer evaluations a real exit would have run."""
+    """Per-token exits of one cached decoding step (`set_exit_threshold`), computed by masking: a token that has
+    exited keeps its states (L frozen after its exit step, H after the H call of that cycle) while its cache entries
+    of the calls it skipped are copied from its last computed call of the same level. A call in which every row
+    keeps its states is not run at all (`skip`, eager decoding: the saving of a real exit, e.g. at batch 1); other
+    calls run every row. `layer_evals` [B, S] counts the layer evaluations a real exit runs, `skipped_layers` the
+    layer evaluations of the calls not run (per row)."""
 
     def __init__(
-        self, threshold: float, shape: torch.Size, device: torch.device, columns: torch.Tensor | None
+        self,
+        threshold: float,
+        shape: torch.Size,
+        device: torch.device,
+        columns: torch.Tensor | None,
+        skip: bool = True,
     ):
         self.threshold = threshold
         self.columns = columns  # a static cache's key columns of the step (None: the last one)
+        # no data-dependent branches in a compiled step
+        self.skip = skip and not torch.compiler.is_compiling()
+        self.skipped_layers = 0
         self.exited = torch.zeros(shape, dtype=torch.bool, device=device)
         # the H call (counted over the step's segments) in whose cycle the token exited
         self.exit_call = torch.full(shape, -1, dtype=torch.long, device=device)
@@ -152,6 +174,24 @@ class DecodeExits:
         if cache is not None and previous is not None and bool(frozen.any()):
             copy_cache_columns(cache, previous, slot, layers, frozen.any(-1), self.columns)
         self.previous[level] = slot
+
+    def frozen(self, level: str) -> torch.Tensor:
+        """[B, S] the tokens that keep their states through the coming call of `level` ("L" or "H")."""
+        return self.exited if level == "L" else self.exited & (self.exit_call < self.h_call)
+
+    def skips(self, level: str) -> bool:
+        """Whether the coming call of `level` need not run: skipping is on and every token keeps its states."""
+        return self.skip and bool(self.frozen(level).all())
+
+    def skipped(self, level: str, cache: Cache | None, slot: int, layers: int) -> None:
+        """Book a call of `level` that was not run: its cache entries are the level's previous call's (every token
+        has one: a token exits after an L call and freezes H only after the H call of its exit cycle)."""
+        if cache is not None:
+            append_cache_columns(cache, self.previous[level], slot, layers, self.columns)
+        self.previous[level] = slot
+        self.skipped_layers += layers
+        if level == "H":
+            self.h_call += 1
 
     def after_L(self, model: HrmCodegenModel, old, new, cache, slot: int, last: bool) -> torch.Tensor:
         """The L states after an L call: exited tokens keep theirs; then the tokens whose gate exceeds the
@@ -407,8 +447,11 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
                 self.exit_head.weight.zero_()
         # Decoding with per-token exits (`HrmCodegenForCausalLM.set_exit_threshold`): the threshold, and the
         # [tokens, layer evaluations] of the one-token cached steps run with it since the last reset.
+        # `exit_skip_calls`: calls in which every row has exited are not run (False: computed and masked, for tests).
         self.exit_threshold: float | None = None
         self.exit_stats = [0, 0]
+        self.exit_skip_calls = True
+        self.exit_skipped_layers = 0  # layer evaluations not run (per decoding step, all rows)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -500,8 +543,12 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
         for h_step in range(h_cycles):
             for l_step in range(l_cycles):
                 l_index = h_step * l_cycles + l_step
+                slot = self.cache_slot(segment, h_step, l_step, "L") if cache is not None else None
+                if exits is not None and exits.skips("L"):  # every token has exited: the call is not run
+                    assert slot is not None, "per-token exits decode over a cache"
+                    exits.skipped("L", cache, slot, self.config.L_layers)
+                    continue
                 with _grad_if(l_index >= first_l_grad):
-                    slot = self.cache_slot(segment, h_step, l_step, "L") if cache is not None else None
                     gated = True if l_index > 0 else continued
                     new_L = self.L_level(z_L, z_H + x, slot=slot, gated=gated, **attn_kwargs)
                 if exits is not None:
@@ -514,8 +561,12 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
                         gated_H = True if h_step > 0 else continued
                         readout = self.H_level(z_H, z_L, gated=gated_H, **{**attn_kwargs, "cache": None})
                     exit_points.append(ExitPoint(self.exit_logits(z_L.detach()), self._head_states(readout)))
+            slot = self.cache_slot(segment, h_step, None, "H") if cache is not None else None
+            if exits is not None and exits.skips("H"):
+                assert slot is not None, "per-token exits decode over a cache"
+                exits.skipped("H", cache, slot, self.config.H_layers)
+                continue
             with _grad_if(h_step >= h_cycles - h_grad):
-                slot = self.cache_slot(segment, h_step, None, "H") if cache is not None else None
                 gated = True if h_step > 0 else continued
                 new_H = self.H_level(z_H, z_L, slot=slot, gated=gated, **attn_kwargs)
             if exits is not None:
@@ -698,7 +749,9 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
         # Per-token exits (set_exit_threshold) in one-token cached steps; the prefill runs every call.
         exits = None
         if self.exit_threshold is not None and cache is not None and seq_len == 1:
-            exits = DecodeExits(self.exit_threshold, shape_ids.shape, shape_ids.device, cache_columns)
+            exits = DecodeExits(
+                self.exit_threshold, shape_ids.shape, shape_ids.device, cache_columns, self.exit_skip_calls
+            )
         hidden_states = carry.z_H
         for segment in range(segments):  # earlier segments only feed the carry
             if exits is not None:
@@ -717,6 +770,7 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
         if exits is not None:
             self.exit_stats[0] += exits.layer_evals.numel()
             self.exit_stats[1] += int(exits.layer_evals.sum())
+            self.exit_skipped_layers += exits.skipped_layers
         output = BaseModelOutputWithPast(last_hidden_state=hidden_states)
         if cache is not None:
             output[_cache_field(BaseModelOutputWithPast)] = cache
@@ -817,6 +871,7 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
             threshold = float(threshold)
         self.model.exit_threshold = threshold
         self.model.exit_stats = [0, 0]
+        self.model.exit_skipped_layers = 0
 
     @property
     def full_layer_evals_per_token(self) -> int:
@@ -825,7 +880,9 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
 
     def exit_summary(self) -> dict[str, float | int | None]:
         """Decoding with exits since `set_exit_threshold`: the one-token steps' tokens, their layer evaluations
-        (those a real exit would run; all rows are computed) and the mean per token, beside the full count."""
+        (those a real exit runs) and the mean per token, beside the full count; `skipped_layer_evals`: the layer
+        evaluations of calls no row of its batch ran (at batch 1 every exit's saving, in larger batches only calls
+        all rows had left; the other calls compute every row and mask)."""
         tokens, evals = self.model.exit_stats
         return {
             "threshold": self.model.exit_threshold,
@@ -833,6 +890,7 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
             "layer_evals": evals,
             "mean_layer_evals_per_token": evals / tokens if tokens else None,
             "full_layer_evals_per_token": self.full_layer_evals_per_token,
+            "skipped_layer_evals": self.model.exit_skipped_layers,
         }
 
     def segments_forward(
