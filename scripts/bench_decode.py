@@ -9,7 +9,11 @@ int8_dynamic, int8 (weight-only), int4 (weight-only; on CPUs without AVX-512 the
 llama.cpp on the GGUF as shipped (Q4_1) and rewritten by llama.cpp's quantizer (Q8_0, F16). A path with the suffix
 `+pld` (e.g. fp16+pld, llama.cpp-Q4_1+pld) decodes with prompt lookup (--lookup draft tokens: transformers'
 prompt_lookup_num_tokens, llama-cpp-python's LlamaPromptLookupDecoding), one sequence at a time; the table's
-footer says on how many problems its completions equal those of the path without the suffix. Each path runs in a
+footer says on how many problems its completions equal those of the path without the suffix. A path with the suffix
+`+exit` (e.g. fp16+exit; an HRM trained with arch.exit_gate) decodes with per-token exits at --halt-threshold:
+its layer evaluations per token are the mean of its one-token steps at batch 1, where every exit is a call not run
+(the prompt runs every call), and the footer says on how many problems it wrote what the path without exits
+wrote. Each path runs in a
 process of its own (its peak RSS is its own) on the first --problems MBPP test problems in the native prompt
 format, max 128 new tokens, stopping where evaluate.py stops; every path decodes its own completions.
 
@@ -46,6 +50,7 @@ from hrm_codegen.inference import load_checkpoint
 from hrm_codegen.quantization import quantize_weights
 
 TORCH_PATHS = ("eager", "compiled", "fp16", "int8_dynamic", "int8_smooth", "int8", "int4")
+SUFFIXES = ("pld", "exit")  # +pld: prompt lookup decoding; +exit: per-token exits (an HRM's exit gate)
 GGUF_KINDS = ("Q4_1", "Q8_0", "F16")
 SOURCE_LAYERS = 30  # SmolLM2-135M's decoder layers: llama.cpp's layer evaluations per token
 
@@ -64,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--paths", default=",".join(TORCH_PATHS + tuple(f"llama.cpp-{k}" for k in GGUF_KINDS))
     )
     parser.add_argument("--lookup", type=int, default=3, help="draft tokens of the +pld paths")
+    parser.add_argument(
+        "--halt-threshold",
+        type=float,
+        default=0.5,
+        help="exit probability of the +exit paths (evaluate.py's)",
+    )
     parser.add_argument("--source", default="smollm2-135m-instruct", help="registered source of the GGUF")
     parser.add_argument("--gguf-dir", default="sources/gguf", help="where the GGUFs are kept")
     parser.add_argument("--peer", default="llama.cpp-Q4_1", help="the path the ratios are taken against")
@@ -118,17 +129,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def split_path(name: str) -> tuple[str, str | None]:
+    """(the path without its suffix, the suffix: pld, exit or None)."""
+    base, _, suffix = name.partition("+")
+    if suffix and suffix not in SUFFIXES:
+        raise ValueError(
+            f"path {name!r}: the suffixes are {', '.join('+' + s for s in SUFFIXES)} (one per path)"
+        )
+    return base, suffix or None
+
+
 def run_torch_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    path, lookup = name.removesuffix("+pld"), name.endswith("+pld")
-    if path not in TORCH_PATHS or (lookup and path == "compiled"):
-        raise ValueError(f"unknown path {name!r}: {', '.join(TORCH_PATHS)}, each but compiled with +pld")
+    path, suffix = split_path(name)
+    lookup, exits = suffix == "pld", suffix == "exit"
+    if path not in TORCH_PATHS or (suffix and path == "compiled"):
+        raise ValueError(f"unknown path {name!r}: {', '.join(TORCH_PATHS)}, each but compiled with a suffix")
     loaded = load_checkpoint(args.ckpt, device="cpu")
     model = loaded.model
+    if exits and not getattr(model.config, "exit_gate", False):
+        raise ValueError(
+            f"path {name!r}: {args.ckpt} has no exit gate (an HRM trained with arch.exit_gate=true)"
+        )
     if path in ("fp16", "int8_dynamic", "int8_smooth", "int8", "int4"):
         quantize_weights(model, path, tokenizer=loaded.tokenizer)
     problems, source = problems_and_ids(args, loaded)
     layers = layer_evaluations(model, source.encode(problems[0].prompt)[:8])
+    exit_summaries = {}
+    if exits:
+        model.set_exit_threshold(args.halt_threshold)
     if path == "compiled":
         source.options = {"compile": True}
     if lookup:
@@ -148,6 +177,10 @@ def run_torch_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
         seconds.append(elapsed)
         tokens.append(source.last_records[0][0]["num_tokens"])
         completions.append(text)
+    if exits:  # what the one-token steps ran at batch 1, where every exit is a call not run
+        exit_summaries["batch1"] = model.exit_summary()
+        layers = exit_summaries["batch1"]["mean_layer_evals_per_token"] or layers
+        model.set_exit_threshold(args.halt_threshold)  # counts the batched run apart
     result = {
         "path": name,
         "layers_per_token": layers,
@@ -158,6 +191,7 @@ def run_torch_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
         "batch_seconds": None,
         "compile_seconds": compile_seconds,
         "int4_backend": model.__dict__.get("int4_backend"),
+        "exit_summaries": exit_summaries or None,
     }
     if lookup:  # one sequence at a time: no batched run
         return {**result, "peak_rss_mb": peak_rss_mb()}
@@ -188,6 +222,8 @@ def run_torch_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
         batched(chunk, [[0]] * len(chunk))
         batch_tokens += sum(r[0]["num_tokens"] for r in batched.last_records)
     batch_seconds = time.perf_counter() - start
+    if exits:
+        exit_summaries["batched"] = model.exit_summary()
     return {
         **result,
         "batch_tokens": batch_tokens,
@@ -201,7 +237,10 @@ def run_llama_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
     from hrm_codegen.llamacpp import FTYPES, LlamaCppGreedy, llama_cpp, requantize_gguf
     from hrm_codegen.pretrained_sources import fetch_gguf
 
-    kind, lookup = name.removesuffix("+pld"), name.endswith("+pld")
+    kind, suffix = split_path(name)
+    lookup = suffix == "pld"
+    if suffix == "exit":
+        raise ValueError(f"llama.cpp path {name!r}: +exit is for an HRM with an exit gate")
     llama_cpp()  # the extra is there, before anything is downloaded
     if kind not in FTYPES:
         raise ValueError(f"llama.cpp path {kind!r}: the GGUF types are {', '.join(FTYPES)}")
@@ -252,15 +291,17 @@ def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
 
 
-def agreement(results: list[dict[str, Any]]) -> list[str]:
-    """For each +pld path: on how many problems its completions equal those of the path without prompt lookup
-    (when both ran and recorded them)."""
+def agreement(results: list[dict[str, Any]], suffix: str) -> list[str]:
+    """For each path with `suffix` (pld, exit): on how many problems its completions equal those of the path
+    without it (when both ran and recorded them)."""
     by_path = {r["path"]: r for r in results}
     lines = []
     for r in results:
-        base = by_path.get(r["path"].removesuffix("+pld"))
+        if not r["path"].endswith("+" + suffix):
+            continue
+        base = by_path.get(r["path"].removesuffix("+" + suffix))
         mine, theirs = r.get("batch1_completions"), base.get("batch1_completions") if base else None
-        if r["path"].endswith("+pld") and base and mine and theirs:
+        if base and mine and theirs:
             same = sum(a == b for a, b in zip(mine, theirs, strict=True))
             lines.append(f"{r['path']}: the completions of {base['path']} on {same}/{len(mine)} problems")
     return lines
@@ -290,12 +331,16 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r['path']} | {tps1:.1f} | {'-' if tpsb is None else f'{tpsb:.1f}'} | "
             f"{statistics.median(r['batch1_seconds']):.2f} | {p90(r['batch1_seconds']):.2f} | {wall} | "
-            f"{r['peak_rss_mb']:.0f} | {r['layers_per_token']} | {ratio} | {per_layer} | "
+            f"{r['peak_rss_mb']:.0f} | {r['layers_per_token']:.4g} | {ratio} | {per_layer} | "
             f"{pass_at_1(evals.get(r['path']))} | {measured} |"
         )
-    same = agreement(results)
-    if same:
-        lines += ["", "Prompt lookup, same tokens: " + "; ".join(same) + "."]
+    for suffix, title in (
+        ("pld", "Prompt lookup"),
+        ("exit", f"Per-token exits (threshold {args.halt_threshold})"),
+    ):
+        same = agreement(results, suffix)
+        if same:
+            lines += ["", f"{title}, same tokens: " + "; ".join(same) + "."]
     return "\n".join(lines)
 
 
@@ -308,7 +353,10 @@ def main() -> None:
         saved = json.loads(saved_path.read_text())
         markdown = saved_path.with_suffix(".md")
         header = saved.get("header") or (markdown.read_text().splitlines()[0] if markdown.is_file() else "")
-        ran = argparse.Namespace(**{**vars(args), **{k: saved["args"][k] for k in ("batch_size", "peer")}})
+        kept = ("batch_size", "peer", "halt_threshold")
+        ran = argparse.Namespace(
+            **{**vars(args), **{k: saved["args"][k] for k in kept if k in saved["args"]}}
+        )
         text = header + "\n\n" + table(saved["results"], ran)
         if saved.get("skipped"):
             text += "\n\nNot measured: " + ", ".join(saved["skipped"])
