@@ -146,7 +146,7 @@ def run_torch_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
     if path not in TORCH_PATHS or (suffix and path == "compiled"):
         raise ValueError(f"unknown path {name!r}: {', '.join(TORCH_PATHS)}, each but compiled with a suffix")
     loaded = load_checkpoint(args.ckpt, device="cpu")
-    model = loaded.model
+    model: Any = loaded.model  # any family; +exit calls the HRM's set_exit_threshold / exit_summary
     if exits and not getattr(model.config, "exit_gate", False):
         raise ValueError(
             f"path {name!r}: {args.ckpt} has no exit gate (an HRM trained with arch.exit_gate=true)"

@@ -1,8 +1,18 @@
 """Shared fixtures: paths to the read-only material in ../shared and a tiny HRM config."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # pytest -n N: each worker (and the runs it starts in subprocesses) gets one thread, so N workers share the
+    # cores instead of each spinning up torch's default of one thread per core
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
