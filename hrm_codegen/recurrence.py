@@ -6,7 +6,8 @@
 - **Randomized recurrence** (`train.random_cycles`): each optimizer step draws its H and L cycles (`draw_cycles`)
   from a distribution, from the run's seed and the step alone, so a resumed run draws what the uninterrupted one did.
 - **The exit gate** (`arch.exit_gate`): trained on whether another L step lowers each token's loss
-  (`exit_targets`), with weight `train.exit_loss_weight`.
+  (`exit_targets`), with weight `train.exit_loss_weight`, at `train.exit_gate_lr_scale` times the learning rate;
+  `train.exit_gate_only` trains it alone (`configure_exit_gate_training`).
 
 The model side lives in `models/hrm_act_v1.py` (`segments_forward`, `ExitPoint`, `DecodeExits`), the training
 forward in `families/hrm.py`; `check_recurrence_settings` is part of `validate_config`.
@@ -157,6 +158,16 @@ def check_recurrence_settings(cfg: DictConfig, family_name: str) -> None:
             )
     if float(train.get("exit_loss_weight", 1.0)) < 0:
         raise ValueError(f"train.exit_loss_weight must be >= 0, got {train.get('exit_loss_weight')}")
+    scale = train.get("exit_gate_lr_scale", 1.0)
+    if not _number(scale) or not float(scale) > 0:
+        raise ValueError(f"train.exit_gate_lr_scale must be a number > 0, got {scale!r}")
+    if train.get("exit_gate_only") and not (
+        hrm and arch.get("exit_gate") and float(train.get("exit_loss_weight", 1.0)) > 0
+    ):
+        raise ValueError(
+            "train.exit_gate_only=true trains the exit gate alone: it needs arch.name=hrm with arch.exit_gate=true "
+            "(+train.arch_overrides.exit_gate=true for a checkpoint) and train.exit_loss_weight > 0"
+        )
     if hrm and arch.get("exit_gate") and int(arch.get("halt_max_steps", 1)) > 1 and not deep:
         raise ValueError(
             "arch.exit_gate=true trains its gate within each step: with arch.halt_max_steps > 1 set "
@@ -165,13 +176,15 @@ def check_recurrence_settings(cfg: DictConfig, family_name: str) -> None:
 
 
 def _step_flops(arch: dict[str, Any], cycles: tuple[int, int], seq_len: int, train: Any) -> float:
-    """Training FLOPs per token of one optimizer step at `cycles`: each segment's (deep supervision: all M), plus the
-    exit gate's read-outs per segment, forward only: an H call after each L step but an H cycle's last, and the
-    LM head at every exit point."""
+    """Training FLOPs per token of one optimizer step at `cycles`: each segment's (deep supervision: all M; forward
+    only with train.exit_gate_only), plus the exit gate's read-outs per segment, forward only: an H call after each L
+    step but an H cycle's last, and the LM head at every exit point."""
     config = HRMConfig.from_arch({**arch, "H_cycles": cycles[0], "L_cycles": cycles[1], "bp_steps": 0})
     bp_steps = int(arch.get("bp_steps", 2))
     config.bp_steps = 0 if bp_steps > config.max_bp_steps else bp_steps  # as set_cycles does
-    per_segment = hrm_flops_per_token(config, seq_len)["total"]
+    flops = hrm_flops_per_token(config, seq_len)
+    frozen = bool(train.get("exit_gate_only"))  # no backward through the language model
+    per_segment = flops["no_grad"] + (flops["trained"] / 3.0 if frozen else flops["trained"])
     if arch.get("exit_gate") and float(train.get("exit_loss_weight", 1.0)) > 0:
         hidden = config.hidden_size
         intermediate = config.intermediate_size or swiglu_intermediate_size(hidden, config.expansion)
@@ -183,6 +196,26 @@ def _step_flops(arch: dict[str, Any], cycles: tuple[int, int], seq_len: int, tra
         per_segment += exit_points * 2.0 * config.vocab_size * hidden
     segments = int(arch.get("halt_max_steps", 1)) if train.get("deep_supervision") else 1
     return segments * per_segment
+
+
+def configure_exit_gate_training(model: torch.nn.Module, train: Any) -> None:
+    """The exit gate's training settings on an HRM built with arch.exit_gate: its parameters learn at
+    train.exit_gate_lr_scale times the learning rate (the optimizer reads `lr_scale`), and with
+    train.exit_gate_only every other parameter is frozen (requires_grad off: the optimizer skips it)."""
+    inner = getattr(model, "model", None)
+    if inner is None or not getattr(inner.config, "exit_gate", False):
+        return
+    gate = [*inner.exit_norm.parameters(), *inner.exit_head.parameters()]
+    scale = float(train.get("exit_gate_lr_scale", 1.0))
+    for param in gate:
+        if scale != 1.0:
+            param.lr_scale = scale  # type: ignore[attr-defined] - read by hrm_codegen.optim
+        elif hasattr(param, "lr_scale"):
+            del param.lr_scale
+    if train.get("exit_gate_only"):
+        gate_ids = {id(p) for p in gate}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in gate_ids)
 
 
 def run_train_flops_per_token(cfg: DictConfig, total_steps: int) -> float:

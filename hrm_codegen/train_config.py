@@ -118,6 +118,10 @@ class TrainConfig:
     random_cycles_sigma: float = 0.5  # lognormal_poisson: sigma of the log-normal rate
     exit_loss_weight: float = 1.0  # arch.exit_gate: weight of the exit gate's BCE
     exit_margin: float = 0.0  # arch.exit_gate: another L step "pays" when it lowers a token's loss by more
+    exit_gate_lr_scale: float = 1.0  # arch.exit_gate: the gate's learning rate is train.lr times this
+    exit_gate_only: bool = (
+        False  # arch.exit_gate: only the gate trains, the language model frozen (Ouro's stage 2)
+    )
     num_threads: int | None = None
     cpu: bool = False
     method: str = "sft"  # sft: the next-token loop (training.py) | grpo: learning from execution (rl.py)

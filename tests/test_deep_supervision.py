@@ -200,3 +200,40 @@ def test_the_budget_recipe_and_its_post_trained_source_share_data_order_and_opti
     a = {k: v for k, v in OmegaConf.to_container(hrm.train, resolve=True).items() if k not in recurrence}
     b = {k: v for k, v in OmegaConf.to_container(source.train, resolve=True).items() if k not in recurrence}
     assert a == b and hrm.seed == source.seed
+
+
+def test_exit_gate_only_trains_the_gate_alone_at_its_own_learning_rate(tmp_path, gpt2_dir, mbpp_path):
+    """Ouro's second stage through the Trainer: from a trained run, train.exit_gate_only moves the exit gate and
+    leaves every other weight bit for bit; train.exit_gate_lr_scale gives the gate its own learning rate."""
+    from safetensors.torch import load_file
+
+    from hrm_codegen.optim import build_optimizer
+    from hrm_codegen.recurrence import configure_exit_gate_training
+
+    paths = [f"data.path={mbpp_path}", f"tokenizer.name_or_path={gpt2_dir}", f"checkpoint_root={tmp_path}"]
+    common = [*FAST, *paths, "train.global_batch_size=2", "arch.exit_gate=true", "train.ckpt_every=1000"]
+    first = run(compose_config([*common, "train.max_steps=2", "run_name=lm"]))
+    assert isinstance(first, dict)
+    start = Path(first["run_dir"]) / "step_2"
+    gate_only = [*common, "train.max_steps=3", "run_name=gate", f"train.init_from={start}"]
+    gate_only += ["train.exit_gate_only=true", "train.exit_gate_lr_scale=30"]
+    second = run(compose_config(gate_only))
+    assert isinstance(second, dict)
+    before = load_file(str(start / "hf" / "model.safetensors"))
+    after = load_file(str(Path(second["run_dir"]) / "step_3" / "hf" / "model.safetensors"))
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("model.exit_") for name in changed), changed
+    records = [r for r in read_metrics(Path(second["run_dir"])) if "exit_loss" in r]
+    assert len(records) == 3
+
+    model = HierarchicalReasoningModel_ACTV1({**TINY_HRM, "exit_gate": True})
+    configure_exit_gate_training(model, OmegaConf.create({"exit_gate_lr_scale": 30.0}))
+    optimizer = build_optimizer(model, 1e-3, (0.9, 0.95), 0.1, 1e-8, False, False)
+    gate_ids = {id(p) for p in [*model.model.exit_head.parameters(), *model.model.exit_norm.parameters()]}
+    for group in optimizer.param_groups:
+        in_gate = {id(p) in gate_ids for p in group["params"]}
+        assert len(in_gate) == 1 and group["lr"] == pytest.approx(3e-2 if in_gate.pop() else 1e-3)
+    with pytest.raises(ValueError, match="exit_gate_only=true trains the exit gate alone"):
+        validate_config(compose_config(["arch=tiny", "train.exit_gate_only=true"]))
+    with pytest.raises(ValueError, match="exit_gate_lr_scale must be a number > 0"):
+        validate_config(compose_config(["arch=tiny", "train.exit_gate_lr_scale=0"]))
