@@ -7,7 +7,8 @@ a PNG and a markdown table (issue 26's question: does the HRM get better when it
 
 A series is LABEL=CYCLES:DIR,CYCLES:DIR,... (an evaluate.py output directory, or its summary.json, per cycle
 count, e.g. from `--arch-override L_cycles=N`); the cycle counts a model was trained at may be marked with
---trained LABEL=LOW-HIGH. The table (stdout, and --table FILE) gives pass@1 with the passes and problems.
+--trained LABEL=LOW-HIGH. The table (stdout, and --table FILE) gives pass@1 with the passes and problems. --unit
+names what is counted ("L cycle" by default; "segment" for `--arch-override halt_max_steps=N`).
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ def parse_series(spec: str) -> tuple[str, dict[int, Path]]:
     return label, parsed
 
 
-def markdown(series: dict[str, Series], trained: dict[str, str]) -> str:
+def markdown(series: dict[str, Series], trained: dict[str, str], unit: str = "L cycle") -> str:
     """One row per series, one column per cycle count: pass@1 (passes/problems); trained counts in bold."""
     counts = sorted({c for points in series.values() for c in points})
     lines = [
-        "| model | " + " | ".join(f"{c} L cycle{'s' if c > 1 else ''}" for c in counts) + " |",
+        "| model | " + " | ".join(f"{c} {unit}{'s' if c > 1 else ''}" for c in counts) + " |",
         "|---|" + "---:|" * len(counts),
     ]
     for label, points in series.items():
@@ -73,17 +74,19 @@ def markdown(series: dict[str, Series], trained: dict[str, str]) -> str:
             cells.append(f"**{cell}**" if inside else cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if trained:
-        lines += ["", "Bold: cycle counts the model was trained at."]
+        lines += ["", f"Bold: the {unit} counts the model was trained at."]
     return "\n".join(lines)
 
 
-def plot(series: dict[str, Series], out: Path, title: str | None) -> None:
+def plot(series: dict[str, Series], out: Path, title: str | None, unit: str = "L cycle") -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, points in series.items():
         counts = sorted(points)
         ax.plot(counts, [100 * points[c][0] for c in counts], marker="o", label=label)
     ax.set(
-        xlabel="L cycles at test time", ylabel="pass@1 (%)", title=title or "pass@1 against test-time cycles"
+        xlabel=f"{unit}s at test time",
+        ylabel="pass@1 (%)",
+        title=title or f"pass@1 against test-time {unit}s",
     )
     ax.set_xticks(sorted({c for points in series.values() for c in points}))
     ax.grid(alpha=0.3)
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     p.add_argument("--table", type=Path, help="also write the markdown table here")
     p.add_argument("--title")
+    p.add_argument("--unit", default="L cycle", help='what the counts count (e.g. "segment")')
     args = p.parse_args(argv)
     try:
         series: dict[str, Series] = {}
@@ -111,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [label for label in trained if label not in series]
         if unknown:
             raise ValueError(f"--trained {unknown[0]!r} names no --series")
-        text = markdown(series, trained)
-        plot(series, args.out, args.title)
+        text = markdown(series, trained, args.unit)
+        plot(series, args.out, args.title, args.unit)
     except (OSError, ValueError) as err:
         sys.exit(f"plot_cycles.py: error: {err}")
     print(text)

@@ -30,6 +30,14 @@ def test_table_and_png(tmp_path, capsys):
     assert "| random 1-3 | - | 9.0% (45/500) | 10.0% (50/500) |" in text
     assert table.read_text() == text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    load_script("plot_cycles").main(
+        ["--series", f"deep=1:{a1},2:{a2}", "--unit", "segment", "--trained", "deep=2", "--out", str(out)]
+    )
+    text = capsys.readouterr().out
+    assert (
+        "| model | 1 segment | 2 segments |" in text
+        and "| deep | 8.4% (42/500) | **9.2% (46/500)** |" in text
+    )
 
 
 @pytest.mark.parametrize(
