@@ -39,7 +39,6 @@ from hrm_codegen.inference import load_checkpoint, model_config, recorded_arch
 from hrm_codegen.logging_utils import MetricsLogger
 from hrm_codegen.losses_codegen import IGNORE_INDEX, codegen_loss
 from hrm_codegen.optim import build_optimizer, build_scheduler
-from hrm_codegen.recurrence import configure_exit_gate_training
 from hrm_codegen.tokenization import CodeTokenizer, check_fingerprint, load_tokenizer
 from hrm_codegen.train_config import check_train_settings, resolve_arch_from_init, validate_config
 
@@ -84,7 +83,7 @@ class Trainer:
         ]
         # A state carried across steps (deep supervision) needs fixed [B, S] batches.
         self.pad_to = cfg.data.seq_len if self.states[0].fixed_shape else None
-        configure_exit_gate_training(model, cfg.train)
+        self.family.prepare_training(model, cfg.train)
         optimizer = self._build_optimizer(model)
         self.scheduler = build_scheduler(
             optimizer, cfg.train.warmup_steps, self.total_steps, cfg.train.min_lr_ratio

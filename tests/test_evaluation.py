@@ -1,5 +1,6 @@
 """The evaluator: samples.jsonl and summary.json, resuming, samples files, hostile programs, MBPP references."""
 
+import fcntl
 import json
 import os
 import socket
@@ -22,7 +23,7 @@ from hrm_codegen.evaluation import (
     file_completion_source,
     format_summary_table,
 )
-from hrm_codegen.execution import SANDBOX_UIDS, Sandbox, SandboxLimits, run_program
+from hrm_codegen.execution import SANDBOX_UIDS, UID_LOCK_DIR, Sandbox, SandboxLimits, run_program
 
 LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=1024)
 SQUARE = Problem(task_id="square", prompt="", test_program="assert square(3) == 9\nassert square(-2) == 4")
@@ -304,6 +305,38 @@ def _hostile_completions(tmp_path: Path, port: int, os_level: dict) -> list[str]
     return hostile
 
 
+def _sandbox_process_users() -> set[int]:
+    """The sandbox user ids that own a process now."""
+    owners = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                owners.add(entry.stat().st_uid)
+            except FileNotFoundError:  # the process ended during the scan
+                continue
+    return owners & set(SANDBOX_UIDS)
+
+
+def _leftover_sandbox_users() -> set[int]:
+    """Sandbox user ids that own a process although no live sandbox holds their lock: what a sandbox left behind.
+    A user id whose lock is held belongs to a sandbox still running (another test under pytest -n, or another
+    evaluator on the machine) and is not this test's business."""
+    unclaimed = set()
+    for uid in _sandbox_process_users():
+        path = UID_LOCK_DIR / f"{uid}.lock"
+        if not path.exists():
+            unclaimed.add(uid)
+            continue
+        with path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            unclaimed.add(uid)
+    return unclaimed & _sandbox_process_users()  # still running after their lock was found free
+
+
 def test_hostile_programs_fail_and_everything_else_is_scored(tmp_path: Path) -> None:
     canary = tmp_path / "canary"
     canary.mkdir()
@@ -355,9 +388,8 @@ def test_hostile_programs_fail_and_everything_else_is_scored(tmp_path: Path) -> 
     assert not (tmp_path / "outside.txt").exists()
     assert connections == []
     assert run_program("assert True\n", LIMITS).passed  # the evaluator and its sandbox still work
-    if os_level["uid_switch"]:  # nothing is left running as a sandbox user
-        owners = {entry.stat().st_uid for entry in os.scandir("/proc") if entry.name.isdigit()}
-        assert not owners & set(SANDBOX_UIDS)
+    if os_level["uid_switch"]:  # nothing is left running as a sandbox user that no live sandbox holds
+        assert not _leftover_sandbox_users()
 
 
 @pytest.mark.slow

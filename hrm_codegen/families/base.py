@@ -126,6 +126,10 @@ class ModelFamily:
         """A fresh training-time state for one micro-batch slot (`train`: the run's `train` settings, when known)."""
         return TrainState()
 
+    def prepare_training(self, model: nn.Module, train: Any) -> None:
+        """Set up `model` for training under the run's `train` settings before its optimizer is built (which
+        parameters train, at which learning-rate scale). No-op here."""
+
     def compile_for_training(self, model: nn.Module) -> None:
         """`train.compile=true`: compile the training forward in place (`nn.Module.compile`, inductor; the
         parameter names and the state dict stay as they are). A family may compile a smaller part instead."""

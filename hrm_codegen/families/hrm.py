@@ -35,7 +35,13 @@ from hrm_codegen.models.hrm_act_v1 import (
     HRMConfig,
     rename_legacy_keys,
 )
-from hrm_codegen.recurrence import draw_cycles, exit_targets, random_cycles_on, segment_weights
+from hrm_codegen.recurrence import (
+    configure_exit_gate_training,
+    draw_cycles,
+    exit_targets,
+    random_cycles_on,
+    segment_weights,
+)
 
 logger = logging.getLogger(__name__)
 EXIT_HEAD_KEYS = ("model.exit_head.weight", "model.exit_head.bias")
@@ -223,6 +229,10 @@ class HrmFamily(ModelFamily):
                 batch.get("attention_mask"),
                 token_type_ids=batch.get("token_type_ids"),
             )
+
+    def prepare_training(self, model: nn.Module, train: Any) -> None:
+        """The exit gate's learning-rate scale and train.exit_gate_only (`configure_exit_gate_training`)."""
+        configure_exit_gate_training(model, train)
 
     def new_train_state(self, config: dict[str, Any], train: Any = None) -> TrainState:
         """The ACT carry (persisting across steps when halt_max_steps > 1), or with train.deep_supervision or
