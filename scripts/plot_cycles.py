@@ -89,6 +89,7 @@ def plot(series: dict[str, Series], out: Path, title: str | None, unit: str = "L
         title=title or f"pass@1 against test-time {unit}s",
     )
     ax.set_xticks(sorted({c for points in series.values() for c in points}))
+    ax.set_ylim(bottom=0)  # from zero: a problem or two of difference looks like one
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
