@@ -196,7 +196,7 @@ class DecodeExits:
     def after_L(self, model: HrmCodegenModel, old, new, cache, slot: int, last: bool) -> torch.Tensor:
         """The L states after an L call: exited tokens keep theirs; then the tokens whose gate exceeds the
         threshold exit (not after the step's last L call, which every token runs to)."""
-        frozen = self.exited.clone()
+        frozen = self.frozen("L").clone()  # exits below change self.exited
         self._copy("L", cache, slot, model.config.L_layers, frozen)
         self.layer_evals += (~frozen).long() * model.config.L_layers
         z_L = self._keep(frozen, old, new)
@@ -208,7 +208,7 @@ class DecodeExits:
 
     def after_H(self, model: HrmCodegenModel, old, new, cache, slot: int) -> torch.Tensor:
         """The H states after an H call: tokens that exited in an earlier cycle keep theirs."""
-        frozen = self.exited & (self.exit_call < self.h_call)
+        frozen = self.frozen("H")
         self._copy("H", cache, slot, model.config.H_layers, frozen)
         self.layer_evals += (~frozen).long() * model.config.H_layers
         self.h_call += 1
