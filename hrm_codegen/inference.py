@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -122,6 +123,29 @@ def recorded_arch(family: ModelFamily, model: nn.Module, arch: DictConfig) -> An
         )
         return arch
     return built
+
+
+def parse_arch_overrides(items: Sequence[str], where: str = "arch override") -> dict[str, Any] | None:
+    """KEY=VALUE items (e.g. L_cycles=3) as a mapping for `load_checkpoint(arch_overrides=...)`, the values parsed
+    as YAML scalars; None when there are none. ValueError naming `where` for a malformed or repeated item."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{where} takes KEY=VALUE (e.g. L_cycles=3), got {item!r}")
+        if key in overrides:
+            raise ValueError(f"{where} {key} is given twice")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"{where} {key}: {text!r} is not a YAML scalar") from None
+        if isinstance(value, dict | list):
+            raise ValueError(
+                f"{where} {key}: the value must be a scalar (a number, string, true/false or null)"
+            )
+        overrides[key] = value
+    return overrides or None
 
 
 def load_checkpoint(

@@ -42,6 +42,8 @@ from hrm_codegen.datasets.mbpp import DEFAULT_PATH, load_mbpp, split_tasks
 from hrm_codegen.datasets.protocols import FORMATS, FormattedProblem, build_problems
 from hrm_codegen.evaluation import SAMPLES_FILE, CompletionSource, evaluate, load_results
 from hrm_codegen.execution import SandboxLimits
+from hrm_codegen.quantization import METHODS as QUANTIZE_METHODS
+from hrm_codegen.quantization import quantize_weights
 from hrm_codegen.rewards import ExecutionReward
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,9 @@ class RejectionSamplingConfig:
     workers: int | None = None
     batch_size: int | None = None  # sequences per generate call (None: completions.default_batch_size)
     device: str = "cpu"
+    quantize: str | None = (
+        None  # the sampling model's weights (quantization.METHODS, e.g. fp16); training: fp32
+    )
     train_overrides: tuple[str, ...] = ()
     progress: bool = True
 
@@ -117,6 +122,11 @@ class RejectionSamplingConfig:
                 "identical; set a temperature > 0"
             )
         SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)  # their checks
+        if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
+            raise ValueError(
+                f"rejection sampling: quantize must be one of {', '.join(QUANTIZE_METHODS)} (or unset), "
+                f"got {self.quantize!r}"
+            )
         for override in self.train_overrides:
             key = override.split("=", 1)[0].lstrip("+~")
             if key in RESERVED_KEYS:
@@ -136,6 +146,7 @@ class RejectionSamplingConfig:
             "top_p": self.top_p,
             "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens,
+            "quantize": self.quantize,
             "seed": self.seed,
             "max_per_task": self.max_per_task,
             "mix_reference": self.mix_reference,
@@ -265,12 +276,19 @@ def training_config(
 
 
 def model_completions(
-    checkpoint: Path, sampling: SamplingConfig, device: str = "cpu", progress: bool = True
+    checkpoint: Path,
+    sampling: SamplingConfig,
+    device: str = "cpu",
+    progress: bool = True,
+    quantize: str | None = None,
 ) -> ModelCompletions:
-    """The default completion source of a round: the checkpoint's model, prompts encoded as training encodes them."""
+    """The default completion source of a round: the checkpoint's model (its weights quantized for sampling when
+    `quantize` names a method), prompts encoded as training encodes them."""
     from hrm_codegen.inference import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, device=device)
+    if quantize:
+        quantize_weights(loaded.model, quantize, tokenizer=loaded.tokenizer)
     return ModelCompletions.from_loaded(loaded, sampling, progress=progress, bos=FORMATS["native"].bos)
 
 
@@ -337,7 +355,7 @@ class RejectionSampling:
         self.settings = settings
         self.out = Path(settings.output_dir)
         self.source_factory = source_factory or partial(
-            model_completions, device=settings.device, progress=settings.progress
+            model_completions, device=settings.device, progress=settings.progress, quantize=settings.quantize
         )
         self.limits = SandboxLimits(timeout_s=settings.timeout_s)
         rows = load_mbpp(settings.mbpp_path)

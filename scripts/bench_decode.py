@@ -13,7 +13,8 @@ footer says on how many problems its completions equal those of the path without
 `+exit` (e.g. fp16+exit; an HRM trained with arch.exit_gate) decodes with per-token exits at --halt-threshold:
 its layer evaluations per token are the mean of its one-token steps at batch 1, where every exit is a call not run
 (the prompt runs every call), and the footer says on how many problems it wrote what the path without exits
-wrote. Each path runs in a
+wrote. `@KEY=VALUE` before a suffix overrides the checkpoint's arch at test time, as evaluate.py's --arch-override
+does (e.g. fp16@L_cycles=1+pld: the HRM at one L cycle; its layer evaluations are counted). Each path runs in a
 process of its own (its peak RSS is its own) on the first --problems MBPP test problems in the native prompt
 format, max 128 new tokens, stopping where evaluate.py stops; every path decodes its own completions.
 
@@ -46,7 +47,7 @@ import torch
 from hrm_codegen.completions import ModelCompletions, SamplingConfig
 from hrm_codegen.datasets.mbpp import load_mbpp
 from hrm_codegen.datasets.protocols import FORMATS, build_problems
-from hrm_codegen.inference import load_checkpoint
+from hrm_codegen.inference import load_checkpoint, parse_arch_overrides
 from hrm_codegen.quantization import quantize_weights
 
 TORCH_PATHS = ("eager", "compiled", "fp16", "int8_dynamic", "int8_smooth", "int8", "int4")
@@ -129,23 +130,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def split_path(name: str) -> tuple[str, str | None]:
-    """(the path without its suffix, the suffix: pld, exit or None)."""
-    base, _, suffix = name.partition("+")
+def split_path(name: str) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(the decoding path, its arch overrides, its suffix: pld, exit or None) of a path name such as
+    fp16@L_cycles=1+pld: each `@KEY=VALUE` is a test-time arch override of the checkpoint (evaluate.py's
+    --arch-override), parsed as a YAML scalar."""
+    head, _, suffix = name.partition("+")
     if suffix and suffix not in SUFFIXES:
         raise ValueError(
             f"path {name!r}: the suffixes are {', '.join('+' + s for s in SUFFIXES)} (one per path)"
         )
-    return base, suffix or None
+    base, *items = head.split("@")
+    return base, parse_arch_overrides(items, f"path {name!r}: @KEY=VALUE"), suffix or None
 
 
 def run_torch_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    path, suffix = split_path(name)
+    path, overrides, suffix = split_path(name)
     lookup, exits = suffix == "pld", suffix == "exit"
     if path not in TORCH_PATHS or (suffix and path == "compiled"):
         raise ValueError(f"unknown path {name!r}: {', '.join(TORCH_PATHS)}, each but compiled with a suffix")
-    loaded = load_checkpoint(args.ckpt, device="cpu")
+    loaded = load_checkpoint(args.ckpt, device="cpu", arch_overrides=overrides)
     model: Any = loaded.model  # any family; +exit calls the HRM's set_exit_threshold / exit_summary
     if exits and not getattr(model.config, "exit_gate", False):
         raise ValueError(
@@ -237,10 +241,12 @@ def run_llama_path(args: argparse.Namespace, name: str) -> dict[str, Any]:
     from hrm_codegen.llamacpp import FTYPES, LlamaCppGreedy, llama_cpp, requantize_gguf
     from hrm_codegen.pretrained_sources import fetch_gguf
 
-    kind, suffix = split_path(name)
+    kind, overrides, suffix = split_path(name)
     lookup = suffix == "pld"
     if suffix == "exit":
         raise ValueError(f"llama.cpp path {name!r}: +exit is for an HRM with an exit gate")
+    if overrides:
+        raise ValueError(f"llama.cpp path {name!r}: @KEY=VALUE arch overrides are for this launcher's runs")
     llama_cpp()  # the extra is there, before anything is downloaded
     if kind not in FTYPES:
         raise ValueError(f"llama.cpp path {kind!r}: the GGUF types are {', '.join(FTYPES)}")
@@ -309,7 +315,7 @@ def agreement(results: list[dict[str, Any]], suffix: str) -> list[str]:
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The markdown table: this run's speeds, and from the --eval runs their pass@1 and wall time."""
-    evals = dict(item.split("=", 1) for item in args.eval)
+    evals = dict(item.rsplit("=", 1) for item in args.eval)  # a path's name may hold "=" (fp16@L_cycles=1)
     peer = next((r for r in results if r["path"] == args.peer), None)
     peer_tps = sum(peer["batch1_tokens"]) / sum(peer["batch1_seconds"]) if peer else None
     head = (

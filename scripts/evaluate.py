@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-import yaml
 
 from hrm_codegen.completions import ModelCompletions, SamplingConfig, available_cpus, default_batch_size
 from hrm_codegen.datasets.evalplus import exclude_train_overlap, train_overlap
@@ -47,7 +46,7 @@ from hrm_codegen.datasets.protocols import (
 from hrm_codegen.datasets.sources import load_rows
 from hrm_codegen.evaluation import SAMPLES_FILE, SUMMARY_FILE, evaluate, evaluate_file, format_summary_table
 from hrm_codegen.execution import SandboxLimits
-from hrm_codegen.inference import load_checkpoint, load_pretrained
+from hrm_codegen.inference import load_checkpoint, load_pretrained, parse_arch_overrides
 from hrm_codegen.quantization import METHODS as QUANTIZE_METHODS
 from hrm_codegen.quantization import quantize_weights
 from hrm_codegen.repair import SelfRepair
@@ -94,24 +93,12 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def parse_arch_overrides(items: list[str]) -> dict[str, Any] | None:
+def arch_overrides_of(items: list[str]) -> dict[str, Any] | None:
     """The --arch-override KEY=VALUE items as a mapping (values parsed as YAML scalars); None when none."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            fail(f"--arch-override takes KEY=VALUE (e.g. L_cycles=3), got {item!r}")
-        if key in overrides:
-            fail(f"--arch-override {key} is given twice")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            fail(f"--arch-override {key}: {text!r} is not a YAML scalar")
-        if isinstance(value, dict | list):
-            fail(f"--arch-override {key}: the value must be a scalar (a number, string, true/false or null)")
-        overrides[key] = value
-    return overrides or None
+    try:
+        return parse_arch_overrides(items, "--arch-override")
+    except ValueError as err:
+        fail(str(err))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -243,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model_type is not None:
         print(MODEL_TYPE_DEPRECATED, file=sys.stderr)
     del args.model_type
-    args.arch_overrides = parse_arch_overrides(args.arch_override)
+    args.arch_overrides = arch_overrides_of(args.arch_override)
     del args.arch_override  # recorded once, parsed, as arch_overrides (eval_config.json, summary.json)
     if args.arch_overrides and not args.ckpt:
         fail(

@@ -46,26 +46,31 @@ def test_bench_decode_prints_every_path_with_its_pass_at_1(tmp_path, gpt2_dir, m
     command += ["--problems", "3", "--max-new-tokens", "4", "--batch-size", "2", "--threads", "1"]
     command += [
         "--paths",
-        "eager,eager+pld,eager+exit,int8_dynamic,llama.cpp-nope",
+        "eager,eager+pld,eager+exit,int8_dynamic,eager@L_cycles=1,eager@L_cycles,llama.cpp-nope",
         "--peer",
         "eager",
         "--eval",
         f"eager={evaluation}",
+        "--eval",
+        f"eager@L_cycles=1={evaluation}",
     ]
     done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = out.read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
-    assert {"eager", "eager+pld", "eager+exit", "int8_dynamic"} <= set(rows)
+    assert {"eager", "eager+pld", "eager+exit", "int8_dynamic", "eager@L_cycles=1"} <= set(rows)
     assert "eager+pld: the completions of eager on 3/3 problems" in table
     assert "Per-token exits (threshold 0.5), same tokens: eager+exit: the completions of eager on" in table
     assert "| 9.2% (46/500) | 8.0 |" in rows["eager"]  # pass@1 and the evaluate.py run's minutes
     assert "| 1.00x | 1.00x |" in rows["eager"]  # the peer against itself, in tokens and per layer evaluation
-    assert "Not measured: llama.cpp-nope (failed)" in table
+    assert "Not measured: eager@L_cycles (failed), llama.cpp-nope (failed)" in table
+    assert "path 'eager@L_cycles': @KEY=VALUE takes KEY=VALUE" in done.stderr
+    assert "| 9.2% (46/500) | 8.0 |" in rows["eager@L_cycles=1"]  # --eval of a path whose name holds "="
     results = json.loads(out.with_suffix(".json").read_text())["results"]
     assert all(len(r["batch1_seconds"]) == 3 and r["layers_per_token"] > 0 for r in results)
     by_path = {r["path"]: r for r in results}
     assert by_path["eager"]["layers_per_token"] == 6  # 2 H cycles x (2 L calls + 1 H call), one layer each
+    assert by_path["eager@L_cycles=1"]["layers_per_token"] == 4  # the test-time override: 2 x (1 + 1)
     exits = by_path["eager+exit"]["exit_summaries"]["batch1"]
     # the one-token steps' mean at batch 1: some tokens left early, and each exit was a call not run
     assert 2 <= by_path["eager+exit"]["layers_per_token"] == exits["mean_layer_evals_per_token"] < 6
@@ -86,6 +91,8 @@ def test_bench_decode_prints_every_path_with_its_pass_at_1(tmp_path, gpt2_dir, m
         "int8_dynamic",
         "--eval",
         f"eager={evaluation}",
+        "--eval",
+        f"eager@L_cycles=1={evaluation}",
         "--out",
         str(again),
     ]

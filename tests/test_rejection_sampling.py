@@ -220,6 +220,8 @@ def test_settings_are_checked_before_any_work(tmp_path, mbpp_file):
         settings(tmp_path, tmp_path / "out", mbpp_file, temperature=0.0)
     with pytest.raises(ValueError, match="max_per_task must be >= 1"):
         settings(tmp_path, tmp_path / "out", mbpp_file, max_per_task=0)
+    with pytest.raises(ValueError, match="quantize must be one of .*got 'fp8'"):
+        settings(tmp_path, tmp_path / "out", mbpp_file, quantize="fp8")
 
 
 @pytest.mark.parametrize("arch", ["tiny", "transformer_tiny_params"])
@@ -344,6 +346,8 @@ def test_no_passing_sample_ends_with_one_message_and_no_run(runs, mbpp_file, tmp
         "1",
         "--batch-size",
         "4",
+        "--quantize",
+        "fp16",  # sampling from fp16 weights, recorded with the settings
         "--no-progress",
         *SMALL_TRAIN,
     ]
@@ -358,7 +362,9 @@ def test_no_passing_sample_ends_with_one_message_and_no_run(runs, mbpp_file, tmp
     manifest = json.loads((round_dir / "manifest.json").read_text())
     assert manifest["status"] == "sampled" and manifest["passing"] == 0 and manifest["samples"] == 4
     assert manifest["sampled_tokens"] > 0 and manifest["prompt_tokens"] > 0  # the model's own records
+    assert json.loads((out / "rs_config.json").read_text())["quantize"] == "fp16"
+    resumed = dict(num_samples=2, max_new_tokens=6, limit=2)
     with pytest.raises(NothingToTrainError):  # resuming reads the kept samples and says the same
-        run_rounds(
-            settings(runs["tiny"], out, mbpp_file, num_samples=2, max_new_tokens=6, limit=2), refuse_sampling
-        )
+        run_rounds(settings(runs["tiny"], out, mbpp_file, quantize="fp16", **resumed), refuse_sampling)
+    with pytest.raises(ValueError, match="quantize"):  # samples from other weights are not mixed in
+        run_rounds(settings(runs["tiny"], out, mbpp_file, **resumed), refuse_sampling)
