@@ -4,6 +4,12 @@ run it against your asserts in the sandbox.
     python scripts/generate.py --ckpt checkpoints/retrofit_L15x2_ft "Write a function to reverse a string." \
         --test "assert reverse_string('abc') == 'cba'"
     python scripts/generate.py --model sources/smollm2-135m-instruct --prompt-format chat "Write a function ..."
+    python scripts/generate.py --ckpt checkpoints/retrofit_L15x2_ft --arch-override L_cycles=1 --quantize fp16 "..."
+
+--arch-override KEY=VALUE changes the checkpoint's arch at test time (e.g. L_cycles=1: the HRM at one L cycle, the
+source's 30 layer evaluations per token); --halt-threshold T decodes an HRM trained with an exit gate with
+per-token exits (each token stops after the first L step whose exit probability exceeds T) and reports the layer
+evaluations per token it ran.
 
 The task is rendered as an MBPP problem in the prompt format (default: the one the checkpoint was trained in),
 so a model fine-tuned here sees what it saw in training. Decoding is greedy unless --temperature > 0.
@@ -20,7 +26,7 @@ from hrm_codegen.completions import ModelCompletions, SamplingConfig, available_
 from hrm_codegen.datasets.protocols import FORMATS, mbpp_task_problem
 from hrm_codegen.execution import Sandbox, SandboxLimits
 from hrm_codegen.generation import cut_at_stop
-from hrm_codegen.inference import load_checkpoint, load_pretrained
+from hrm_codegen.inference import load_checkpoint, load_pretrained, parse_arch_overrides
 from hrm_codegen.quantization import METHODS, quantize_weights
 from hrm_codegen.runs import trained_data_config
 
@@ -72,6 +78,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs available)")
     parser.add_argument(
+        "--arch-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--ckpt: a test-time arch change (repeatable), e.g. L_cycles=1",
+    )
+    parser.add_argument(
+        "--halt-threshold",
+        type=float,
+        metavar="T",
+        help="--ckpt, an HRM with an exit gate: per-token exits at exit probability T (0-1)",
+    )
+    parser.add_argument(
         "--prompt-lookup",
         type=int,
         default=0,
@@ -81,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.prompt_lookup < 0 or (args.prompt_lookup and args.temperature > 0):
         parser.error("--prompt-lookup takes N >= 0 and decodes greedily (--temperature 0)")
+    if (args.arch_override or args.halt_threshold is not None) and not args.ckpt:
+        parser.error("--arch-override and --halt-threshold apply to --ckpt (a run of this launcher)")
+    try:
+        args.arch_overrides = parse_arch_overrides(args.arch_override, "--arch-override")
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -88,7 +113,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or available_cpus())
     try:
-        loaded = load_checkpoint(args.ckpt, device="cpu") if args.ckpt else load_pretrained(args.model)
+        loaded = (
+            load_checkpoint(args.ckpt, device="cpu", arch_overrides=args.arch_overrides)
+            if args.ckpt
+            else load_pretrained(args.model)
+        )
+        if args.halt_threshold is not None:
+            if not hasattr(loaded.model, "set_exit_threshold"):
+                raise ValueError(
+                    f"--halt-threshold: {args.ckpt} is not an HRM (per-token exits are the HRM's)"
+                )
+            loaded.model.set_exit_threshold(args.halt_threshold)
         fmt = args.prompt_format or (
             (trained_data_config(args.ckpt).get("prompt_format") or "native") if args.ckpt else "native"
         )
@@ -110,6 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     completion = source([problem], [[0]])[0][0]
     record = source.last_records[0][0]
     print(f"--- {record['num_tokens']} tokens, stopped by {record['finish_reason']} ---", file=sys.stderr)
+    if args.halt_threshold is not None:
+        exits = loaded.model.exit_summary()
+        mean = exits["mean_layer_evals_per_token"]
+        print(
+            f"--- per-token exits at {args.halt_threshold}: "
+            f"{'-' if mean is None else f'{mean:.1f}'} of {exits['full_layer_evals_per_token']} layer evaluations "
+            "per generated token (the prompt runs them all) ---",
+            file=sys.stderr,
+        )
     if args.test:
         with Sandbox(SandboxLimits(timeout_s=10.0), workers=1) as sandbox:
             result = sandbox.submit(problem.program(completion)).result()
