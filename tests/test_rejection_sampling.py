@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from hrm_codegen.datasets.mbpp import load_mbpp, split_tasks
 from hrm_codegen.datasets.pairs import validate_pair
@@ -264,6 +265,8 @@ def test_a_round_fine_tunes_on_the_distinct_passing_samples(arch, runs, mbpp_fil
     assert step == resolve_checkpoint(round_dir / "run") and manifest["training_steps"] == 2
     config = (step / "config.yaml").read_text()
     assert f"init_from: {resolve_checkpoint(init)}" in config and str(round_dir / "pairs.jsonl") in config
+    # in retrofit_mbpp's 512-token blocks, not the arch's context (8192 for SmolLM2: a round in a few blocks)
+    assert yaml.safe_load(config)["data"]["seq_len"] == 512
     assert manifest["training_tokens"] > 0 and set(manifest["wall_s"]) == {
         "sampling",
         "filtering",
