@@ -102,9 +102,8 @@ class RejectionSamplingConfig:
     workers: int | None = None
     batch_size: int | None = None  # sequences per generate call (None: completions.default_batch_size)
     device: str = "cpu"
-    quantize: str | None = (
-        None  # the sampling model's weights (quantization.METHODS, e.g. fp16); training: fp32
-    )
+    # the sampling model's weights (quantization.METHODS, e.g. fp16; None: as trained); training stays fp32
+    quantize: str | None = None
     train_overrides: tuple[str, ...] = ()
     progress: bool = True
 
