@@ -3,7 +3,8 @@
 A row (`hrm_codegen.result_rows`) runs its commands in order, each printed and recorded in row.json: preparing
 commands, building the corpus or the mined pairs when a stage trains on them, one training run per stage
 (scripts/train_codegen.py), then scripts/evaluate.py: greedy pass@1 (n=1), pass@1/pass@10 from n=20 samples at
-temperature 0.8, top-p 0.95, and greedy pass@1 on HumanEval for the rows that ask. A step whose output is
+temperature 0.8, top-p 0.95, and greedy pass@1 on HumanEval and MBPP+ for the rows that ask (a `ckpt` row
+evaluates the run its prepare commands wrote: a rejection-sampling round). A step whose output is
 complete (a corpus manifest, a run at its last step, an evaluation summary) is skipped, so an interrupted row
 continues where it stopped. Configs are composed here, when a row runs: the corpus and pairs a stage trains on,
 and its train.max_steps when the row matches another model's training FLOPs or layer evaluations.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import shlex
@@ -28,7 +30,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from hrm_codegen import report, runs
-from hrm_codegen.datasets.mbpp import load_mbpp, mbpp_problems
+from hrm_codegen.datasets.evalplus_judge import base_passed
+from hrm_codegen.datasets.mbpp import SPLITS, load_mbpp, mbpp_problems
 from hrm_codegen.families import get_family
 from hrm_codegen.inference import load_model_for_inference, model_config
 from hrm_codegen.result_rows import Row, Stage
@@ -146,10 +149,11 @@ def layer_evals(path: Path, overrides: Mapping[str, Any] | None = None) -> int |
 
 def matched_max_steps(rows: Mapping[str, Row], stage: Stage, cfg: DictConfig) -> int:
     """The stage's train.max_steps, computed when it runs: `layer_matched_steps` against the finished final run
-    of row `stage.layers_matched_to`, with the stage's train.cycles_schedule (else its init arch's cycles) and
+    (or `ckpt`) of row `stage.layers_matched_to`, with the stage's train.cycles_schedule (else its init arch's cycles) and
     the L and H layers of its init checkpoint's arch (train.init_from, with train.arch_overrides)."""
-    reference = rows[stage.layers_matched_to].stages[-1].run_name
-    ref_dir = REPO / "checkpoints" / reference
+    target = rows[stage.layers_matched_to]
+    reference = target.ckpt or target.stages[-1].run_name
+    ref_dir = REPO / target.ckpt if target.ckpt else REPO / "checkpoints" / reference
     if not runs.finished(ref_dir):
         sys.exit(
             f"error: {stage.run_name} trains for the layer evaluations of run {reference}, which has not "
@@ -271,7 +275,8 @@ def evaluate(
     row: Row, model: list[str], out: Path, kind: str, args: argparse.Namespace, commands: list[str]
 ) -> dict[str, Any]:
     """Run scripts/evaluate.py on `model` (--ckpt or --model and its path; it resumes from out/samples.jsonl):
-    `kind` greedy (MBPP test), sampled (MBPP test, n=20) or humaneval (greedy, every problem); the summary."""
+    `kind` greedy (MBPP test), sampled (MBPP test, n=20), humaneval (greedy, every problem) or mbppplus (greedy,
+    the tasks outside MBPP train); the summary."""
     if kind == "sampled":
         limit = args.sampled_limit or row.sampled_limit
         sampling = [*SAMPLING, "--batch-size", str(row.sampled_batch)] + (
@@ -280,7 +285,10 @@ def evaluate(
     else:
         sampling = [*GREEDY, "--batch-size", str(row.greedy_batch)]
         sampling += ["--limit", str(args.greedy_limit)] if args.greedy_limit and kind == "greedy" else []
-    data = ["--dataset", "humaneval"] if kind == "humaneval" else ["--mbpp", args.mbpp, "--split", "test"]
+    data = {
+        "humaneval": ["--dataset", "humaneval"],
+        "mbppplus": ["--dataset", "mbppplus", "--data-file", args.mbppplus, "--exclude-train-overlap"],
+    }.get(kind, ["--mbpp", args.mbpp, "--split", "test"])
     command = [
         sys.executable,
         "scripts/evaluate.py",
@@ -298,8 +306,11 @@ def evaluate(
     execute(command)
     summary = read_json(out / "summary.json")
     record = {key: summary[key] for key in ("num_problems", "pass_at_k", "syntax_valid_rate")}
-    mbpp = None if kind == "humaneval" else args.mbpp
+    mbpp = args.mbpp if kind in ("greedy", "sampled") else None
     record["empty_completion_rate"] = empty_rate(out / "samples.jsonl", mbpp, summary["num_problems"])
+    if kind == "mbppplus":
+        record["base_pass_at_k"] = summary["base_pass_at_k"]
+        record["test_split"] = test_split_passes(out / "samples.jsonl")
     # every sample's, resumed ones included; None when resumed lines predate the per-sample record (a summary
     # without generation_seconds_all: its own seconds count only when it resumed nothing)
     record["generation_seconds"] = summary.get(
@@ -320,6 +331,33 @@ def empty_rate(samples: Path, mbpp: str | None, num_problems: int) -> float:
         task_ids = {p.task_id for p in mbpp_problems(load_mbpp(REPO / mbpp), "test")[:num_problems]}
         rows = [r for r in rows if r["task_id"] in task_ids]
     return sum(not r["completion"].strip() for r in rows) / len(rows)
+
+
+def test_split_passes(samples: Path) -> dict[str, float | int]:
+    """Greedy MBPP+ on the tasks of MBPP's test split (task ids 11-510) alone: problems, base and plus pass@1."""
+    first, last = SPLITS["test"]
+    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r["sample_index"] == 0 and first <= int(r["task_id"]) <= last]
+    if not rows:
+        return {"num_problems": 0, "base_pass_at_1": 0.0, "pass_at_1": 0.0}
+    return {
+        "num_problems": len(rows),
+        "base_pass_at_1": sum(base_passed(r) for r in rows) / len(rows),
+        "pass_at_1": sum(bool(r["passed"]) for r in rows) / len(rows),
+    }
+
+
+def execution_totals(path: Path) -> dict[str, Any]:
+    """What a rejection-sampling manifest (scripts/rejection_sample.py's <out>/manifest.json) says the rounds
+    cost: rounds, samples, pairs, sampled and prompt tokens, and the wall times of sampling and fine-tuning."""
+    manifest = read_json(path)
+    totals = manifest["totals"]
+    keys = ("samples", "pairs", "sampled_tokens", "prompt_tokens", "training_tokens", "wall_s")
+    return {
+        "manifest": str(path.relative_to(REPO)),
+        "rounds": len(manifest["rounds"]),
+        **{k: totals[k] for k in keys},
+    }
 
 
 def count_parameters(path: Path, outside: bool) -> int:
@@ -358,6 +396,10 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
     ]
     if row.evaluates:
         stages = evaluated_stages(rows, name)
+    if row.ckpt:
+        if runs.latest_step_dir(REPO / row.ckpt) is None:
+            sys.exit(f"error: row {name}: its prepare commands wrote no checkpoint in {row.ckpt}")
+        stages = [trained(REPO / row.ckpt)]
     evaluated = REPO / row.model if row.model else stages[-1]["step_dir"]
     model = ["--model" if row.model else "--ckpt", str(evaluated.relative_to(REPO))]
     outputs = REPO / "outputs" / "eval" / name
@@ -367,6 +409,9 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
     )
     humaneval = (
         evaluate(row, model, outputs / "humaneval", "humaneval", args, commands) if row.humaneval else None
+    )
+    mbppplus = (
+        evaluate(row, model, outputs / "mbppplus", "mbppplus", args, commands) if row.mbppplus else None
     )
 
     walls = [s["train_wall_s"] for s in stages]
@@ -380,14 +425,17 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
         "training_tokens": sum(s["tokens"] for s in stages),
         "train_wall_s": None if not walls or None in walls else sum(walls),
         "val_loss": stages[-1]["val_loss"]
-        if row.stages
+        if row.stages or row.ckpt
         else None,  # a test-time row's differs from its run's
         "layer_evals_per_token": layer_evals(evaluated, arch_overrides(row.eval_args)),
         "greedy": greedy,
         "sampled": sampled,
         "humaneval": humaneval,
+        **({"mbppplus": mbppplus} if mbppplus else {}),
+        **({"execution": execution_totals(REPO / row.execution_manifest)} if row.execution_manifest else {}),
         **({"model": row.model} if row.model else {}),
         **({"evaluates": row.evaluates} if row.evaluates else {}),
+        **({"ckpt": row.ckpt} if row.ckpt else {}),
         "group": row.group,
         "hardware": args.hardware or default_hardware(),
         "date": datetime.date.today().isoformat(),
@@ -401,16 +449,20 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
             REPO / "checkpoints" / stage.run_name / "metrics.jsonl",
             target / f"{stage.run_name}.metrics.jsonl",
         )
-    if row.stages:
-        shutil.copyfile(
-            REPO / "checkpoints" / row.stages[-1].run_name / "metrics.jsonl", target / "metrics.jsonl"
-        )
+    if row.stages or row.ckpt:
+        run_dir = REPO / row.ckpt if row.ckpt else REPO / "checkpoints" / row.stages[-1].run_name
+        shutil.copyfile(run_dir / "metrics.jsonl", target / "metrics.jsonl")
     shutil.copyfile(outputs / "greedy" / "summary.json", target / "greedy.json")
-    for kind, evaluation in (("sampled", sampled), ("humaneval", humaneval)):
+    for kind, evaluation in (("sampled", sampled), ("humaneval", humaneval), ("mbppplus", mbppplus)):
         if evaluation is not None:
             shutil.copyfile(outputs / kind / "summary.json", target / f"{kind}.json")
         elif (target / f"{kind}.json").is_file():
             (target / f"{kind}.json").unlink()  # from an earlier run of the row: not this record's
+    if row.group == "execution":  # the completions, so anyone can re-score them (evaluate.py --samples)
+        for kind in ("greedy", "mbppplus"):
+            if (outputs / kind / "samples.jsonl").is_file():
+                data = (outputs / kind / "samples.jsonl").read_bytes()
+                (target / f"{kind}.samples.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
     (target / "row.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {target / 'row.json'}")
     return record

@@ -38,7 +38,9 @@ class Stage:
 
     run_name: str
     overrides: tuple[str, ...]
-    layers_matched_to: str = ""  # a row: train.max_steps keeps the layer evaluations of its final run
+    layers_matched_to: str = (
+        ""  # a row: train.max_steps keeps the layer evaluations of its final run (or ckpt)
+    )
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,11 @@ class Row:
 
     The batch sizes are the evaluation's sequences per generate call; `sampled_limit` is the sampled
     evaluation's problem count when --sampled-limit is not given; `humaneval` adds greedy pass@1 on all of
-    HumanEval; `eval_args` go to every evaluate.py call. `seed_of` names the row this one repeats with
-    another seed.
+    HumanEval; `mbppplus` adds greedy MBPP+ (EvalPlus's source file, the tasks outside MBPP train); `eval_args`
+    go to every evaluate.py call. `ckpt` is a run directory the row's prepare commands write (a
+    rejection-sampling round's fine-tuning run), evaluated instead of a stage's run; `execution_manifest` a
+    rejection-sampling manifest whose sampling totals the record keeps. `seed_of` names the row this one
+    repeats with another seed.
     """
 
     label: str
@@ -64,6 +69,9 @@ class Row:
     prepare: tuple[Prep, ...] = ()
     model: str = ""
     evaluates: str = ""
+    ckpt: str = ""
+    mbppplus: bool = False
+    execution_manifest: str = ""
     seed_of: str = ""
 
 
@@ -90,7 +98,8 @@ def load_rows(groups: Sequence[str], directory: Path = ROWS_DIR) -> dict[str, Ro
             ("layers_matched_to", s.layers_matched_to) for s in row.stages
         ]
         for key, target in targets:
-            if target and not (target in rows and rows[target].stages):
+            trains = target in rows and (rows[target].stages or (key != "evaluates" and rows[target].ckpt))
+            if target and not trains:
                 raise RowsFileError(f"{where}: key {key}: {target!r} is not a row that trains")
     return rows
 
@@ -165,11 +174,17 @@ def parse_row(entry: dict[str, Any], group: str, where: str) -> Row:
         ),
         model=get("model", str, "a directory", ""),
         evaluates=get("evaluates", str, "a row name", ""),
+        ckpt=get("ckpt", str, "a run directory", ""),
+        mbppplus=get("mbppplus", bool, "true or false", False),
+        execution_manifest=get("execution_manifest", str, "a manifest path", ""),
     )
-    if sum(map(bool, (row.stages, row.model, row.evaluates))) != 1:
+    if sum(map(bool, (row.stages, row.model, row.evaluates, row.ckpt))) != 1:
         raise RowsFileError(
-            f"{where}: expected exactly one of stages, model (zero-shot) or evaluates (a row)"
+            f"{where}: expected exactly one of stages, model (zero-shot), evaluates (a row) or ckpt (a run "
+            "its prepare commands write)"
         )
+    if row.ckpt and not row.prepare:
+        raise RowsFileError(f"{where}: key ckpt: {row.ckpt!r} needs the prepare commands that write it")
     if row.flops_matched_to:
         for i, stage in enumerate(row.stages):
             if sum(o.startswith("experiment=") for o in stage.overrides) != 1:

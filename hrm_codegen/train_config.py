@@ -60,6 +60,9 @@ class DataConfig:
     pairs_path: str | None = None  # data=pairs: a pairs.jsonl from scripts/build_pairs.py
     pairs_verified_only: bool = False  # data=pairs: only the pairs whose asserts passed in the sandbox
     pairs_with_mbpp_train: bool = False  # data=pairs: MBPP's data.train_split first, then the pairs
+    # data=pairs: only the pairs whose `source` is one of these (e.g. [mbpp/train]: a rejection-sampling round's
+    # MBPP solutions without its sampled programs); null keeps every pair
+    pairs_sources: list[str] | None = None
     eval_blocks: int = 0
 
 
@@ -313,9 +316,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(
             f"data.prompt_format=chat is for data=mbpp; data={cfg.data.name} trains in MBPP's format"
         )
-    for key in ("pairs_verified_only", "pairs_with_mbpp_train"):
+    for key in ("pairs_verified_only", "pairs_with_mbpp_train", "pairs_sources"):
         if cfg.data.get(key) and cfg.data.name != "pairs":
-            raise ValueError(f"data.{key}=true is for data=pairs, not data={cfg.data.name}")
+            raise ValueError(f"data.{key} is for data=pairs, not data={cfg.data.name}")
     family = get_family(cfg.arch.name)
     # Packing first: the family's check builds the model, which fails on flash_attn without the package.
     if cfg.data.pack:

@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("rows", nargs="+", help=f"row names ({', '.join(rows)}), `all`, or `table`")
     p.add_argument("--mbpp", default="data/mbpp/mbpp.jsonl", help="MBPP jsonl (relative to the repository)")
+    p.add_argument(
+        "--mbppplus",
+        default="../shared/data/evalplus/MbppPlus.jsonl",
+        help="EvalPlus's MBPP+ source file, for the rows with mbppplus: true (relative to the repository)",
+    )
     p.add_argument("--tokenizer", default="gpt2", help="tokenizer directory or Hub name")
     p.add_argument(
         "--corpus",
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args.row_flags = [  # the options given, to show the command that reproduces a row
         *(
             part
-            for key in ("mbpp", "tokenizer", "corpus", "greedy_limit", "sampled_limit")
+            for key in ("mbpp", "mbppplus", "tokenizer", "corpus", "greedy_limit", "sampled_limit")
             if getattr(args, key) != p.get_default(key)
             for part in (f"--{key.replace('_', '-')}", str(getattr(args, key)))
         ),

@@ -90,6 +90,38 @@ def test_a_bad_pairs_file_is_one_clear_error(tmp_path, mbpp_path, gpt2_dir):
         )
 
 
+def test_pairs_sources_keeps_only_the_named_sources(tmp_path, mbpp_path, gpt2_dir):
+    """A rejection-sampling round's pairs file holds MBPP's solutions (source mbpp/train) and the sampled programs;
+    data.pairs_sources trains on a part of it, in the file's order, and an absent source is one clear error."""
+    rows = [
+        {**p, "source": "mbpp/train" if i % 3 == 0 else "rejection_sampling/round_1"}
+        for i, p in enumerate(PAIRS)
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = load_tokenizer(gpt2_dir)
+    every, _ = build_datasets(
+        _config(path, mbpp_path, gpt2_dir, tmp_path, "data.pack=false"), tokenizer, use_cache=False
+    )
+    kept, _ = build_datasets(
+        _config(path, mbpp_path, gpt2_dir, tmp_path, "data.pack=false", "data.pairs_sources=[mbpp/train]"),
+        tokenizer,
+        use_cache=False,
+    )
+    assert len(every) == 12 and len(kept) == 4
+    assert [kept[i]["input_ids"].tolist() for i in range(4)] == [
+        every[i]["input_ids"].tolist() for i in (0, 3, 6, 9)
+    ]
+    with pytest.raises(
+        ValueError, match=r"data.pairs_sources=\['mined'\]: no pair .* its pairs have \['mbpp/train'"
+    ):
+        build_datasets(
+            _config(path, mbpp_path, gpt2_dir, tmp_path, "data.pairs_sources=[mined]"),
+            tokenizer,
+            use_cache=False,
+        )
+
+
 def test_the_three_stage_recipe_chains_its_runs():
     stages = [
         compose_config([f"experiment={name}"])

@@ -2,6 +2,7 @@
 row runs, and the results tables group and annotate rows."""
 
 import argparse
+import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -237,6 +238,44 @@ def fake_repo(tmp_path, monkeypatch):
                 run / "metrics.jsonl",
                 f'{{"step": 0, "val_loss": 1.342}}\n{{"step": {steps}, "val_loss": 1.1}}\n',
             )
+        elif script == "scripts/rejection_sample.py":
+            out = tmp_path / flag["--out"]
+            arch = (tmp_path / flag["--init"] / "step_30" / "config.yaml").read_text()
+            step(out / "round_1" / "run", 12, arch, {"tokens_seen": 20658})
+            write(out / "round_1" / "run" / "metrics.jsonl", '{"step": 12, "val_loss": 1.038}\n')
+            write(
+                out / "round_1" / "run" / "wall_time.json",
+                json.dumps({"train_wall_s": 921.0, "command": "x"}),
+            )
+            totals = {"samples": 1496, "pairs": 81, "sampled_tokens": 77919, "prompt_tokens": 178452}
+            totals |= {"training_tokens": 20658, "wall_s": {"sampling": 3853.0, "training": 921.0}}
+            write(out / "manifest.json", json.dumps({"rounds": [{}], "totals": totals}))
+        elif script == "scripts/evaluate.py" and "mbppplus" in rest:
+            # MBPP+ outside MBPP train: task 12 passes, 13 passes base only, 600 (not in the test split) passes
+            lines = [
+                {"task_id": "12", "sample_index": 0, "passed": True, "result": "passed", "detail": None},
+                {
+                    "task_id": "13",
+                    "sample_index": 0,
+                    "passed": False,
+                    "result": "failed",
+                    "detail": "PlusTestsFailed",
+                },
+                {
+                    "task_id": "14",
+                    "sample_index": 0,
+                    "passed": False,
+                    "result": "failed",
+                    "detail": "BaseTestsFailed",
+                },
+                {"task_id": "600", "sample_index": 0, "passed": True, "result": "passed", "detail": None},
+            ]
+            summary = {"num_problems": 4, "pass_at_k": {"1": 0.5}, "base_pass_at_k": {"1": 0.75}}
+            write(
+                tmp_path / flag["--output"] / "summary.json",
+                json.dumps({**summary, "syntax_valid_rate": 1.0, "generation_seconds_all": 60}),
+            )
+            write(tmp_path / flag["--output"] / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
         elif script == "scripts/evaluate.py":
             problems = 164 if "humaneval" in rest else int(flag.get("--limit", 500))
             summary = {
@@ -261,6 +300,7 @@ def fake_repo(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     args = argparse.Namespace(
         mbpp="data/mbpp/mbpp.jsonl",
+        mbppplus="../shared/data/evalplus/MbppPlus.jsonl",
         tokenizer="gpt2",
         corpus=None,
         greedy_limit=None,
@@ -361,6 +401,53 @@ def test_retrofit_rows_run_their_commands_and_the_table_shows_them(rows, fake_re
     assert len(plots) == 1 and "mbpp_retrofit.png" in plots[0][3]
     runs = plots[0][plots[0].index("--runs") + 1 : plots[0].index("--evals")]
     assert runs == ["docs/results/retrofit_posttrain", "docs/results/retrofit_L15x2"]  # those with metrics
+
+
+def test_execution_rows_record_sampling_mbppplus_and_a_step_matched_control(rows, fake_repo, tmp_path):
+    """The execution table: the SFT start evaluated on MBPP and MBPP+, a rejection-sampling row (the run its
+    prepare command writes, the manifest's sampled tokens and wall time), and the control trained for as many
+    steps as that round; MBPP+ base and plus, the test-split tasks and the base passes that fail plus."""
+    args, executed = fake_repo
+    args.greedy_only = True
+    reproduction.reproduce(rows, "retrofit_posttrain", args)
+    reproduction.reproduce(rows, "retrofit_L15x2", args)
+    plus = "--dataset mbppplus --data-file ../shared/data/evalplus/MbppPlus.jsonl --exclude-train-overlap"
+    tail = "--max-new-tokens 128 --num-samples 1 --temperature 0 --k 1 --batch-size 8 --quantize fp16 --no-progress"
+
+    start = reproduction.reproduce(rows, "exec_sft_L15x2", args)
+    sft = "--ckpt checkpoints/retrofit_L15x2_ft/step_30"
+    assert start["commands"] == [
+        f"{EVAL} {sft} {MBPP.replace(' --max-new-tokens 128', '')} {tail} --output outputs/eval/exec_sft_L15x2/greedy",
+        f"{EVAL} {sft} {plus} {tail} --output outputs/eval/exec_sft_L15x2/mbppplus",
+    ]
+    assert start["mbppplus"]["base_pass_at_k"] == {"1": 0.75}
+    assert start["mbppplus"]["test_split"] == {"num_problems": 3, "base_pass_at_1": 2 / 3, "pass_at_1": 1 / 3}
+
+    rs = reproduction.reproduce(rows, "rs1_mix_L15x2", args)
+    assert rs["commands"][0].startswith(
+        "python scripts/rejection_sample.py --init checkpoints/retrofit_L15x2_ft --out checkpoints/rs_L15x2_mix"
+    )
+    assert rs["commands"][1].startswith(f"{EVAL} --ckpt checkpoints/rs_L15x2_mix/round_1/run/step_12 ")
+    assert rs["stages"][0]["steps"] == 12 and rs["training_tokens"] == 20658 and rs["val_loss"] == 1.038
+    assert rs["execution"]["sampled_tokens"] == 77919 and rs["ckpt"] == "checkpoints/rs_L15x2_mix/round_1/run"
+    results = tmp_path / "docs" / "results"
+    with gzip.open(results / "rs1_mix_L15x2" / "mbppplus.samples.jsonl.gz", "rt") as packed:
+        assert len(packed.read().splitlines()) == 4  # the completions, for re-scoring
+    assert (results / "rs1_mix_L15x2" / "metrics.jsonl").is_file()
+
+    control = reproduction.reproduce(rows, "sft_more_L15x2", args)
+    train = [c for c in control["commands"] if "train_codegen.py" in c]
+    assert len(train) == 1 and "train.max_steps=12 " in train[0]  # the round's steps: the same model
+    assert "'data.pairs_sources=[mbpp/train]'" in train[0]
+
+    reproduction.write_table(rows)
+    text = (results / "results.md").read_text()
+    assert "## Learning from execution: the SFT HRM after rejection sampling" in text
+    assert (
+        "| 0 (the start) | 0 | 0.0 min | 25.0% (of 500) | 75.0% (of 4) | 50.0% (of 4) | 33.3% (of 3) | 1 | 1.100 |"
+    ) in text
+    assert "| 20,658 | 77,919 | 79.6 min | 25.0% (of 500) |" in text  # sampling 3,853 s + training 921 s
+    assert "| 24,000 | 0 | 0.0 min |" in text  # the control: 12 steps of the fake 2,000 tokens
 
 
 @pytest.fixture
@@ -466,6 +553,21 @@ GOOD = "defaults: {greedy_batch: 8, sampled_batch: 20}\nrows:\n  a:\n    label: 
         (
             {"cpu.yaml": GOOD + "  a_s1: {seed_of: a, seed: 1, label: X}\n"},
             r"cpu.yaml: row a_s1: a seed variant has exactly the keys seed_of and seed",
+        ),
+        (
+            {"cpu.yaml": GOOD.replace("model: sources/x", "ckpt: checkpoints/rs/round_1/run")},
+            r"cpu.yaml: row a: key ckpt: 'checkpoints/rs/round_1/run' needs the prepare commands that write it",
+        ),
+        (
+            {"cpu.yaml": GOOD + "    mbppplus: yes please\n"},
+            r"cpu.yaml: row a: key mbppplus: expected true or false",
+        ),
+        (
+            {
+                "cpu.yaml": GOOD + "  b: {label: B, greedy_batch: 1, sampled_batch: 1, stages: "
+                "[{run_name: r, overrides: [], layers_matched_to: a}]}\n"
+            },
+            r"cpu.yaml: row b: key layers_matched_to: 'a' is not a row that trains",
         ),
         (
             {"cpu.yaml": GOOD + "    prepare: [{command: [x.py]}]\n"},

@@ -26,7 +26,8 @@ def build_datasets(
     (after `data.train_limit`) is packed into seq_len blocks, and validation stays one example per sequence so
     its loss compares with unpacked runs; `data.prompt_format=chat` trains and validates in an instruct
     model's chat format (`MBPPDataset`'s `chat`). data=pairs: the mined pairs of `data.pairs_path` (only the
-    verified ones with `data.pairs_verified_only`; after MBPP's training split with `data.pairs_with_mbpp_train`),
+    verified ones with `data.pairs_verified_only`, those of the sources `data.pairs_sources`; after MBPP's training
+    split with `data.pairs_with_mbpp_train`),
     validated on MBPP. data=corpus: the seq_len blocks of the corpus in `data.corpus_dir`,
     its last `data.eval_blocks` blocks held out for validation.
     """
@@ -54,6 +55,15 @@ def build_datasets(
             pair_rows = [row for row in pair_rows if row["verified"]]
             if not pair_rows:
                 raise ValueError(f"data.pairs_verified_only=true: {data.pairs_path} has no verified pair")
+        if data.get("pairs_sources"):
+            wanted = list(data.pairs_sources)
+            found = sorted({row["source"] for row in pair_rows})
+            pair_rows = [row for row in pair_rows if row["source"] in wanted]
+            if not pair_rows:
+                raise ValueError(
+                    f"data.pairs_sources={wanted}: no pair of {data.pairs_path} has one of these sources; "
+                    f"its pairs have {found}"
+                )
         train: Dataset = PairsDataset(pair_rows, tokenizer, data.seq_len)
         rows = load_mbpp(data.path)  # validation on MBPP, so the loss compares with the MBPP stages
         if data.get("pairs_with_mbpp_train"):
