@@ -258,7 +258,10 @@ def build_data(
         ]
         build += ["--mbpp", args.mbpp]
         run_unless_done(build, Path(corpus) / "manifest.json", commands)
+    made = [Path(prep.done).parent for prep in row.prepare]  # a prepare command writes its pairs (a round's)
     for pairs in dict.fromkeys(str(cfg.data.pairs_path) for cfg in configs if cfg.data.name == "pairs"):
+        if any(Path(pairs).is_relative_to(directory) for directory in made):
+            continue
         build = [
             "scripts/build_pairs.py",
             "--python-lib",

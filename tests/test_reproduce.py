@@ -438,6 +438,7 @@ def test_execution_rows_record_sampling_mbppplus_and_a_step_matched_control(rows
     control = reproduction.reproduce(rows, "sft_more_L15x2", args)
     train = [c for c in control["commands"] if "train_codegen.py" in c]
     assert len(train) == 1 and "train.max_steps=12 " in train[0]  # the round's steps: the same model
+    assert not [c for c in control["commands"] if "build_pairs.py" in c]  # the round's pairs: its prepare's
     assert "'data.pairs_sources=[mbpp/train]'" in train[0]
 
     reproduction.write_table(rows)
