@@ -40,7 +40,7 @@ GROUPS = {  # table group: (title, plot file, plot title)
     "execution": (
         "Learning from execution: the SFT HRM after rejection sampling, judged on MBPP and MBPP+ (CPU)",
         "mbpp_execution.png",
-        "The SFT HRM fine-tuned further: MBPP validation loss (2-core CPU)",
+        "The SFT HRM fine-tuned further: training and MBPP validation loss (2-core CPU)",
     ),
 }
 
