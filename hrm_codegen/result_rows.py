@@ -38,9 +38,8 @@ class Stage:
 
     run_name: str
     overrides: tuple[str, ...]
-    layers_matched_to: str = (
-        ""  # a row: train.max_steps keeps the layer evaluations of its final run (or ckpt)
-    )
+    # a row: train.max_steps keeps the layer evaluations of its final run (or ckpt)
+    layers_matched_to: str = ""
 
 
 @dataclass(frozen=True)
