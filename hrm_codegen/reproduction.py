@@ -147,16 +147,23 @@ def layer_evals(path: Path, overrides: Mapping[str, Any] | None = None) -> int |
     return None
 
 
+def final_run_dir(row: Row) -> Path:
+    """The run a row ends with: its `ckpt` (a run its prepare commands write), else its last stage's run directory."""
+    if row.ckpt:
+        return REPO / row.ckpt
+    if not row.stages:
+        raise ValueError(f"row {row.label!r} trains nothing and names no ckpt: it has no final run")
+    return REPO / "checkpoints" / row.stages[-1].run_name
+
+
 def matched_max_steps(rows: Mapping[str, Row], stage: Stage, cfg: DictConfig) -> int:
     """The stage's train.max_steps, computed when it runs: `layer_matched_steps` against the finished final run
     (or `ckpt`) of row `stage.layers_matched_to`, with the stage's train.cycles_schedule (else its init arch's cycles) and
     the L and H layers of its init checkpoint's arch (train.init_from, with train.arch_overrides)."""
-    target = rows[stage.layers_matched_to]
-    reference = target.ckpt or target.stages[-1].run_name
-    ref_dir = REPO / target.ckpt if target.ckpt else REPO / "checkpoints" / reference
+    ref_dir = final_run_dir(rows[stage.layers_matched_to])
     if not runs.finished(ref_dir):
         sys.exit(
-            f"error: {stage.run_name} trains for the layer evaluations of run {reference}, which has not "
+            f"error: {stage.run_name} trains for the layer evaluations of run {ref_dir.relative_to(REPO)}, which has not "
             f"finished: run `python scripts/reproduce.py {stage.layers_matched_to}` first"
         )
     ref_step = runs.latest_step_dir(ref_dir)
@@ -377,7 +384,7 @@ def count_parameters(path: Path, outside: bool) -> int:
 def evaluated_stages(rows: Mapping[str, Row], name: str) -> list[dict[str, Any]]:
     """The runs of the row that row `name` evaluates, all finished (or a one-line error naming the row to run)."""
     parent = rows[name].evaluates
-    if not runs.finished(REPO / "checkpoints" / rows[parent].stages[-1].run_name):
+    if not runs.finished(final_run_dir(rows[parent])):
         sys.exit(
             f"error: {name} evaluates the final step of row {parent}, which has not finished: run "
             f"`python scripts/reproduce.py {parent}` first"
@@ -453,8 +460,7 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
             target / f"{stage.run_name}.metrics.jsonl",
         )
     if row.stages or row.ckpt:
-        run_dir = REPO / row.ckpt if row.ckpt else REPO / "checkpoints" / row.stages[-1].run_name
-        shutil.copyfile(run_dir / "metrics.jsonl", target / "metrics.jsonl")
+        shutil.copyfile(final_run_dir(row) / "metrics.jsonl", target / "metrics.jsonl")
     shutil.copyfile(outputs / "greedy" / "summary.json", target / "greedy.json")
     for kind, evaluation in (("sampled", sampled), ("humaneval", humaneval), ("mbppplus", mbppplus)):
         if evaluation is not None:

@@ -2,6 +2,7 @@
 row runs, and the results tables group and annotate rows."""
 
 import argparse
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -176,6 +177,20 @@ def test_layer_matched_steps_spend_at_most_the_reference_layer_evaluations():
     for reference in (10, 42, 100):
         steps = reproduction.layer_matched_steps(reference, 30, schedule, 15, 15)
         assert cost(steps) <= reference * 30 < cost(steps + 1)
+
+
+def test_a_row_s_final_run_is_its_ckpt_else_its_last_stage(rows):
+    assert (
+        reproduction.final_run_dir(rows["rs1_mix_L15x2"])
+        == reproduction.REPO / "checkpoints/rs_L15x2_mix/round_1/run"
+    )
+    assert (
+        reproduction.final_run_dir(rows["sft_more_L15x2"]) == reproduction.REPO / "checkpoints/sft_more_L15x2"
+    )
+    two = dataclasses.replace(rows["sft_more_L15x2"], stages=(Stage("first", ()), Stage("second", ())))
+    assert reproduction.final_run_dir(two) == reproduction.REPO / "checkpoints/second"
+    with pytest.raises(ValueError, match="no final run"):
+        reproduction.final_run_dir(rows["exec_sft_L15x2"])  # it evaluates another row's run
 
 
 def test_the_retrofit_rows_count_no_steps_by_hand(rows):
