@@ -460,7 +460,7 @@ def test_execution_rows_record_sampling_mbppplus_and_a_step_matched_control(rows
     text = (results / "results.md").read_text()
     assert "## Learning from execution: the SFT HRM after rejection sampling" in text
     assert (
-        "| 0 (the start) | 0 | 0.0 min | 25.0% (of 500) | 75.0% (of 4) | 50.0% (of 4) | 33.3% (of 3) | 1 | 1.100 |"
+        "| 0 (the start) | 0 | none (the start) | 25.0% (of 500) | 75.0% (of 4) | 50.0% (of 4) | 33.3% (of 3) | 1 | 1.100 |"
     ) in text
     assert "| 20,658 | 77,919 | 79.6 min | 25.0% (of 500) |" in text  # sampling 3,853 s + training 921 s
     assert "| 24,000 | 0 | 0.0 min |" in text  # the control: 12 steps of the fake 2,000 tokens
