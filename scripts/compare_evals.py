@@ -10,6 +10,7 @@ entries failed: the task as the model saw it (its prompt) and the code.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -47,16 +48,52 @@ def _records(directory: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _constants(node: ast.AST) -> set[str]:
+    return {repr(n.value) for n in ast.walk(node) if isinstance(n, ast.Constant)}
+
+
+def fitted_to_asserts(completion: str, prompt: str) -> bool:
+    """Whether a completion compares against a literal argument of the asserts its prompt shows (`if n == 383:`
+    for `assert f(383) == True`): a program fitted to the visible tests rather than a solution. A heuristic."""
+    shown: set[str] = set()
+    for line in prompt.splitlines():
+        try:
+            tree = ast.parse(line.strip())
+        except SyntaxError:
+            continue
+        for call in (
+            n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(tree.body[0], ast.Assert)
+        ):
+            for arg in call.args:
+                shown |= _constants(arg)
+    try:
+        code = ast.parse(completion)
+    except SyntaxError:
+        return False
+    compared = set()
+    for node in ast.walk(code):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                compared |= _constants(side)
+    return bool(shown & compared)
+
+
 def passing_program(directory: Path, others: list[Path]) -> str | None:
-    """One passing program of an evaluation, as its prompt then its completion; a problem the `others` failed
-    first. None when nothing passed."""
+    """One passing program of an evaluation, as its prompt then its completion: a problem the `others` failed
+    and a program not fitted to the shown asserts first. None when nothing passed."""
     passed = [r for r in _records(directory, "samples.jsonl") if r.get("passed")]
     if not passed:
         return None
     solved_elsewhere = {r["task_id"] for d in others for r in _records(d, "samples.jsonl") if r.get("passed")}
-    record = next((r for r in passed if r["task_id"] not in solved_elsewhere), passed[0])
     prompts = {p["task_id"]: p["prompt"] for p in _records(directory, "prompts.jsonl")}
+
+    def fitted(r: dict) -> bool:
+        return fitted_to_asserts(r["completion"], prompts.get(r["task_id"], ""))
+
+    record = min(passed, key=lambda r: (fitted(r), r["task_id"] in solved_elsewhere))
     alone = " (the others failed it)" if record["task_id"] not in solved_elsewhere and others else ""
+    if fitted(record):
+        alone += " (it answers the shown asserts' inputs literally: fitted, not solved)"
     prompt = prompts.get(record["task_id"], "").rstrip("\n")
     return f"task {record['task_id']}{alone}:\n{prompt}\n{record['completion'].rstrip()}"
 

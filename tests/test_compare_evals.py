@@ -40,3 +40,29 @@ def test_show_passing_prefers_a_problem_the_others_failed(tmp_path, capsys):
     _write(tmp_path / "none", {"1": False})
     compare.main(["--show-passing", f"HRM={tmp_path / 'none'}"])
     assert "none: no problem passed" in capsys.readouterr().out
+
+
+def test_a_program_fitted_to_the_shown_asserts_is_shown_last_and_said_so(tmp_path, capsys):
+    compare = _load()
+    prompt = '"""Is n a woodall number?\nassert is_woodall(383) == True\nassert is_woodall(254) == False\n"""'
+    fitted = "def is_woodall(n):\n    if n == 383:\n        return True\n    return False"
+    solved = "def is_woodall(n):\n    return any(k * 2**k - 1 == n for k in range(1, 64))"
+    assert compare.fitted_to_asserts(fitted, prompt) and not compare.fitted_to_asserts(solved, prompt)
+    assert not compare.fitted_to_asserts("def f(:", prompt)  # unparsable: not judged
+    for name, passed in (("hrm", {"1": True, "2": True}), ("src", {"1": False, "2": True})):
+        _write(tmp_path / name, passed)
+    rows = [
+        {"task_id": "1", "sample_index": 0, "completion": fitted, "passed": True},
+        {"task_id": "2", "sample_index": 0, "completion": solved, "passed": True},
+    ]
+    (tmp_path / "hrm" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "hrm" / "prompts.jsonl").write_text(
+        "".join(json.dumps({"task_id": t, "prompt": prompt}) + "\n" for t in ("1", "2"))
+    )
+    compare.main(["--show-passing", f"HRM={tmp_path / 'hrm'}", f"source={tmp_path / 'src'}"])
+    out = capsys.readouterr().out
+    assert "task 2:" in out and "range(1, 64)" in out  # the solution, though the source solved it too
+    (tmp_path / "hrm" / "samples.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    compare.main(["--show-passing", f"HRM={tmp_path / 'hrm'}", f"source={tmp_path / 'src'}"])
+    out = capsys.readouterr().out
+    assert "task 1 (the others failed it) (it answers the shown asserts' inputs literally" in out
