@@ -253,11 +253,11 @@ def execution_table(records: Sequence[Record]) -> list[str]:
         trains = bool(r.get("stages")) and not r.get("evaluates")
         tokens = f"{r['training_tokens']:,}" if trains else "0 (the start)"
         sampled = f"{execution['sampled_tokens']:,}" if execution else "0"
-        walls = [execution["wall_s"].get("sampling")] if execution else []
-        walls.append(r["train_wall_s"] if trains else 0.0)
         if not trains and not execution:
             wall = "none (the start)"  # an evaluated row: its training is the start's own row
         else:
+            walls = [execution["wall_s"].get("sampling")] if execution else []
+            walls.append(r["train_wall_s"] if trains else 0.0)
             wall = "not recorded" if None in walls else minutes(sum(walls))
         if plus is None:
             mbppplus = ["not run"] * 4

@@ -57,13 +57,13 @@ def fitted_to_asserts(completion: str, prompt: str) -> bool:
     for `assert f(383) == True`): a program fitted to the visible tests rather than a solution. A heuristic."""
     shown: set[str] = set()
     for line in prompt.splitlines():
+        if not line.lstrip().startswith("assert "):
+            continue
         try:
             tree = ast.parse(line.strip())
         except SyntaxError:
             continue
-        for call in (
-            n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(tree.body[0], ast.Assert)
-        ):
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
             for arg in call.args:
                 shown |= _constants(arg)
     try:
@@ -87,12 +87,11 @@ def passing_program(directory: Path, others: list[Path]) -> str | None:
     solved_elsewhere = {r["task_id"] for d in others for r in _records(d, "samples.jsonl") if r.get("passed")}
     prompts = {p["task_id"]: p["prompt"] for p in _records(directory, "prompts.jsonl")}
 
-    def fitted(r: dict) -> bool:
-        return fitted_to_asserts(r["completion"], prompts.get(r["task_id"], ""))
-
-    record = min(passed, key=lambda r: (fitted(r), r["task_id"] in solved_elsewhere))
+    fitted = [fitted_to_asserts(r["completion"], prompts.get(r["task_id"], "")) for r in passed]
+    best = min(range(len(passed)), key=lambda i: (fitted[i], passed[i]["task_id"] in solved_elsewhere))
+    record = passed[best]
     alone = " (the others failed it)" if record["task_id"] not in solved_elsewhere and others else ""
-    if fitted(record):
+    if fitted[best]:
         alone += " (it answers the shown asserts' inputs literally: fitted, not solved)"
     prompt = prompts.get(record["task_id"], "").rstrip("\n")
     return f"task {record['task_id']}{alone}:\n{prompt}\n{record['completion'].rstrip()}"
