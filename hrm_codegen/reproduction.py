@@ -344,9 +344,12 @@ def empty_rate(samples: Path, mbpp: str | None, num_problems: int) -> float:
 
 
 def test_split_passes(samples: Path) -> dict[str, float | int]:
-    """Greedy MBPP+ on the tasks of MBPP's test split (task ids 11-510) alone: problems, base and plus pass@1."""
+    """Greedy MBPP+ on the tasks of MBPP's test split (task ids 11-510) alone: problems, base and plus pass@1.
+    `samples` is an evaluate.py samples.jsonl, or a record's compressed samples.jsonl.gz."""
     first, last = SPLITS["test"]
-    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data = samples.read_bytes()
+    text = (gzip.decompress(data) if samples.suffix == ".gz" else data).decode("utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     rows = [r for r in rows if r["sample_index"] == 0 and first <= int(r["task_id"]) <= last]
     if not rows:
         return {"num_problems": 0, "base_pass_at_1": 0.0, "pass_at_1": 0.0}

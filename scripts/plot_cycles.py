@@ -8,7 +8,9 @@ a PNG and a markdown table (issue 26's question: does the HRM get better when it
 A series is LABEL=CYCLES:DIR,CYCLES:DIR,... (an evaluate.py output directory, or its summary.json, per cycle
 count, e.g. from `--arch-override L_cycles=N`); the cycle counts a model was trained at may be marked with
 --trained LABEL=LOW-HIGH. The table (stdout, and --table FILE) gives pass@1 with the passes and problems. --unit
-names what is counted ("L cycle" by default; "segment" for `--arch-override halt_max_steps=N`).
+names what is counted ("L cycle" by default; "segment" for `--arch-override halt_max_steps=N`). With --metric
+plus-test-split the directories are MBPP+ evaluations (`--dataset mbppplus`) and the value is plus pass@1 on the
+tasks of MBPP's test split (from the directory's samples.jsonl or samples.jsonl.gz), as the results tables give it.
 """
 
 from __future__ import annotations
@@ -24,10 +26,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 Series = dict[int, tuple[float, int]]  # cycles -> (pass@1, problems)
+METRICS = ("pass@1", "plus-test-split")
 
 
-def read_pass_at_1(path: Path) -> tuple[float, int]:
-    """(pass@1, number of problems) of an evaluate.py output directory or summary.json."""
+def read_pass_at_1(path: Path, metric: str = "pass@1") -> tuple[float, int]:
+    """(pass@1, number of problems) of an evaluate.py output directory or summary.json; with metric
+    plus-test-split, MBPP+ plus pass@1 on the test-split tasks of the directory's samples."""
+    if metric == "plus-test-split":
+        from hrm_codegen.reproduction import test_split_passes
+
+        found = [path / name for name in ("samples.jsonl", "samples.jsonl.gz") if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path} has no samples.jsonl(.gz); expected an MBPP+ evaluate.py output")
+        split = test_split_passes(found[0])
+        if not split["num_problems"]:
+            raise ValueError(f"{found[0]}: no MBPP+ task of MBPP's test split (task ids 11-510)")
+        return float(split["pass_at_1"]), int(split["num_problems"])
     path = path / "summary.json" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; expected an evaluate.py summary.json")
@@ -78,14 +92,16 @@ def markdown(series: dict[str, Series], trained: dict[str, str], unit: str = "L 
     return "\n".join(lines)
 
 
-def plot(series: dict[str, Series], out: Path, title: str | None, unit: str = "L cycle") -> None:
+def plot(
+    series: dict[str, Series], out: Path, title: str | None, unit: str = "L cycle", ylabel: str = "pass@1 (%)"
+) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, points in series.items():
         counts = sorted(points)
         ax.plot(counts, [100 * points[c][0] for c in counts], marker="o", label=label)
     ax.set(
         xlabel=f"{unit}s at test time",
-        ylabel="pass@1 (%)",
+        ylabel=ylabel,
         title=title or f"pass@1 against test-time {unit}s",
     )
     ax.set_xticks(sorted({c for points in series.values() for c in points}))
@@ -106,18 +122,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", type=Path, help="also write the markdown table here")
     p.add_argument("--title")
     p.add_argument("--unit", default="L cycle", help='what the counts count (e.g. "segment")')
+    p.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="pass@1",
+        help="the summary's pass@1, or MBPP+ plus pass@1 on the test-split tasks (default: pass@1)",
+    )
     args = p.parse_args(argv)
     try:
         series: dict[str, Series] = {}
         for spec in args.series:
             label, points = parse_series(spec)
-            series[label] = {c: read_pass_at_1(d) for c, d in points.items()}
+            series[label] = {c: read_pass_at_1(d, args.metric) for c, d in points.items()}
         trained = dict(item.rpartition("=")[::2] for item in args.trained)
         unknown = [label for label in trained if label not in series]
         if unknown:
             raise ValueError(f"--trained {unknown[0]!r} names no --series")
         text = markdown(series, trained, args.unit)
-        plot(series, args.out, args.title, args.unit)
+        ylabel = (
+            "MBPP+ plus pass@1, test-split tasks (%)" if args.metric == "plus-test-split" else "pass@1 (%)"
+        )
+        plot(series, args.out, args.title, args.unit, ylabel)
     except (OSError, ValueError) as err:
         sys.exit(f"plot_cycles.py: error: {err}")
     print(text)

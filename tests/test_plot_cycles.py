@@ -1,5 +1,6 @@
 """scripts/plot_cycles.py: pass@1 against test-time cycles as a table and a PNG; malformed series are one-line errors."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -60,3 +61,40 @@ def test_malformed_series_is_one_line(tmp_path, series, message):
             ]
         )
     assert message in str(stop.value) and "\n" not in str(stop.value)
+
+
+def mbppplus_samples(root: Path, name: str, passed: dict[int, bool]) -> Path:
+    """An MBPP+ evaluation directory holding only compressed samples (as docs/results records keep them)."""
+    directory = root / name
+    directory.mkdir(parents=True)
+    lines = [
+        json.dumps(
+            {
+                "task_id": str(t),
+                "sample_index": 0,
+                "passed": ok,
+                "result": "passed" if ok else "failed",
+                "detail": "",
+                "completion": "",
+            }
+        )
+        for t, ok in passed.items()
+    ]
+    (directory / "samples.jsonl.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+    return directory
+
+
+def test_plus_test_split_metric_counts_only_mbpp_test_tasks(tmp_path, capsys):
+    # tasks 11-510 are MBPP's test split; 2 and 602 are outside it and must not count
+    one = mbppplus_samples(tmp_path, "L1", {2: True, 11: True, 12: False, 510: False, 602: True})
+    two = mbppplus_samples(tmp_path, "L2", {2: False, 11: True, 12: True, 510: True, 602: False})
+    load_script("plot_cycles").main(
+        ["--series", f"m=1:{one},2:{two}", "--metric", "plus-test-split", "--out", str(tmp_path / "p.png")]
+    )
+    assert "| m | 33.3% (1/3) | 100.0% (3/3) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        load_script("plot_cycles").main(
+            ["--series", f"m=1:{summary(tmp_path, 'bare', 0.1)}", "--metric", "plus-test-split",
+             "--out", str(tmp_path / "p.png")]
+        )  # fmt: skip
+    assert "has no samples.jsonl(.gz)" in str(stop.value)
