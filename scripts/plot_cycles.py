@@ -10,7 +10,8 @@ count, e.g. from `--arch-override L_cycles=N`); the cycle counts a model was tra
 --trained LABEL=LOW-HIGH. The table (stdout, and --table FILE) gives pass@1 with the passes and problems. --unit
 names what is counted ("L cycle" by default; "segment" for `--arch-override halt_max_steps=N`). With --metric
 plus-test-split the directories are MBPP+ evaluations (`--dataset mbppplus`) and the value is plus pass@1 on the
-tasks of MBPP's test split (from the directory's samples.jsonl or samples.jsonl.gz), as the results tables give it.
+tasks of MBPP's test split (from the directory's samples.jsonl or samples.jsonl.gz, or such a file named
+directly, e.g. a row's mbppplus.samples.jsonl.gz), as the results tables give it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def read_pass_at_1(path: Path, metric: str = "pass@1") -> tuple[float, int]:
     if metric == "plus-test-split":
         from hrm_codegen.reproduction import test_split_passes
 
-        found = [path / name for name in ("samples.jsonl", "samples.jsonl.gz") if (path / name).is_file()]
+        names = ("samples.jsonl", "samples.jsonl.gz")
+        found = [path] if path.is_file() else [path / name for name in names if (path / name).is_file()]
         if not found:
             raise FileNotFoundError(f"{path} has no samples.jsonl(.gz); expected an MBPP+ evaluate.py output")
         split = test_split_passes(found[0])

@@ -88,9 +88,12 @@ def test_plus_test_split_metric_counts_only_mbpp_test_tasks(tmp_path, capsys):
     # tasks 11-510 are MBPP's test split; 2 and 602 are outside it and must not count
     one = mbppplus_samples(tmp_path, "L1", {2: True, 11: True, 12: False, 510: False, 602: True})
     two = mbppplus_samples(tmp_path, "L2", {2: False, 11: True, 12: True, 510: True, 602: False})
-    load_script("plot_cycles").main(
-        ["--series", f"m=1:{one},2:{two}", "--metric", "plus-test-split", "--out", str(tmp_path / "p.png")]
-    )
+    load_script("plot_cycles").main(  # a directory, or its samples file named directly
+        [
+            "--series", f"m=1:{one},2:{two / 'samples.jsonl.gz'}",
+            "--metric", "plus-test-split", "--out", str(tmp_path / "p.png"),
+        ]
+    )  # fmt: skip
     assert "| m | 33.3% (1/3) | 100.0% (3/3) |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:
         load_script("plot_cycles").main(
