@@ -148,6 +148,20 @@ def parse_arch_overrides(items: Sequence[str], where: str = "arch override") -> 
     return overrides or None
 
 
+def fewer_cycles_bp_steps(arch: DictConfig, overrides: Mapping[str, Any]) -> DictConfig:
+    """`arch` with a saved bp_steps that the overridden cycles no longer have steps for set to 0 (full
+    backpropagation), the rule `set_cycles` applies in training: a model trained with bp_steps=3 evaluates at one
+    L cycle. An explicit bp_steps override is kept as given (and checked when the model is built)."""
+    cycles_changed = "H_cycles" in overrides or "L_cycles" in overrides
+    if not cycles_changed or "bp_steps" in overrides or arch.get("name") != "hrm":
+        return arch
+    bp_steps = int(arch.get("bp_steps") or 0)
+    most = int(arch.get("H_cycles", 1)) * (int(arch.get("L_cycles", 1)) + 1)
+    if bp_steps > most:
+        arch = cast(DictConfig, OmegaConf.merge(arch, {"bp_steps": 0}))
+    return arch
+
+
 def load_checkpoint(
     path: str | Path,
     tokenizer: Any = None,
@@ -187,9 +201,8 @@ def load_checkpoint(
     family = get_family(cfg.arch.name)
     overrides = dict(arch_overrides or {})
     if overrides:
-        cfg = cast(
-            DictConfig, OmegaConf.merge(cfg, {"arch": override_arch(cfg.arch, overrides, "arch overrides")})
-        )
+        arch = override_arch(cfg.arch, overrides, "arch overrides")
+        cfg = cast(DictConfig, OmegaConf.merge(cfg, {"arch": fewer_cycles_bp_steps(arch, overrides)}))
     vocab_size = OmegaConf.select(cfg, "arch.vocab_size") or tokenizer.vocab_size
     try:
         model = family.build_for_checkpoint(model_config(cfg, vocab_size), resolved)

@@ -287,6 +287,22 @@ def test_arch_overrides_change_the_logits_and_shape_changes_fail_clearly(schedul
         load_checkpoint(run_dir, arch_overrides={"L_cycles": 0})
 
 
+def test_fewer_test_time_cycles_than_the_saved_bp_steps_evaluate_with_full_backpropagation(
+    scheduled, tmp_path
+):
+    """A model trained with bp_steps=4 at 2 x 2 cycles loads at 1 x 1 (2 steps) with bp_steps 0, as set_cycles
+    does in training; an explicit bp_steps override is still checked."""
+    step = scheduled["run_dir"] / "step_8"
+    cfg = OmegaConf.load(step / "config.yaml")
+    cfg.arch.bp_steps = 4
+    fewer = load_checkpoint(step, config=cfg, arch_overrides={"H_cycles": 1, "L_cycles": 1})
+    assert fewer.model.cycles == (1, 1) and fewer.config is not None and fewer.config.arch.bp_steps == 0
+    kept = load_checkpoint(step, config=cfg, arch_overrides={"L_cycles": 1})  # 2 x (1 + 1) = 4 steps: kept
+    assert kept.config is not None and kept.config.arch.bp_steps == 4
+    with pytest.raises(ValueError, match=r"bp_steps must be between 2"):
+        load_checkpoint(step, config=cfg, arch_overrides={"H_cycles": 1, "L_cycles": 1, "bp_steps": 4})
+
+
 @pytest.mark.slow
 def test_evaluate_arch_override_is_recorded_and_guards_a_resumed_output(scheduled, mbpp_path, tmp_path):
     out = tmp_path / "eval"
