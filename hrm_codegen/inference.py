@@ -20,6 +20,7 @@ from hrm_codegen.checkpoint import TOKENIZER_DIR, WEIGHTS_FILE, check_weights_fi
 from hrm_codegen.families import FAMILIES, ModelFamily, get_family
 from hrm_codegen.families.base import arch_from_hf_config
 from hrm_codegen.families.transformers_lm import PRETRAINED, PRETRAINED_SOURCE_KEY
+from hrm_codegen.models.configuration_hrm import max_bp_steps
 from hrm_codegen.runs import CONFIG_FILE, META_FILE, CheckpointError, resolve_checkpoint
 from hrm_codegen.tokenization import FINGERPRINT_FILE, check_fingerprint, load_tokenizer
 
@@ -155,9 +156,8 @@ def fewer_cycles_bp_steps(arch: DictConfig, overrides: Mapping[str, Any]) -> Dic
     cycles_changed = "H_cycles" in overrides or "L_cycles" in overrides
     if not cycles_changed or "bp_steps" in overrides or arch.get("name") != "hrm":
         return arch
-    bp_steps = int(arch.get("bp_steps") or 0)
-    most = int(arch.get("H_cycles", 1)) * (int(arch.get("L_cycles", 1)) + 1)
-    if bp_steps > most:
+    most = max_bp_steps(int(arch.get("H_cycles", 1)), int(arch.get("L_cycles", 1)))
+    if int(arch.get("bp_steps") or 0) > most:
         arch = cast(DictConfig, OmegaConf.merge(arch, {"bp_steps": 0}))
     return arch
 

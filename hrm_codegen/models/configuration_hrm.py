@@ -74,9 +74,14 @@ HRM_DEFAULTS: dict[str, Any] = {
 HRM_KEYS = tuple(HRM_DEFAULTS)
 
 
+def max_bp_steps(h_cycles: int, l_cycles: int) -> int:
+    """The level evaluations of H_cycles x L_cycles (an L step each, plus an H call per H cycle): bp_steps' bound."""
+    return h_cycles * (l_cycles + 1)
+
+
 def check_bp_steps(bp_steps: int, h_cycles: int, l_cycles: int) -> None:
     """Raise ValueError unless bp_steps is 0 (full backpropagation) or 2 <= bp_steps <= H_cycles * (L_cycles + 1)."""
-    most = h_cycles * (l_cycles + 1)
+    most = max_bp_steps(h_cycles, l_cycles)
     if bp_steps != 0 and not 2 <= bp_steps <= most:
         raise ValueError(
             f"bp_steps must be between 2 (the 1-step gradient) and H_cycles * (L_cycles + 1) = {most} "
@@ -239,4 +244,4 @@ class HRMConfig(PretrainedConfig):
     @property
     def max_bp_steps(self) -> int:
         """The bp_steps of full backpropagation through a segment: every H and L step."""
-        return self.H_cycles * (self.L_cycles + 1)
+        return max_bp_steps(self.H_cycles, self.L_cycles)
