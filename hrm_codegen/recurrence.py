@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hrm_codegen.flops import attention_flops, block_params, hrm_flops_per_token
 from hrm_codegen.models.baseline import swiglu_intermediate_size
-from hrm_codegen.models.configuration_hrm import HRMConfig
+from hrm_codegen.models.configuration_hrm import HRM_DEFAULTS, HRMConfig, max_bp_steps
 
 RANDOM_CYCLES = ("none", "uniform", "lognormal_poisson")
 _SALT = 0x48524D43  # keeps these draws apart from any other use of (seed, step)
@@ -55,6 +55,33 @@ def _draw(rng: np.random.Generator, kind: str, spec: Sequence[Any], sigma: float
 def random_cycles_on(train: Any) -> bool:
     """Whether `train` draws the cycles of every step (train.random_cycles is not none)."""
     return str(train.get("random_cycles") or "none") != "none"
+
+
+def bp_steps_at(step: int, total_steps: int, target: int, warmup_ratio: float) -> int:
+    """bp_steps for optimizer step `step` (0-based) under a linear warm-up from 2 to `target`.
+
+    The warm-up lasts `round(warmup_ratio * total_steps)` steps: step s of it uses
+    `2 + floor((target - 2) * s / warmup_steps)`, so each value gets an equal share; from its end on, `target`.
+    A target of 0 (full backpropagation whatever the cycles) or up to 2 has no warm-up: it is returned as is.
+    """
+    warmup_steps = round(warmup_ratio * total_steps)
+    if target <= 2 or step >= warmup_steps:
+        return target
+    return 2 + (target - 2) * step // warmup_steps
+
+
+def cycles_at(step: int, total_steps: int, schedule: Sequence[Sequence[float]]) -> tuple[int, int]:
+    """(H_cycles, L_cycles) of `train.cycles_schedule` for optimizer step `step` (0-based) of `total_steps`.
+
+    Entry `[start_fraction, H_cycles, L_cycles]` is in force from step `round(start_fraction * total_steps)`
+    on, until the next entry's start (a later entry wins where two start at one step). The schedule is checked
+    by `validate_config`: it starts at 0.0 with fractions strictly increasing.
+    """
+    chosen = schedule[0]
+    for entry in schedule:
+        if round(float(entry[0]) * total_steps) <= step:
+            chosen = entry
+    return int(chosen[1]), int(chosen[2])
 
 
 def draw_cycles(seed: int, step: int, train: Any, default: tuple[int, int]) -> tuple[int, int]:
@@ -175,13 +202,14 @@ def check_recurrence_settings(cfg: DictConfig, family_name: str) -> None:
         )
 
 
-def _step_flops(arch: dict[str, Any], cycles: tuple[int, int], seq_len: int, train: Any) -> float:
-    """Training FLOPs per token of one optimizer step at `cycles`: each segment's (deep supervision: all M; forward
-    only with train.exit_gate_only), plus the exit gate's read-outs per segment, forward only: an H call after each L
-    step but an H cycle's last, and the LM head at every exit point."""
+def _step_flops(
+    arch: dict[str, Any], cycles: tuple[int, int], bp_steps: int, seq_len: int, train: Any
+) -> float:
+    """Training FLOPs per token of one optimizer step at `cycles` with `bp_steps`: each segment's (deep supervision:
+    all M; forward only with train.exit_gate_only), plus the exit gate's read-outs per segment, forward only: an H
+    call after each L step but an H cycle's last, and the LM head at every exit point."""
     config = HRMConfig.from_arch({**arch, "H_cycles": cycles[0], "L_cycles": cycles[1], "bp_steps": 0})
-    bp_steps = int(arch.get("bp_steps", 2))
-    config.bp_steps = 0 if bp_steps > config.max_bp_steps else bp_steps  # as set_cycles does
+    config.bp_steps = bp_steps
     flops = hrm_flops_per_token(config, seq_len)
     frozen = bool(train.get("exit_gate_only"))  # no backward through the language model
     per_segment = flops["no_grad"] + (flops["trained"] / 3.0 if frozen else flops["trained"])
@@ -218,22 +246,41 @@ def configure_exit_gate_training(model: torch.nn.Module, train: Any) -> None:
             param.requires_grad_(id(param) in gate_ids)
 
 
+def step_recurrence(cfg: DictConfig, step: int, total_steps: int) -> tuple[int, int, int]:
+    """(H_cycles, L_cycles, bp_steps) of optimizer step `step` (0-based) of `total_steps`, as the HRM family's
+    `before_step` sets them: the cycles of train.cycles_schedule (`cycles_at`), else of train.random_cycles
+    (`draw_cycles`), else the arch's; arch.bp_steps, 0 (full backpropagation) where it exceeds these cycles' steps,
+    and under train.bp_warmup_ratio its warm-up value (`bp_steps_at`) capped at these cycles' steps."""
+    arch, train = cfg.arch, cfg.train
+    schedule = _spec(train, "cycles_schedule")
+    default = (int(arch.H_cycles), int(arch.L_cycles))
+    if schedule:
+        cycles = cycles_at(step, total_steps, schedule)
+    else:
+        cycles = draw_cycles(int(cfg.seed), step, train, default)
+    bound, target = max_bp_steps(*cycles), int(arch.get("bp_steps", HRM_DEFAULTS["bp_steps"]))
+    ratio = float(train.get("bp_warmup_ratio", 0.0) or 0.0)
+    if ratio > 0 and target > 2:
+        return (*cycles, min(bp_steps_at(step, total_steps, target, ratio), bound))
+    return (*cycles, 0 if target > bound else target)
+
+
 def run_train_flops_per_token(cfg: DictConfig, total_steps: int) -> float:
-    """The HRM run's mean analytic training FLOPs per token over its `total_steps` steps: each step at its cycles
-    (drawn ones under train.random_cycles, else the arch's), times its segments, plus the exit read-outs."""
+    """The HRM run's mean analytic training FLOPs per token over its `total_steps` steps: each step at the cycles
+    and bp_steps it trains at (`step_recurrence`: a curriculum, drawn cycles, a bp_steps warm-up), times its
+    segments, plus the exit read-outs."""
     arch = {
         k: v for k, v in cast(dict, OmegaConf.to_container(cfg.arch, resolve=True)).items() if k != "name"
     }
     arch["vocab_size"] = arch.get("vocab_size") or 50257
-    default = (int(arch["H_cycles"]), int(arch["L_cycles"]))
     seq_len = int(cfg.data.seq_len)
-    cache: dict[tuple[int, int], float] = {}
+    cache: dict[tuple[int, int, int], float] = {}
     total = 0.0
     for step in range(total_steps):
-        cycles = draw_cycles(int(cfg.seed), step, cfg.train, default)
-        if cycles not in cache:
-            cache[cycles] = _step_flops(arch, cycles, seq_len, cfg.train)
-        total += cache[cycles]
+        h_cycles, l_cycles, bp_steps = key = step_recurrence(cfg, step, total_steps)
+        if key not in cache:
+            cache[key] = _step_flops(arch, (h_cycles, l_cycles), bp_steps, seq_len, cfg.train)
+        total += cache[key]
     return total / max(total_steps, 1)
 
 

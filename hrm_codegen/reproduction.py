@@ -110,7 +110,9 @@ def layer_matched_steps(
     def cost(steps: int) -> int:
         starts = [round(float(entry[0]) * steps) for entry in schedule]
         total = 0
-        for step in range(steps):  # the last entry started by `step` (the first one before any), as cycles_at
+        for step in range(
+            steps
+        ):  # the last entry started by `step` (the first one before any), as recurrence.cycles_at
             started = [entry for entry, start in zip(schedule, starts, strict=True) if start <= step]
             total += per_step(started[-1] if started else schedule[0])
         return total

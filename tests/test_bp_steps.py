@@ -5,10 +5,10 @@ import torch
 from omegaconf import OmegaConf
 
 from hrm_codegen.families import get_family
-from hrm_codegen.families.hrm import bp_steps_at
 from hrm_codegen.flops import hrm_flops_per_token
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm_codegen.models.hrm_act_v1 import gradient_steps
+from hrm_codegen.recurrence import bp_steps_at
 from hrm_codegen.train_config import compose_config, validate_config
 from hrm_codegen.training import Trainer
 

@@ -18,9 +18,10 @@ from test_training import ENV, FAST, SCRIPT  # the tiny launcher set-up of the t
 
 from hrm_codegen.checkpoint import CheckpointError, read_meta
 from hrm_codegen.families import get_family
-from hrm_codegen.families.hrm import HrmFamily, cycles_at
+from hrm_codegen.families.hrm import HrmFamily
 from hrm_codegen.inference import load_checkpoint
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
+from hrm_codegen.recurrence import cycles_at, step_recurrence
 from hrm_codegen.runs import read_train_state
 from hrm_codegen.train_config import compose_config, resolve_arch_from_init, validate_config
 from hrm_codegen.training import run
@@ -76,11 +77,14 @@ def test_cycles_at_and_the_family_hook_follow_the_schedule(tiny_hrm_config):
     assert [cycles_at(s, 8, schedule) for s in range(8)] == EXPECTED
     assert [cycles_at(s, 3, schedule) for s in range(3)] == [(1, 1), (1, 2), (2, 2)]  # rounds 0.75 and 1.5
     family, model = get_family("hrm"), HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "bp_steps": 6})
-    cfg = OmegaConf.create({"train": {"cycles_schedule": schedule, "bp_warmup_ratio": 0.5}})
+    arch = {"H_cycles": 2, "L_cycles": 2, "bp_steps": 6}
+    train = {"cycles_schedule": schedule, "bp_warmup_ratio": 0.5}
+    cfg = OmegaConf.create({"seed": 0, "arch": arch, "train": train})
     seen = []
     for step in range(8):
         family.before_step(model, step, 8, cfg)
         seen.append((model.cycles, model.bp_steps))
+        assert step_recurrence(cfg, step, 8) == (*model.cycles, model.bp_steps)  # what the run's FLOPs count
     # The bp warm-up (2 up to 6 over 4 steps) is capped at the cycles' own steps: (1, 1) has 2, (1, 2) has 3.
     assert seen == [((1, 1), 2), ((1, 1), 2), ((1, 2), 3), ((1, 2), 3), *[((2, 2), 6)] * 4]
     assert model.config.H_cycles == 2 and model.config.L_cycles == 2  # the arch keeps the target cycles

@@ -16,7 +16,7 @@ from hrm_codegen.families import get_family
 from hrm_codegen.families.hrm import HrmFamily
 from hrm_codegen.logging_utils import read_metrics
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
-from hrm_codegen.recurrence import draw_cycles, run_train_flops_per_token
+from hrm_codegen.recurrence import draw_cycles, run_train_flops_per_token, step_recurrence
 from hrm_codegen.runs import read_train_state
 from hrm_codegen.train_config import compose_config, validate_config
 from hrm_codegen.training import run
@@ -57,13 +57,16 @@ def test_lognormal_poisson_draws_have_the_configured_mean_and_cap():
 def test_the_family_sets_the_drawn_cycles_keeps_bp_steps_and_validates_and_saves_at_the_arch_cycles(tmp_path):
     family = get_family("hrm")
     model = HierarchicalReasoningModel_ACTV1({**TINY_HRM, "bp_steps": 3})
-    cfg = OmegaConf.create({"seed": 3, "arch": {"H_cycles": 2, "L_cycles": 2}, "train": UNIFORM})
+    cfg = OmegaConf.create(
+        {"seed": 3, "arch": {"H_cycles": 2, "L_cycles": 2, "bp_steps": 3}, "train": UNIFORM}
+    )
     for step in range(12):
         info = family.before_step(model, step, 12, cfg)
         drawn = draw_cycles(3, step, UNIFORM, (2, 2))
         assert info == {"H_cycles": drawn[0], "L_cycles": drawn[1]} and model.cycles == drawn
         # bp_steps 3 backpropagates the last 3 level calls, all of them where a draw has fewer (bp_steps 0)
         assert model.config.bp_steps == (3 if drawn[0] * (drawn[1] + 1) >= 3 else 0)
+        assert step_recurrence(cfg, step, 12) == (*drawn, model.config.bp_steps)  # what the run FLOPs count
     batch = {"input_ids": torch.randint(0, 97, (2, 8))}
     seen = []
     original = model.model.forward_segment
@@ -165,6 +168,21 @@ def test_the_run_flops_follow_the_draws():
     assert run_train_flops_per_token(deep, 3) == pytest.approx(2 * per_l[2])  # two segments a step
     exits = compose_config(["arch=tiny", "arch.vocab_size=97", "data.seq_len=64", "arch.exit_gate=true"])
     assert run_train_flops_per_token(exits, 1) > per_l[2]  # the exit gate's read-outs
+
+
+def test_the_run_flops_follow_a_cycles_curriculum_and_a_bp_steps_warmup():
+    """A curriculum's early steps run fewer cycles, a bp_steps warm-up's fewer gradient steps: both cost less than
+    the arch's cycles and bp_steps throughout (the SFT retrofit's 1 -> 2 L cycles curriculum is such a run)."""
+    base = ["arch=tiny", "arch.vocab_size=97", "data.seq_len=64", "arch.H_cycles=1"]
+    one, two = (compose_config([*base, f"arch.L_cycles={n}"]) for n in (1, 2))
+    per_l = {1: run_train_flops_per_token(one, 1), 2: run_train_flops_per_token(two, 1)}
+    curriculum = compose_config([*base, "arch.L_cycles=2", "train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]"])
+    assert [step_recurrence(curriculum, s, 8)[:2] for s in range(8)] == [(1, 1)] * 2 + [(1, 2)] * 6
+    assert run_train_flops_per_token(curriculum, 8) == pytest.approx((2 * per_l[1] + 6 * per_l[2]) / 8)
+    full = compose_config([*base, "arch.L_cycles=2", "arch.bp_steps=3"])
+    warmed = compose_config([*base, "arch.L_cycles=2", "arch.bp_steps=3", "train.bp_warmup_ratio=0.5"])
+    assert [step_recurrence(warmed, s, 4)[2] for s in range(4)] == [2, 2, 3, 3]
+    assert run_train_flops_per_token(warmed, 4) < run_train_flops_per_token(full, 4)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import hydra
 import pytest
 
 from hrm_codegen import report, reproduction
-from hrm_codegen.families.hrm import cycles_at
+from hrm_codegen.recurrence import cycles_at
 from hrm_codegen.result_rows import Row, RowsFileError, Stage, load_rows
 from hrm_codegen.train_config import compose_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Any, cast
@@ -36,7 +36,9 @@ from hrm_codegen.models.hrm_act_v1 import (
     rename_legacy_keys,
 )
 from hrm_codegen.recurrence import (
+    bp_steps_at,
     configure_exit_gate_training,
+    cycles_at,
     draw_cycles,
     exit_targets,
     random_cycles_on,
@@ -60,33 +62,6 @@ def _hrm_arch_schema() -> type:
 
 
 HRMArchConfig = _hrm_arch_schema()
-
-
-def bp_steps_at(step: int, total_steps: int, target: int, warmup_ratio: float) -> int:
-    """bp_steps for optimizer step `step` (0-based) under a linear warm-up from 2 to `target`.
-
-    The warm-up lasts `round(warmup_ratio * total_steps)` steps: step s of it uses
-    `2 + floor((target - 2) * s / warmup_steps)`, so each value gets an equal share; from its end on, `target`.
-    A target of 0 (full backpropagation whatever the cycles) or up to 2 has no warm-up: it is returned as is.
-    """
-    warmup_steps = round(warmup_ratio * total_steps)
-    if target <= 2 or step >= warmup_steps:
-        return target
-    return 2 + (target - 2) * step // warmup_steps
-
-
-def cycles_at(step: int, total_steps: int, schedule: Sequence[Sequence[float]]) -> tuple[int, int]:
-    """(H_cycles, L_cycles) of `train.cycles_schedule` for optimizer step `step` (0-based) of `total_steps`.
-
-    Entry `[start_fraction, H_cycles, L_cycles]` is in force from step `round(start_fraction * total_steps)`
-    on, until the next entry's start (a later entry wins where two start at one step). The schedule is checked
-    by `validate_config`: it starts at 0.0 with fractions strictly increasing.
-    """
-    chosen = schedule[0]
-    for entry in schedule:
-        if round(float(entry[0]) * total_steps) <= step:
-            chosen = entry
-    return int(chosen[1]), int(chosen[2])
 
 
 class ActCarryState(TrainState):
