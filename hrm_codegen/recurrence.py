@@ -303,3 +303,14 @@ def training_budget(cfg: DictConfig, total_steps: int) -> dict[str, float | int]
         "ratio": hrm / source,
         "source_steps_equal_flops": round(total_steps * hrm / source),
     }
+
+
+def source_matched_steps(cfg: DictConfig, source_steps: int) -> int:
+    """The most optimizer steps N of the HRM run `cfg` (its arch resolved from its init) whose analytic training
+    FLOPs, each step at the cycles and bp_steps it trains at (`run_train_flops_per_token`), stay within
+    `source_steps` steps of its source (`training_budget`'s: the same layers at one cycle) on the same batches."""
+    budget = source_steps * float(training_budget(cfg, 1)["source_flops_per_token"])
+    steps = 0
+    while run_train_flops_per_token(cfg, steps + 1) * (steps + 1) <= budget * (1 + 1e-9):  # float sums
+        steps += 1
+    return steps

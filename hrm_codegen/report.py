@@ -42,6 +42,11 @@ GROUPS = {  # table group: (title, plot file, plot title)
         "mbpp_execution.png",
         "The SFT HRM fine-tuned further: training and MBPP validation loss (2-core CPU)",
     ),
+    "recurrence": (
+        "Recurrence that pays: the retrofitted HRM at test-time cycles, per training mechanism (CPU)",
+        "mbpp_recurrence.png",
+        "The retrofitted HRM trained with each recurrence mechanism: training and MBPP validation loss (2-core CPU)",
+    ),
 }
 
 INTRO = {
@@ -93,6 +98,15 @@ INTRO = {
         "(the SFT start's aside); sampled: completion tokens generated to build the training data. Wall times:",
         "2-core CPU, one thread per job, two jobs at a time.",
     ],
+    "recurrence": [
+        "The retrofit (row retrofit_L15x2's checkpoints/retro_L15x2) fine-tuned on MBPP train as the SFT row, with",
+        "one recurrence mechanism each (randomized L cycles per step, truncated backpropagation, deep supervision),",
+        "for at most the post-trained source's analytic training FLOPs (`source_flops_matched_to`), then evaluated",
+        "at several test-time cycle counts (`evaluate.py --arch-override`): fp16 weights, greedy, native prompts, at",
+        "most 128 new tokens; MBPP pass@1 on all 500 test problems and MBPP+ plus pass@1 on the 239 tasks of MBPP's",
+        "test split (EvalPlus's hidden inputs). In parentheses: decoder-layer evaluations per token. Does the HRM",
+        "get better when it thinks longer? Wall times: 2-core CPU, one thread per job, two jobs at a time.",
+    ],
 }
 COLUMNS = [
     "- training tokens: non-padding input tokens processed, prompts included, summed over the stages;",
@@ -128,6 +142,8 @@ def markdown(
             lines += seed_table(models, RETROFIT_SEEDS, retrofit_seed_columns())
         elif group == "execution":
             lines += execution_table(members)
+        elif group == "recurrence":
+            lines += recurrence_table(members)
         elif group == "compare":
             lines += table(members, group)
             models = list(by_model(members, rows).values())
@@ -280,6 +296,53 @@ def execution_table(records: Sequence[Record]) -> list[str]:
             f"| {percent(greedy['pass_at_k']['1'], greedy['num_problems'])} | {' | '.join(mbppplus)} | {loss} |"
         )
     return lines + row_commands(records)
+
+
+def recurrence_table(records: Sequence[Record]) -> list[str]:
+    """The recurrence group's section: each model's training, then its MBPP and MBPP+ pass@1 at every test-time
+    override (a column per override, in the order the rows give them), and the commands."""
+    overrides = list(dict.fromkeys(e["override"] for r in records for e in r.get("test_time", [])))
+    header = " | ".join(overrides)
+    lines = section_head(
+        "recurrence",
+        f"| model | training tokens | train wall time | MBPP validation loss | {header} |",
+        "|---|---:|---:|---:|" + "---:|" * len(overrides),
+    )
+    plus_lines = [
+        "",
+        "MBPP+ plus pass@1 on the test-split tasks (passes / tasks), at the same overrides:",
+        "",
+        f"| model | {header} |",
+        "|---|" + "---:|" * len(overrides),
+    ]
+    for r in records:
+        at = {e["override"]: e for e in r.get("test_time", [])}
+        trains = bool(r.get("stages")) and not r.get("evaluates")
+        tokens = f"{r['training_tokens']:,}" if trains else "the evaluated row's"
+        wall = minutes(r["train_wall_s"]) if trains else "n/a"
+        val_loss = (
+            r["val_loss"] if r["val_loss"] is not None else (r.get("stages") or [{}])[-1].get("val_loss")
+        )
+        loss = "n/a" if val_loss is None else f"{val_loss:.3f}"
+        mbpp, plus = [], []
+        for override in overrides:
+            entry = at.get(override)
+            if entry is None:
+                mbpp.append("")
+                plus.append("")
+                continue
+            greedy = entry["greedy"]
+            mbpp.append(f"{100 * greedy['pass_at_k']['1']:.1f}% ({entry['layer_evals_per_token']})")
+            split = (entry.get("mbppplus") or {}).get("test_split")
+            plus.append(
+                "not run"
+                if split is None
+                else f"{100 * split['pass_at_1']:.1f}% ({round(split['pass_at_1'] * split['num_problems'])}"
+                f" / {split['num_problems']})"
+            )
+        lines.append(f"| {r['label']} | {tokens} | {wall} | {loss} | {' | '.join(mbpp)} |")
+        plus_lines.append(f"| {r['label']} | {' | '.join(plus)} |")
+    return lines + plus_lines + row_commands(records)
 
 
 def row_commands(records: Sequence[Record]) -> list[str]:

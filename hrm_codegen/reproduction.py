@@ -34,8 +34,9 @@ from hrm_codegen.datasets.evalplus_judge import base_passed
 from hrm_codegen.datasets.mbpp import SPLITS, load_mbpp, mbpp_problems
 from hrm_codegen.families import get_family
 from hrm_codegen.inference import load_model_for_inference, model_config
+from hrm_codegen.recurrence import source_matched_steps
 from hrm_codegen.result_rows import Row, Stage
-from hrm_codegen.train_config import compose_config
+from hrm_codegen.train_config import compose_config, resolve_arch_from_init
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -136,13 +137,16 @@ def saved_arch(step_dir: Path) -> dict[str, Any]:
 
 
 def layer_evals(path: Path, overrides: Mapping[str, Any] | None = None) -> int | None:
-    """Decoder-layer evaluations per token of a model: H_cycles x (L_cycles x L_layers + H_layers) of an HRM
-    step's arch with `overrides` applied, else `num_hidden_layers` of a transformers directory (an outside
-    model, or a step's hf/ export); None when neither says."""
+    """Decoder-layer evaluations per token of a model: halt_max_steps x H_cycles x (L_cycles x L_layers +
+    H_layers) of an HRM step's arch with `overrides` applied, else `num_hidden_layers` of a transformers directory
+    (an outside model, or a step's hf/ export); None when neither says."""
     if (path / runs.CONFIG_FILE).is_file():
         arch = {**saved_arch(path), **(overrides or {})}
-        if arch.get("name") == "hrm":
-            return arch["H_cycles"] * (arch["L_cycles"] * arch["L_layers"] + arch["H_layers"])
+        if (
+            arch.get("name") == "hrm"
+        ):  # halt_max_steps segments, each H_cycles x (L_cycles L calls + an H call)
+            segment = arch["H_cycles"] * (arch["L_cycles"] * arch["L_layers"] + arch["H_layers"])
+            return int(arch.get("halt_max_steps") or 1) * segment
     for config in (path / "config.json", path / "hf" / "config.json"):
         if config.is_file():
             return read_json(config).get("num_hidden_layers")
@@ -162,15 +166,8 @@ def matched_max_steps(rows: Mapping[str, Row], stage: Stage, cfg: DictConfig) ->
     """The stage's train.max_steps, computed when it runs: `layer_matched_steps` against the finished final run
     (or `ckpt`) of row `stage.layers_matched_to`, with the stage's train.cycles_schedule (else its init arch's cycles) and
     the L and H layers of its init checkpoint's arch (train.init_from, with train.arch_overrides)."""
-    ref_dir = final_run_dir(rows[stage.layers_matched_to])
-    if not runs.finished(ref_dir):
-        sys.exit(
-            f"error: {stage.run_name} trains for the layer evaluations of run {ref_dir.relative_to(REPO)}, which has not "
-            f"finished: run `python scripts/reproduce.py {stage.layers_matched_to}` first"
-        )
-    ref_step = runs.latest_step_dir(ref_dir)
-    assert ref_step is not None
-    state, ref_layers = runs.read_train_state(ref_step), layer_evals(ref_step)
+    ref_step, steps = finished_reference_steps(rows, stage.layers_matched_to, stage.run_name)
+    ref_layers = layer_evals(ref_step)
     if ref_layers is None:
         sys.exit(f"error: {ref_step} does not say its layers per token (no hf/config.json, not an HRM)")
     init = runs.resolve_checkpoint(REPO / str(cfg.train.init_from))
@@ -178,8 +175,30 @@ def matched_max_steps(rows: Mapping[str, Row], stage: Stage, cfg: DictConfig) ->
     schedule = cast(list, OmegaConf.to_container(cfg.train.cycles_schedule)) or [
         [0.0, arch["H_cycles"], arch["L_cycles"]]
     ]
-    steps = state.get("total_steps") or state["step"]
     return layer_matched_steps(steps, ref_layers, schedule, arch["L_layers"], arch["H_layers"])
+
+
+def finished_reference_steps(rows: Mapping[str, Row], reference: str, run_name: str) -> tuple[Path, int]:
+    """The final step directory of row `reference`'s run and its optimizer steps; exits when that run has not
+    finished (`run_name`'s step count depends on it)."""
+    ref_dir = final_run_dir(rows[reference])
+    if not runs.finished(ref_dir):
+        sys.exit(
+            f"error: {run_name} trains for the budget of run {ref_dir.relative_to(REPO)}, which has not "
+            f"finished: run `python scripts/reproduce.py {reference}` first"
+        )
+    ref_step = runs.latest_step_dir(ref_dir)
+    assert ref_step is not None
+    state = runs.read_train_state(ref_step)
+    return ref_step, int(state.get("total_steps") or state["step"])
+
+
+def source_matched_max_steps(rows: Mapping[str, Row], stage: Stage, cfg: DictConfig) -> int:
+    """The stage's train.max_steps, computed when it runs: its HRM's steps within the analytic training FLOPs of
+    row `stage.source_flops_matched_to`'s finished run of the source (`recurrence.source_matched_steps`: each step
+    at the cycles and bp_steps it trains at, the arch from its init checkpoint with train.arch_overrides)."""
+    _, source_steps = finished_reference_steps(rows, stage.source_flops_matched_to, stage.run_name)
+    return source_matched_steps(resolve_arch_from_init(cfg), source_steps)
 
 
 def corpus_dir(cfg: DictConfig, args: argparse.Namespace) -> str:
@@ -196,6 +215,8 @@ def train_command(
         steps = [f"train.max_steps={flop_matched_steps(row, stage, cfg)}"]
     elif stage.layers_matched_to:
         steps = [f"train.max_steps={matched_max_steps(rows, stage, cfg)}"]
+    elif stage.source_flops_matched_to:
+        steps = [f"train.max_steps={source_matched_max_steps(rows, stage, cfg)}"]
     command = [
         sys.executable,
         "scripts/train_codegen.py",
@@ -284,11 +305,17 @@ def build_data(
 
 
 def evaluate(
-    row: Row, model: list[str], out: Path, kind: str, args: argparse.Namespace, commands: list[str]
+    row: Row,
+    model: list[str],
+    out: Path,
+    kind: str,
+    args: argparse.Namespace,
+    commands: list[str],
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run scripts/evaluate.py on `model` (--ckpt or --model and its path; it resumes from out/samples.jsonl):
     `kind` greedy (MBPP test), sampled (MBPP test, n=20), humaneval (greedy, every problem) or mbppplus (greedy,
-    the tasks outside MBPP train); the summary."""
+    the tasks outside MBPP train), with the row's eval_args and `extra`; the summary."""
     if kind == "sampled":
         limit = args.sampled_limit or row.sampled_limit
         sampling = [*SAMPLING, "--batch-size", str(row.sampled_batch)] + (
@@ -310,6 +337,7 @@ def evaluate(
         MAX_NEW_TOKENS,
         *sampling,
         *row.eval_args,
+        *extra,
         "--no-progress",
         "--output",
         str(out.relative_to(REPO)),
@@ -330,6 +358,41 @@ def evaluate(
         summary.get("generation_seconds") if summary.get("samples_resumed", 0) == 0 else None,
     )
     return record
+
+
+def override_slug(override: str) -> str:
+    """A test-time override (KEY=VALUE) as a file-name part: KEY_VALUE."""
+    return override.replace("=", "_")
+
+
+def test_time_evaluation(
+    row: Row,
+    model: list[str],
+    evaluated: Path,
+    outputs: Path,
+    override: str,
+    args: argparse.Namespace,
+    commands: list[str],
+) -> dict[str, Any]:
+    """The row's model evaluated with `--arch-override override` (test-time cycles): greedy MBPP and, with
+    `mbppplus`, MBPP+ under outputs/<slug>/, and the layer evaluations per token at that override."""
+    extra = ["--arch-override", override]
+    out = outputs / override_slug(override)
+    greedy = evaluate(row, model, out / "greedy", "greedy", args, commands, extra)
+    plus = evaluate(row, model, out / "mbppplus", "mbppplus", args, commands, extra) if row.mbppplus else None
+    return {
+        "override": override,
+        "layer_evals_per_token": layer_evals(evaluated, arch_overrides([*row.eval_args, *extra])),
+        "greedy": greedy,
+        "mbppplus": plus,
+    }
+
+
+def keep_samples(evaluation: Path, stem: Path) -> None:
+    """An evaluation's completions, compressed, as <stem>.samples.jsonl.gz (so anyone can re-score them)."""
+    if (evaluation / "samples.jsonl").is_file():
+        data = (evaluation / "samples.jsonl").read_bytes()
+        stem.with_name(f"{stem.name}.samples.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
 
 
 def empty_rate(samples: Path, mbpp: str | None, num_problems: int) -> float:
@@ -418,15 +481,26 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
     evaluated = REPO / row.model if row.model else stages[-1]["step_dir"]
     model = ["--model" if row.model else "--ckpt", str(evaluated.relative_to(REPO))]
     outputs = REPO / "outputs" / "eval" / name
-    greedy = evaluate(row, model, outputs / "greedy", "greedy", args, commands)
+    test_time = [
+        test_time_evaluation(row, model, evaluated, outputs, override, args, commands)
+        for override in row.test_overrides
+    ]
+    plain = not row.test_overrides  # a test-time row is evaluated at its overrides alone
+    greedy = evaluate(row, model, outputs / "greedy", "greedy", args, commands) if plain else None
     sampled = (
-        None if args.greedy_only else evaluate(row, model, outputs / "sampled", "sampled", args, commands)
+        evaluate(row, model, outputs / "sampled", "sampled", args, commands)
+        if plain and not args.greedy_only
+        else None
     )
     humaneval = (
-        evaluate(row, model, outputs / "humaneval", "humaneval", args, commands) if row.humaneval else None
+        evaluate(row, model, outputs / "humaneval", "humaneval", args, commands)
+        if plain and row.humaneval
+        else None
     )
     mbppplus = (
-        evaluate(row, model, outputs / "mbppplus", "mbppplus", args, commands) if row.mbppplus else None
+        evaluate(row, model, outputs / "mbppplus", "mbppplus", args, commands)
+        if plain and row.mbppplus
+        else None
     )
 
     walls = [s["train_wall_s"] for s in stages]
@@ -451,6 +525,7 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
         **({"model": row.model} if row.model else {}),
         **({"evaluates": row.evaluates} if row.evaluates else {}),
         **({"ckpt": row.ckpt} if row.ckpt else {}),
+        **({"test_time": test_time} if test_time else {}),
         "group": row.group,
         "hardware": args.hardware or default_hardware(),
         "date": datetime.date.today().isoformat(),
@@ -466,17 +541,25 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
         )
     if row.stages or row.ckpt:
         shutil.copyfile(final_run_dir(row) / "metrics.jsonl", target / "metrics.jsonl")
-    shutil.copyfile(outputs / "greedy" / "summary.json", target / "greedy.json")
-    for kind, evaluation in (("sampled", sampled), ("humaneval", humaneval), ("mbppplus", mbppplus)):
+    for kind, evaluation in (
+        ("greedy", greedy),
+        ("sampled", sampled),
+        ("humaneval", humaneval),
+        ("mbppplus", mbppplus),
+    ):
         if evaluation is not None:
             shutil.copyfile(outputs / kind / "summary.json", target / f"{kind}.json")
         elif (target / f"{kind}.json").is_file():
             (target / f"{kind}.json").unlink()  # from an earlier run of the row: not this record's
     if row.group == "execution":  # the completions, so anyone can re-score them (evaluate.py --samples)
         for kind in ("greedy", "mbppplus"):
-            if (outputs / kind / "samples.jsonl").is_file():
-                data = (outputs / kind / "samples.jsonl").read_bytes()
-                (target / f"{kind}.samples.jsonl.gz").write_bytes(gzip.compress(data, mtime=0))
+            keep_samples(outputs / kind, target / kind)
+    for entry in test_time:  # summaries and completions per override: <slug>.greedy.json, ...
+        slug = override_slug(entry["override"])
+        for kind in ("greedy", "mbppplus"):
+            if entry[kind] is not None:
+                shutil.copyfile(outputs / slug / kind / "summary.json", target / f"{slug}.{kind}.json")
+                keep_samples(outputs / slug / kind, target / f"{slug}.{kind}")
     (target / "row.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {target / 'row.json'}")
     return record

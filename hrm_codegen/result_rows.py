@@ -3,7 +3,7 @@
 A row is a label and what to run: training stages (a run name and Hydra overrides each, the last one evaluated),
 or an outside model to evaluate zero-shot, or another row whose final step it evaluates; and the evaluation's
 settings. configs/results/README.md describes every key. Reading composes no config: the step counts a row
-derives from configs (`flops_matched_to`, `layers_matched_to`) are computed when it runs
+derives from configs (`flops_matched_to`, `layers_matched_to`, `source_flops_matched_to`) are computed when it runs
 (`hrm_codegen.reproduction`).
 """
 
@@ -40,6 +40,9 @@ class Stage:
     overrides: tuple[str, ...]
     # a row: train.max_steps keeps the layer evaluations of its final run (or ckpt)
     layers_matched_to: str = ""
+    # a row that post-trains the retrofit's source: train.max_steps keeps that run's analytic training FLOPs (the
+    # HRM's steps at the cycles and bp_steps each trains at, against the source's: recurrence.source_matched_steps)
+    source_flops_matched_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class Row:
     go to every evaluate.py call. `ckpt` is a run directory the row's prepare commands write (a
     rejection-sampling round's fine-tuning run), evaluated instead of a stage's run; `execution_manifest` a
     rejection-sampling manifest whose sampling totals the record keeps. `seed_of` names the row this one
-    repeats with another seed.
+    repeats with another seed. `test_overrides` (`KEY=VALUE` each, e.g. L_cycles=3) evaluates the model once per
+    override (`evaluate.py --arch-override`), greedy on MBPP and, with `mbppplus`, on MBPP+: test-time cycles.
     """
 
     label: str
@@ -71,6 +75,7 @@ class Row:
     ckpt: str = ""
     mbppplus: bool = False
     execution_manifest: str = ""
+    test_overrides: tuple[str, ...] = ()
     seed_of: str = ""
 
 
@@ -93,9 +98,10 @@ def load_rows(groups: Sequence[str], directory: Path = ROWS_DIR) -> dict[str, Ro
             rows[name], files[name] = row, path
     for name, row in rows.items():
         where = f"{files[name]}: row {name}"
-        targets = [("evaluates", row.evaluates)] + [
-            ("layers_matched_to", s.layers_matched_to) for s in row.stages
-        ]
+        targets = [("evaluates", row.evaluates)]
+        for s in row.stages:
+            targets += [("layers_matched_to", s.layers_matched_to)]
+            targets += [("source_flops_matched_to", s.source_flops_matched_to)]
         for key, target in targets:
             trains = target in rows and (rows[target].stages or (key != "evaluates" and rows[target].ckpt))
             if target and not trains:
@@ -176,7 +182,13 @@ def parse_row(entry: dict[str, Any], group: str, where: str) -> Row:
         ckpt=get("ckpt", str, "a run directory", ""),
         mbppplus=get("mbppplus", bool, "true or false", False),
         execution_manifest=get("execution_manifest", str, "a manifest path", ""),
+        test_overrides=strings(entry.get("test_overrides", []), f"{where}: key test_overrides"),
     )
+    malformed = [o for o in row.test_overrides if not o.partition("=")[0] or not o.partition("=")[2]]
+    if malformed:
+        raise RowsFileError(
+            f"{where}: key test_overrides: expected KEY=VALUE (e.g. L_cycles=3), got {malformed[0]!r}"
+        )
     if sum(map(bool, (row.stages, row.model, row.evaluates, row.ckpt))) != 1:
         raise RowsFileError(
             f"{where}: expected exactly one of stages, model (zero-shot), evaluates (a row) or ckpt (a run "
@@ -190,24 +202,37 @@ def parse_row(entry: dict[str, Any], group: str, where: str) -> Row:
                 raise RowsFileError(
                     f"{where}: stage {i}: key overrides: flops_matched_to needs one experiment= override"
                 )
-            if stage.layers_matched_to:
-                raise RowsFileError(f"{where}: stage {i}: flops_matched_to and layers_matched_to both set")
+            if stage.layers_matched_to or stage.source_flops_matched_to:
+                raise RowsFileError(
+                    f"{where}: stage {i}: flops_matched_to and a stage's layers_matched_to or "
+                    "source_flops_matched_to both set"
+                )
+    for i, stage in enumerate(row.stages):
+        if stage.layers_matched_to and stage.source_flops_matched_to:
+            raise RowsFileError(f"{where}: stage {i}: layers_matched_to and source_flops_matched_to both set")
     return row
 
 
 def parse_stage(entry: Any, where: str) -> Stage:
-    """A Stage from its mapping (run_name, overrides, optional layers_matched_to)."""
+    """A Stage from its mapping (run_name, overrides, optional layers_matched_to or source_flops_matched_to)."""
     expect(entry, dict, "a mapping with run_name and overrides", where)
     unknown = sorted(set(entry) - STAGE_KEYS)
     if unknown or not {"run_name", "overrides"} <= set(entry):
         raise RowsFileError(
-            f"{where}: expected the keys run_name, overrides (and layers_matched_to), got {sorted(entry)}"
+            f"{where}: expected the keys run_name, overrides (and layers_matched_to or source_flops_matched_to), "
+            f"got {sorted(entry)}"
         )
     return Stage(
         run_name=expect(entry["run_name"], str, "a string", f"{where}: key run_name"),
         overrides=strings(entry["overrides"], f"{where}: key overrides"),
         layers_matched_to=expect(
             entry.get("layers_matched_to", ""), str, "a row name", f"{where}: key layers_matched_to"
+        ),
+        source_flops_matched_to=expect(
+            entry.get("source_flops_matched_to", ""),
+            str,
+            "a row name",
+            f"{where}: key source_flops_matched_to",
         ),
     )
 

@@ -16,7 +16,13 @@ from hrm_codegen.families import get_family
 from hrm_codegen.families.hrm import HrmFamily
 from hrm_codegen.logging_utils import read_metrics
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
-from hrm_codegen.recurrence import draw_cycles, run_train_flops_per_token, step_recurrence
+from hrm_codegen.recurrence import (
+    draw_cycles,
+    run_train_flops_per_token,
+    source_matched_steps,
+    step_recurrence,
+    training_budget,
+)
 from hrm_codegen.runs import read_train_state
 from hrm_codegen.train_config import compose_config, validate_config
 from hrm_codegen.training import run
@@ -201,3 +207,14 @@ def test_the_run_flops_follow_a_cycles_curriculum_and_a_bp_steps_warmup():
 def test_bad_settings_are_one_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         validate_config(compose_config(["arch=tiny", *overrides]))
+
+
+def test_source_matched_steps_spend_at_most_the_source_runs_training_flops():
+    base = ["arch=tiny", "arch.vocab_size=97", "data.seq_len=64", "arch.H_cycles=1"]
+    identity = compose_config([*base, "arch.L_cycles=1", "arch.bp_steps=0"])
+    assert source_matched_steps(identity, 42) == 42  # the source itself: its own steps
+    drawn = compose_config([*base, "arch.L_cycles=2", *RANDOM, "arch.bp_steps=0"])
+    steps = source_matched_steps(drawn, 42)
+    budget = 42 * float(training_budget(drawn, 1)["source_flops_per_token"])
+    cost = [run_train_flops_per_token(drawn, n) * n for n in (steps, steps + 1)]
+    assert cost[0] <= budget < cost[1] and steps < 42  # 1-3 L cycles cost more per step than one

@@ -466,6 +466,70 @@ def test_execution_rows_record_sampling_mbppplus_and_a_step_matched_control(rows
     assert "| 24,000 | 0 | 0.0 min |" in text  # the control: 12 steps of the fake 2,000 tokens
 
 
+def test_recurrence_rows_train_within_the_source_s_flops_and_evaluate_at_every_test_time_override(
+    rows, fake_repo, tmp_path, monkeypatch
+):
+    """A recurrence row: its steps matched to the finished post-trained source's (42 here) when it runs, then
+    MBPP and MBPP+ at every override with the layer evaluations of each, the completions kept, and the table's
+    columns per override; the deep-supervision row counts segments."""
+    args, executed = fake_repo
+    args.greedy_only = True
+    asked = []
+
+    def matched(cfg, source_steps):
+        asked.append((cfg.train.random_cycles, source_steps))
+        return 28
+
+    monkeypatch.setattr(reproduction, "source_matched_steps", matched)
+    monkeypatch.setattr(
+        reproduction, "resolve_arch_from_init", lambda cfg: cfg
+    )  # the fake init has no full arch
+    with pytest.raises(SystemExit, match="run `python scripts/reproduce.py retrofit_posttrain` first"):
+        reproduction.reproduce(rows, "recurrence_lp38_L15x2", args)
+    reproduction.reproduce(rows, "retrofit_posttrain", args)
+    record = reproduction.reproduce(rows, "recurrence_lp38_L15x2", args)
+    assert asked == [("lognormal_poisson", 42)]
+    train = [c for c in record["commands"] if "train_codegen.py" in c]
+    assert len(train) == 1 and "train.max_steps=28 run_name=retrofit_L15x2_lp38" in train[0]
+    evals = [c for c in record["commands"] if "evaluate.py" in c]
+    assert len(evals) == 10 and all("--ckpt checkpoints/retrofit_L15x2_lp38/step_28" in c for c in evals)
+    assert "--quantize fp16 --arch-override L_cycles=6 --no-progress --output " in evals[-1]
+    assert evals[-1].endswith("outputs/eval/recurrence_lp38_L15x2/L_cycles_6/mbppplus")
+    assert record["greedy"] is None and record["sampled"] is None and "mbppplus" not in record
+    at = {e["override"]: e for e in record["test_time"]}
+    assert list(at) == ["L_cycles=1", "L_cycles=2", "L_cycles=3", "L_cycles=4", "L_cycles=6"]
+    assert [e["layer_evals_per_token"] for e in at.values()] == [30, 45, 60, 75, 105]
+    assert at["L_cycles=3"]["mbppplus"]["test_split"]["num_problems"] == 3
+    results = tmp_path / "docs" / "results" / "recurrence_lp38_L15x2"
+    assert (results / "L_cycles_4.greedy.json").is_file() and (results / "metrics.jsonl").is_file()
+    with gzip.open(results / "L_cycles_4.mbppplus.samples.jsonl.gz", "rt") as packed:
+        assert len(packed.read().splitlines()) == 4
+    assert not (results / "greedy.json").exists()
+
+    deep = reproduction.reproduce(rows, "recurrence_ds2_L15x2", args)
+    assert [e["layer_evals_per_token"] for e in deep["test_time"]] == [45, 90, 135]  # segments of 45
+    reproduction.reproduce(rows, "retrofit_L15x2", args)
+    sft = reproduction.reproduce(rows, "recurrence_sft_L15x2", args)
+    assert all(
+        "--ckpt checkpoints/retrofit_L15x2_ft/step_30" in c for c in sft["commands"] if "evaluate" in c
+    )
+
+    reproduction.write_table(rows)
+    text = (tmp_path / "docs" / "results" / "results.md").read_text()
+    assert "## Recurrence that pays: the retrofitted HRM at test-time cycles" in text
+    assert (
+        "| model | training tokens | train wall time | MBPP validation loss | L_cycles=1 | L_cycles=2 |"
+        in text
+    )
+    assert (
+        "| 56,000 | 0.0 min | 1.100 | 25.0% (30) | 25.0% (45) | 25.0% (60) | 25.0% (75) | 25.0% (105) |"
+        in text
+    )
+    assert "| the evaluated row's | n/a | 1.100 | 25.0% (30) |" in text  # the SFT row, its run's loss
+    assert "| 33.3% (1 / 3) | 33.3% (1 / 3) | 33.3% (1 / 3) | 33.3% (1 / 3) | 33.3% (1 / 3) |" in text
+    assert "| 1.100 |  |  |  |  |  | 25.0% (45) | 25.0% (90) | 25.0% (135) |" in text  # its own columns
+
+
 @pytest.fixture
 def no_composing(monkeypatch):
     """Hydra's compose raises: any config composed fails the test."""
@@ -597,6 +661,17 @@ GOOD = "defaults: {greedy_batch: 8, sampled_batch: 20}\nrows:\n  a:\n    label: 
                 )
             },
             r"cpu.yaml: row a: stage 0: key overrides: flops_matched_to needs one experiment= override",
+        ),
+        (
+            {"cpu.yaml": GOOD + "    test_overrides: [L_cycles=2, L_cycles]\n"},
+            r"cpu.yaml: row a: key test_overrides: expected KEY=VALUE \(e.g. L_cycles=3\), got 'L_cycles'",
+        ),
+        (
+            {
+                "cpu.yaml": GOOD + "  b: {label: B, greedy_batch: 1, sampled_batch: 1, stages: "
+                "[{run_name: r, overrides: [], source_flops_matched_to: a}]}\n"
+            },
+            r"cpu.yaml: row b: key source_flops_matched_to: 'a' is not a row that trains",
         ),
     ],
 )
