@@ -45,9 +45,11 @@ GROUPS = {  # table group: (title, plot file, plot title)
     "recurrence": (
         "Recurrence that pays: the retrofitted HRM at test-time cycles, per training mechanism (CPU)",
         "mbpp_recurrence.png",
-        "The retrofitted HRM trained with each recurrence mechanism: training and MBPP validation loss (2-core CPU)",
+        "The retrofitted HRM trained with each recurrence mechanism: MBPP pass@1 (all 500) at test-time L cycles",
     ),
 }
+
+PLOT_ALT = {"recurrence": "pass@1 against test-time L cycles"}  # else: loss curves and pass@k bars
 
 INTRO = {
     "compare": [
@@ -191,7 +193,7 @@ def section_head(group: str, columns: str, alignment: str) -> list[str]:
         "",
         *INTRO[group],
         "",
-        f"![training and validation loss, pass@k]({plot})",
+        f"![{PLOT_ALT.get(group, 'training and validation loss, pass@k')}]({plot})",
         "",
         columns,
         alignment,
@@ -440,6 +442,8 @@ def plot_command(group: str, records: Sequence[Record], results: Path, repo: Pat
     plot_runs.py labels a run directory (metrics.jsonl) and a summary file by the directory's name: the row. Only
     rows that trained have a loss curve (zero-shot and test-time rows have pass@k bars alone)."""
     _, plot_file, plot_title = GROUPS[group]
+    if group == "recurrence":
+        return cycles_plot_command(records, results, repo)
     evals = [results / r["row"] / "sampled.json" for r in records]
     evals = [e for e in evals if e.is_file()]
     curves = [results / r["row"] for r in records if (results / r["row"] / runs.METRICS_FILE).is_file()]
@@ -451,3 +455,32 @@ def plot_command(group: str, records: Sequence[Record], results: Path, repo: Pat
     if evals:
         command += ["--evals", *(str(e.relative_to(repo)) for e in evals)]
     return [*command, "--title", plot_title]
+
+
+def cycles_plot_command(records: Sequence[Record], results: Path, repo: Path) -> list[str] | None:
+    """The scripts/plot_cycles.py command of the recurrence group's plot: MBPP pass@1 against test-time L cycles, a
+    line per row evaluated at L_cycles overrides (from its <slug>.greedy.json summaries); None when no row is."""
+    _, plot_file, plot_title = GROUPS["recurrence"]
+    command = [
+        sys.executable,
+        "scripts/plot_cycles.py",
+        "--out",
+        str((results / plot_file).relative_to(repo)),
+    ]
+    for r in records:
+        summaries = {
+            e["override"].partition("=")[2]: results
+            / r["row"]
+            / f"{override_slug(e['override'])}.greedy.json"
+            for e in r.get("test_time", [])
+            if e["override"].startswith("L_cycles=")
+        }
+        if summaries:
+            points = ",".join(f"{n}:{path.relative_to(repo)}" for n, path in summaries.items())
+            command += ["--series", f"{r['label']}={points}"]
+    return [*command, "--title", plot_title] if "--series" in command else None
+
+
+def override_slug(override: str) -> str:
+    """A test-time override (KEY=VALUE) as a file-name part: KEY_VALUE."""
+    return override.replace("=", "_")

@@ -360,11 +360,6 @@ def evaluate(
     return record
 
 
-def override_slug(override: str) -> str:
-    """A test-time override (KEY=VALUE) as a file-name part: KEY_VALUE."""
-    return override.replace("=", "_")
-
-
 def test_time_evaluation(
     row: Row,
     model: list[str],
@@ -377,7 +372,7 @@ def test_time_evaluation(
     """The row's model evaluated with `--arch-override override` (test-time cycles): greedy MBPP and, with
     `mbppplus`, MBPP+ under outputs/<slug>/, and the layer evaluations per token at that override."""
     extra = ["--arch-override", override]
-    out = outputs / override_slug(override)
+    out = outputs / report.override_slug(override)
     greedy = evaluate(row, model, out / "greedy", "greedy", args, commands, extra)
     plus = evaluate(row, model, out / "mbppplus", "mbppplus", args, commands, extra) if row.mbppplus else None
     return {
@@ -555,7 +550,7 @@ def reproduce(rows: Mapping[str, Row], name: str, args: argparse.Namespace) -> d
         for kind in ("greedy", "mbppplus"):
             keep_samples(outputs / kind, target / kind)
     for entry in test_time:  # summaries and completions per override: <slug>.greedy.json, ...
-        slug = override_slug(entry["override"])
+        slug = report.override_slug(entry["override"])
         for kind in ("greedy", "mbppplus"):
             if entry[kind] is not None:
                 shutil.copyfile(outputs / slug / kind / "summary.json", target / f"{slug}.{kind}.json")

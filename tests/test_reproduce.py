@@ -528,6 +528,14 @@ def test_recurrence_rows_train_within_the_source_s_flops_and_evaluate_at_every_t
     assert "| the evaluated row's | n/a | 1.100 | 25.0% (30) |" in text  # the SFT row, its run's loss
     assert "| 33.3% (1 / 3) | 33.3% (1 / 3) | 33.3% (1 / 3) | 33.3% (1 / 3) | 33.3% (1 / 3) |" in text
     assert "| 1.100 |  |  |  |  |  | 25.0% (45) | 25.0% (90) | 25.0% (135) |" in text  # its own columns
+    plot = next(c for c in executed if c[1] == "scripts/plot_cycles.py")
+    series = [plot[i + 1] for i, part in enumerate(plot) if part == "--series"]
+    assert [label.rpartition("=")[0] for label in series] == [
+        "SFT HRM (row retrofit_L15x2): curriculum 1 -> 2 L cycles",
+        "L cycles from Huginn's log-normal Poisson (mean 3, at most 8) per step, bp_steps 3",
+    ]  # in the rows' order; the deep-supervision row counts segments: not on the L-cycles plot
+    assert series[1].endswith("6:docs/results/recurrence_lp38_L15x2/L_cycles_6.greedy.json")
+    assert "![pass@1 against test-time L cycles](mbpp_recurrence.png)" in text
 
 
 @pytest.fixture
