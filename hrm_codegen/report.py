@@ -468,10 +468,9 @@ def cycles_plot_command(records: Sequence[Record], results: Path, repo: Path) ->
         str((results / plot_file).relative_to(repo)),
     ]
     for r in records:
+        record_dir = results / r["row"]
         summaries = {
-            e["override"].partition("=")[2]: results
-            / r["row"]
-            / f"{override_slug(e['override'])}.greedy.json"
+            e["override"].partition("=")[2]: record_dir / f"{override_slug(e['override'])}.greedy.json"
             for e in r.get("test_time", [])
             if e["override"].startswith("L_cycles=")
         }

@@ -111,9 +111,8 @@ def layer_matched_steps(
     def cost(steps: int) -> int:
         starts = [round(float(entry[0]) * steps) for entry in schedule]
         total = 0
-        for step in range(
-            steps
-        ):  # the last entry started by `step` (the first one before any), as recurrence.cycles_at
+        # the last entry started by `step` (the first one before any), as recurrence.cycles_at
+        for step in range(steps):
             started = [entry for entry, start in zip(schedule, starts, strict=True) if start <= step]
             total += per_step(started[-1] if started else schedule[0])
         return total
@@ -142,9 +141,7 @@ def layer_evals(path: Path, overrides: Mapping[str, Any] | None = None) -> int |
     (an outside model, or a step's hf/ export); None when neither says."""
     if (path / runs.CONFIG_FILE).is_file():
         arch = {**saved_arch(path), **(overrides or {})}
-        if (
-            arch.get("name") == "hrm"
-        ):  # halt_max_steps segments, each H_cycles x (L_cycles L calls + an H call)
+        if arch.get("name") == "hrm":  # halt_max_steps segments of H_cycles x (L_cycles L calls + an H call)
             segment = arch["H_cycles"] * (arch["L_cycles"] * arch["L_layers"] + arch["H_layers"])
             return int(arch.get("halt_max_steps") or 1) * segment
     for config in (path / "config.json", path / "hf" / "config.json"):
