@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_HRM
+from conftest import TINY_HRM, load_script
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from test_training import FAST  # the tiny launcher set-up of the training tests
@@ -218,3 +218,19 @@ def test_source_matched_steps_spend_at_most_the_source_runs_training_flops():
     budget = 42 * float(training_budget(drawn, 1)["source_flops_per_token"])
     cost = [run_train_flops_per_token(drawn, n) * n for n in (steps, steps + 1)]
     assert cost[0] <= budget < cost[1] and steps < 42  # 1-3 L cycles cost more per step than one
+
+
+def test_the_budget_script_prints_a_curriculum_s_flops_and_the_source_s_equal_flops_steps(capsys):
+    """scripts/recurrence_budget.py on a curriculum run (1 L cycle for the first half, then 2): the FLOPs per token
+    it prints are the run's as the trainer spends them, under those of 2 cycles throughout."""
+    tiny = ["arch=tiny", "arch.vocab_size=97", "arch.H_cycles=1", "arch.L_cycles=2", "data.seq_len=64"]
+    schedule = "train.cycles_schedule=[[0.0,1,1],[0.5,1,2]]"
+    budget = load_script("recurrence_budget")
+    budget.main(["--experiment", "mbpp_cpu_compare", "--steps", "8", *tiny, schedule])
+    out = capsys.readouterr().out
+    cfg = compose_config(["experiment=mbpp_cpu_compare", *tiny, schedule])
+    expected = training_budget(cfg, 8)
+    assert f"HRM training FLOPs per token     {expected['hrm_flops_per_token']:.4g}" in out
+    assert f"source steps at equal FLOPs      {expected['source_steps_equal_flops']}" in out
+    fixed = training_budget(compose_config(["experiment=mbpp_cpu_compare", *tiny]), 8)
+    assert expected["hrm_flops_per_token"] < fixed["hrm_flops_per_token"]
