@@ -289,15 +289,20 @@ def execution_table(records: Sequence[Record]) -> list[str]:
                 str(round((base - passes) * n)),
             ]
         # the start's (an evaluated row's loss is its run's: this group evaluates with no architecture override)
-        val_loss = (
-            r["val_loss"] if r["val_loss"] is not None else (r.get("stages") or [{}])[-1].get("val_loss")
-        )
-        loss = "n/a" if val_loss is None else f"{val_loss:.3f}"
+        loss = run_val_loss(r)
         lines.append(
             f"| {r['label']} | {tokens} | {sampled} | {wall} "
             f"| {percent(greedy['pass_at_k']['1'], greedy['num_problems'])} | {' | '.join(mbppplus)} | {loss} |"
         )
     return lines + row_commands(records)
+
+
+def run_val_loss(record: Record) -> str:
+    """A record's validation loss, else (a row evaluating another row's run) its last stage's, as text ("n/a")."""
+    loss = record["val_loss"]
+    if loss is None:
+        loss = (record.get("stages") or [{}])[-1].get("val_loss")
+    return "n/a" if loss is None else f"{loss:.3f}"
 
 
 def recurrence_table(records: Sequence[Record]) -> list[str]:
@@ -322,10 +327,7 @@ def recurrence_table(records: Sequence[Record]) -> list[str]:
         trains = bool(r.get("stages")) and not r.get("evaluates")
         tokens = f"{r['training_tokens']:,}" if trains else "the evaluated row's"
         wall = minutes(r["train_wall_s"]) if trains else "n/a"
-        val_loss = (
-            r["val_loss"] if r["val_loss"] is not None else (r.get("stages") or [{}])[-1].get("val_loss")
-        )
-        loss = "n/a" if val_loss is None else f"{val_loss:.3f}"
+        loss = run_val_loss(r)  # an evaluated row's: its run's, logged at the arch's cycles
         mbpp, plus = [], []
         for override in overrides:
             entry = at.get(override)
