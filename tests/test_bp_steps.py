@@ -121,6 +121,17 @@ def test_bp_steps_zero_is_full_backpropagation_at_any_cycle_count(tiny_hrm_confi
     assert dict(zero.named_parameters())["model.L_level.layers.0.mlp.down_proj.weight"].grad is not None
 
 
+def test_set_cycles_keeps_the_forward_s_bp_steps_equal_to_the_config_s(tiny_hrm_config):
+    """A bp_steps above the new cycles' steps becomes 0 (full backpropagation) in the config and in what the forward
+    uses; back at cycles with enough steps both return to the configured value."""
+    model = make_model(tiny_hrm_config, bp_steps=5)  # 2 x (2 L + 1 H) = 6 steps
+    assert (model.config.bp_steps, model.bp_steps) == (5, 5)
+    model.set_cycles(1, 2)  # 3 steps < 5
+    assert (model.config.bp_steps, model.bp_steps, model.configured_bp_steps) == (0, 0, 5)
+    model.set_cycles(2, 2)
+    assert (model.config.bp_steps, model.bp_steps) == (5, 5)
+
+
 @pytest.mark.parametrize("bp_steps", [-1, 1, 7])
 def test_bp_steps_out_of_range_is_refused(tiny_hrm_config, bp_steps):
     with pytest.raises(ValueError, match="bp_steps"):
@@ -141,15 +152,20 @@ def test_warmup_schedule_values():
 
 def test_the_family_hook_sets_the_models_bp_steps(tiny_hrm_config):
     family, model = get_family("hrm"), make_model(tiny_hrm_config, bp_steps=6)
-    family.before_step(model, 0, 100, OmegaConf.create({"train": {"bp_warmup_ratio": 0.5}}))
+    arch = {**tiny_hrm_config, "bp_steps": 6}  # the run config's arch, the model's
+
+    def run_config(ratio: float):
+        return OmegaConf.create({"seed": 0, "arch": arch, "train": {"bp_warmup_ratio": ratio}})
+
+    family.before_step(model, 0, 100, run_config(0.5))
     assert model.bp_steps == 2 and model.config.bp_steps == 6
     calls = record_gradient_calls(model.train())
     model.lm_forward(torch.randint(0, 97, (1, 8)))
     assert calls == {"H": [False, True], "L": [False, False, False, True]}
-    family.before_step(model, 25, 100, OmegaConf.create({"train": {"bp_warmup_ratio": 0.5}}))
+    family.before_step(model, 25, 100, run_config(0.5))
     assert model.bp_steps == 4
-    family.before_step(model, 0, 100, OmegaConf.create({"train": {"bp_warmup_ratio": 0.0}}))
-    assert model.bp_steps == 4  # no warm-up configured: the hook leaves the model alone
+    family.before_step(model, 0, 100, run_config(0.0))
+    assert model.bp_steps == 4  # no warm-up, schedule or draws configured: the hook leaves the model alone
 
 
 def test_trainer_calls_the_warmup_before_each_step(gpt2_dir, mbpp_path, tmp_path):

@@ -89,7 +89,7 @@ def test_cycles_at_and_the_family_hook_follow_the_schedule(tiny_hrm_config):
     assert seen == [((1, 1), 2), ((1, 1), 2), ((1, 2), 3), ((1, 2), 3), *[((2, 2), 6)] * 4]
     assert model.config.H_cycles == 2 and model.config.L_cycles == 2  # the arch keeps the target cycles
     full = HierarchicalReasoningModel_ACTV1({**tiny_hrm_config, "bp_steps": 0})
-    family.before_step(full, 0, 8, cfg)
+    family.before_step(full, 0, 8, OmegaConf.merge(cfg, {"arch": {"bp_steps": 0}}))  # its run's arch
     assert full.cycles == (1, 1) and full.bp_steps == 0  # 0 (full backpropagation) has no warm-up
 
 

@@ -72,6 +72,7 @@ def test_the_family_sets_the_drawn_cycles_keeps_bp_steps_and_validates_and_saves
         assert info == {"H_cycles": drawn[0], "L_cycles": drawn[1]} and model.cycles == drawn
         # bp_steps 3 backpropagates the last 3 level calls, all of them where a draw has fewer (bp_steps 0)
         assert model.config.bp_steps == (3 if drawn[0] * (drawn[1] + 1) >= 3 else 0)
+        assert model.bp_steps == model.config.bp_steps  # what the forward uses: the same number
         assert step_recurrence(cfg, step, 12) == (*drawn, model.config.bp_steps)  # what the run FLOPs count
     batch = {"input_ids": torch.randint(0, 97, (2, 8))}
     seen = []

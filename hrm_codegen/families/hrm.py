@@ -36,13 +36,11 @@ from hrm_codegen.models.hrm_act_v1 import (
     rename_legacy_keys,
 )
 from hrm_codegen.recurrence import (
-    bp_steps_at,
     configure_exit_gate_training,
-    cycles_at,
-    draw_cycles,
     exit_targets,
     random_cycles_on,
     segment_weights,
+    step_recurrence,
 )
 
 logger = logging.getLogger(__name__)
@@ -226,26 +224,24 @@ class HrmFamily(ModelFamily):
         return ActCarryState(persist=config.get("halt_max_steps", 1) > 1)
 
     def before_step(self, model: nn.Module, step: int, total_steps: int, cfg: Any) -> dict[str, Any] | None:
-        """The recurrence curriculum (train.cycles_schedule: the cycles of this step, `cycles_at`) or the random
-        cycles of this step (train.random_cycles: `draw_cycles`, returned as the step's H_cycles / L_cycles
-        metrics), then the bp_steps warm-up (train.bp_warmup_ratio > 0): from 2 up to arch.bp_steps
-        (`bp_steps_at`; 0 = none)."""
+        """This step's cycles and bp_steps as `recurrence.step_recurrence` gives them (the one place that decides:
+        the training FLOPs count reads it too): the cycles of train.cycles_schedule (`cycles_at`), else the random
+        cycles of train.random_cycles (`draw_cycles`, returned as the step's H_cycles / L_cycles metrics;
+        validation and saved weights keep the arch's), then under train.bp_warmup_ratio > 0 the warm-up's bp_steps
+        (`bp_steps_at`). Without a schedule or draws the model keeps the arch's cycles."""
         hrm = cast(HierarchicalReasoningModel_ACTV1, model)
-        schedule = cfg.train.get("cycles_schedule") or []
-        drawn = None
-        if schedule:
-            hrm.set_cycles(*cycles_at(step, total_steps, schedule))
-        elif random_cycles_on(cfg.train):
-            arch_cycles = (int(cfg.arch.H_cycles), int(cfg.arch.L_cycles))
-            hrm.__dict__["_eval_cycles"] = arch_cycles  # validation and saved weights: the arch's cycles
-            drawn = draw_cycles(int(cfg.seed), step, cfg.train, arch_cycles)
-            hrm.set_cycles(*drawn)
-        ratio = float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0)
-        target = hrm.configured_bp_steps
-        if ratio > 0 and target > 2:  # 0: full backpropagation whatever the cycles, nothing to warm up
-            h_cycles, l_cycles = hrm.cycles  # above these cycles' steps is all of them (full backpropagation)
-            hrm.bp_steps = min(bp_steps_at(step, total_steps, target, ratio), h_cycles * (l_cycles + 1))
-        return None if drawn is None else {"H_cycles": drawn[0], "L_cycles": drawn[1]}
+        h_cycles, l_cycles, bp_steps = step_recurrence(cfg, step, total_steps)
+        scheduled = bool(cfg.train.get("cycles_schedule"))
+        drawn = random_cycles_on(cfg.train) and not scheduled
+        if drawn:
+            hrm.__dict__["_eval_cycles"] = (int(cfg.arch.H_cycles), int(cfg.arch.L_cycles))
+        if scheduled or drawn:
+            hrm.set_cycles(
+                h_cycles, l_cycles
+            )  # also sets bp_steps: the arch's, or 0 above these cycles' steps
+        if float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0) > 0:
+            hrm.bp_steps = bp_steps
+        return {"H_cycles": h_cycles, "L_cycles": l_cycles} if drawn else None
 
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str

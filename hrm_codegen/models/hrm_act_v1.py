@@ -830,16 +830,19 @@ class HrmCodegenForCausalLM(HrmCodegenPreTrainedModel, GenerationMixin):
 
     def set_cycles(self, H_cycles: int, L_cycles: int) -> None:  # noqa: N803 - upstream's key names
         """Run `H_cycles` x `L_cycles` from now on (a cycles schedule, test-time recurrence); the parameters
-        do not depend on the cycle counts. A bp_steps above these cycles' steps backpropagates through all.
-        The config follows, so a cache built from it (`StaticCache(config=...)`) has the slots they need."""
+        do not depend on the cycle counts. A bp_steps above these cycles' steps backpropagates through all
+        (bp_steps 0, in the config and in the forward). The config follows, so a cache built from it
+        (`StaticCache(config=...)`) has the slots they need."""
         for key, value in (("H_cycles", H_cycles), ("L_cycles", L_cycles)):
             if int(value) < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         self.model.H_cycles, self.model.L_cycles = int(H_cycles), int(L_cycles)
         self.config.H_cycles, self.config.L_cycles = int(H_cycles), int(L_cycles)
-        # The config stays valid: a bp_steps above these cycles' steps is full backpropagation, bp_steps 0.
+        # The config stays valid: a bp_steps above these cycles' steps is full backpropagation, bp_steps 0; the
+        # forward's bp_steps agrees (a bp warm-up sets its own after this).
         target = self.__dict__.setdefault("_config_bp_steps", self.config.bp_steps)
         self.config.bp_steps = 0 if target > self.config.max_bp_steps else target
+        self.model.bp_steps = self.config.bp_steps
 
     @property
     def configured_bp_steps(self) -> int:
