@@ -190,7 +190,9 @@ def test_sigint_or_sigterm_stops_at_once_and_a_rerun_resumes(
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert time.monotonic() - interrupted < 5
+    # Well under the programs' 30 s (what waiting for them would take); not a few seconds, which a loaded 2-core
+    # machine needs to tear the sandboxes down (5.4-6.5 s seen beside two evaluations and the rest of the suite).
+    assert time.monotonic() - interrupted < 15
     assert proc.returncode == status, stderr
     assert ("terminated" if stop == signal.SIGTERM else "interrupted") in stderr
     assert "Traceback" not in stderr
