@@ -230,9 +230,8 @@ def test_leaving_on_an_exception_kills_running_programs_at_once() -> None:
         runners = list(sandbox._runners)
         stopping = time.monotonic()
         raise KeyboardInterrupt
-    assert (
-        time.monotonic() - stopping < 20
-    )  # far under the programs' 60 s; a loaded 2-core machine needs seconds
+    # Far under the programs' 60 s (what waiting for them would take); a loaded 2-core machine needs seconds.
+    assert time.monotonic() - stopping < 20
     for future in running:
         with pytest.raises(SandboxClosedError):
             future.result()

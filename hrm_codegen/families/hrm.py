@@ -235,10 +235,8 @@ class HrmFamily(ModelFamily):
         drawn = random_cycles_on(cfg.train) and not scheduled
         if drawn:
             hrm.__dict__["_eval_cycles"] = (int(cfg.arch.H_cycles), int(cfg.arch.L_cycles))
-        if scheduled or drawn:
-            hrm.set_cycles(
-                h_cycles, l_cycles
-            )  # also sets bp_steps: the arch's, or 0 above these cycles' steps
+        if scheduled or drawn:  # set_cycles also sets bp_steps: the arch's, or 0 above these cycles' steps
+            hrm.set_cycles(h_cycles, l_cycles)
         if float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0) > 0:
             hrm.bp_steps = bp_steps
         return {"H_cycles": h_cycles, "L_cycles": l_cycles} if drawn else None
