@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -246,8 +246,19 @@ def configure_exit_gate_training(model: torch.nn.Module, train: Any) -> None:
             param.requires_grad_(id(param) in gate_ids)
 
 
-def step_recurrence(cfg: DictConfig, step: int, total_steps: int) -> tuple[int, int, int]:
-    """(H_cycles, L_cycles, bp_steps) of optimizer step `step` (0-based) of `total_steps`, as the HRM family's
+class StepRecurrence(NamedTuple):
+    """One optimizer step's recurrence (`step_recurrence`). `cycles_from`: what chose the cycles ("schedule",
+    "draw" or "arch"); `bp_warmup`: whether bp_steps comes from train.bp_warmup_ratio's warm-up."""
+
+    H_cycles: int
+    L_cycles: int
+    bp_steps: int
+    cycles_from: str = "arch"
+    bp_warmup: bool = False
+
+
+def step_recurrence(cfg: DictConfig, step: int, total_steps: int) -> StepRecurrence:
+    """The cycles and bp_steps of optimizer step `step` (0-based) of `total_steps`, as the HRM family's
     `before_step` sets them: the cycles of train.cycles_schedule (`cycles_at`), else of train.random_cycles
     (`draw_cycles`), else the arch's; arch.bp_steps, 0 (full backpropagation) where it exceeds these cycles' steps,
     and under train.bp_warmup_ratio its warm-up value (`bp_steps_at`) capped at these cycles' steps."""
@@ -255,14 +266,17 @@ def step_recurrence(cfg: DictConfig, step: int, total_steps: int) -> tuple[int, 
     schedule = _spec(train, "cycles_schedule")
     default = (int(arch.H_cycles), int(arch.L_cycles))
     if schedule:
-        cycles = cycles_at(step, total_steps, schedule)
+        cycles, cycles_from = cycles_at(step, total_steps, schedule), "schedule"
+    elif random_cycles_on(train):
+        cycles, cycles_from = draw_cycles(int(cfg.seed), step, train, default), "draw"
     else:
-        cycles = draw_cycles(int(cfg.seed), step, train, default)
+        cycles, cycles_from = default, "arch"
     bound, target = max_bp_steps(*cycles), int(arch.get("bp_steps", HRM_DEFAULTS["bp_steps"]))
     ratio = float(train.get("bp_warmup_ratio", 0.0) or 0.0)
-    if ratio > 0 and target > 2:
-        return (*cycles, min(bp_steps_at(step, total_steps, target, ratio), bound))
-    return (*cycles, 0 if target > bound else target)
+    if ratio > 0:
+        bp_steps = min(bp_steps_at(step, total_steps, target, ratio), bound) if target > 2 else target
+        return StepRecurrence(*cycles, bp_steps, cycles_from, bp_warmup=True)
+    return StepRecurrence(*cycles, 0 if target > bound else target, cycles_from)
 
 
 def run_train_flops_per_token(cfg: DictConfig, total_steps: int) -> float:
@@ -277,7 +291,7 @@ def run_train_flops_per_token(cfg: DictConfig, total_steps: int) -> float:
     cache: dict[tuple[int, int, int], float] = {}
     total = 0.0
     for step in range(total_steps):
-        h_cycles, l_cycles, bp_steps = key = step_recurrence(cfg, step, total_steps)
+        h_cycles, l_cycles, bp_steps = key = step_recurrence(cfg, step, total_steps)[:3]
         if key not in cache:
             cache[key] = _step_flops(arch, (h_cycles, l_cycles), bp_steps, seq_len, cfg.train)
         total += cache[key]

@@ -84,7 +84,8 @@ def test_cycles_at_and_the_family_hook_follow_the_schedule(tiny_hrm_config):
     for step in range(8):
         family.before_step(model, step, 8, cfg)
         seen.append((model.cycles, model.bp_steps))
-        assert step_recurrence(cfg, step, 8) == (*model.cycles, model.bp_steps)  # what the run's FLOPs count
+        # what the run's FLOPs count: the schedule's cycles, the warm-up's bp_steps
+        assert step_recurrence(cfg, step, 8) == (*model.cycles, model.bp_steps, "schedule", True)
     # The bp warm-up (2 up to 6 over 4 steps) is capped at the cycles' own steps: (1, 1) has 2, (1, 2) has 3.
     assert seen == [((1, 1), 2), ((1, 1), 2), ((1, 2), 3), ((1, 2), 3), *[((2, 2), 6)] * 4]
     assert model.config.H_cycles == 2 and model.config.L_cycles == 2  # the arch keeps the target cycles

@@ -73,7 +73,8 @@ def test_the_family_sets_the_drawn_cycles_keeps_bp_steps_and_validates_and_saves
         # bp_steps 3 backpropagates the last 3 level calls, all of them where a draw has fewer (bp_steps 0)
         assert model.config.bp_steps == (3 if drawn[0] * (drawn[1] + 1) >= 3 else 0)
         assert model.bp_steps == model.config.bp_steps  # what the forward uses: the same number
-        assert step_recurrence(cfg, step, 12) == (*drawn, model.config.bp_steps)  # what the run FLOPs count
+        # what the run's FLOPs count, and what chose the cycles
+        assert step_recurrence(cfg, step, 12) == (*drawn, model.config.bp_steps, "draw", False)
     batch = {"input_ids": torch.randint(0, 97, (2, 8))}
     seen = []
     original = model.model.forward_segment
@@ -185,10 +186,14 @@ def test_the_run_flops_follow_a_cycles_curriculum_and_a_bp_steps_warmup():
     per_l = {1: run_train_flops_per_token(one, 1), 2: run_train_flops_per_token(two, 1)}
     curriculum = compose_config([*base, "arch.L_cycles=2", "train.cycles_schedule=[[0.0,1,1],[0.25,1,2]]"])
     assert [step_recurrence(curriculum, s, 8)[:2] for s in range(8)] == [(1, 1)] * 2 + [(1, 2)] * 6
+    assert {step_recurrence(curriculum, s, 8).cycles_from for s in range(8)} == {"schedule"}
+    assert step_recurrence(one, 0, 8) == (1, 1, one.arch.bp_steps, "arch", False)  # the arch's, nothing drawn
     assert run_train_flops_per_token(curriculum, 8) == pytest.approx((2 * per_l[1] + 6 * per_l[2]) / 8)
     full = compose_config([*base, "arch.L_cycles=2", "arch.bp_steps=3"])
     warmed = compose_config([*base, "arch.L_cycles=2", "arch.bp_steps=3", "train.bp_warmup_ratio=0.5"])
     assert [step_recurrence(warmed, s, 4)[2] for s in range(4)] == [2, 2, 3, 3]
+    assert all(step_recurrence(warmed, s, 4).bp_warmup for s in range(4))
+    assert not step_recurrence(full, 0, 4).bp_warmup
     assert run_train_flops_per_token(warmed, 4) < run_train_flops_per_token(full, 4)
 
 

@@ -38,7 +38,6 @@ from hrm_codegen.models.hrm_act_v1 import (
 from hrm_codegen.recurrence import (
     configure_exit_gate_training,
     exit_targets,
-    random_cycles_on,
     segment_weights,
     step_recurrence,
 )
@@ -230,16 +229,16 @@ class HrmFamily(ModelFamily):
         validation and saved weights keep the arch's), then under train.bp_warmup_ratio > 0 the warm-up's bp_steps
         (`bp_steps_at`). Without a schedule or draws the model keeps the arch's cycles."""
         hrm = cast(HierarchicalReasoningModel_ACTV1, model)
-        h_cycles, l_cycles, bp_steps = step_recurrence(cfg, step, total_steps)
-        scheduled = bool(cfg.train.get("cycles_schedule"))
-        drawn = random_cycles_on(cfg.train) and not scheduled
+        this = step_recurrence(cfg, step, total_steps)
+        drawn = this.cycles_from == "draw"
         if drawn:
             hrm.__dict__["_eval_cycles"] = (int(cfg.arch.H_cycles), int(cfg.arch.L_cycles))
-        if scheduled or drawn:  # set_cycles also sets bp_steps: the arch's, or 0 above these cycles' steps
-            hrm.set_cycles(h_cycles, l_cycles)
-        if float(cfg.train.get("bp_warmup_ratio", 0.0) or 0.0) > 0:
-            hrm.bp_steps = bp_steps
-        return {"H_cycles": h_cycles, "L_cycles": l_cycles} if drawn else None
+        # set_cycles also sets bp_steps: the arch's, or 0 above these cycles' steps
+        if this.cycles_from != "arch":
+            hrm.set_cycles(this.H_cycles, this.L_cycles)
+        if this.bp_warmup:
+            hrm.bp_steps = this.bp_steps
+        return {"H_cycles": this.H_cycles, "L_cycles": this.L_cycles} if drawn else None
 
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str
