@@ -38,9 +38,9 @@ GROUPS = {  # table group: (title, plot file, plot title)
         "SmolLM2-135M-Instruct on MBPP: retrofitted HRM vs post-training (2-core CPU; pass@k n=20, T=0.8)",
     ),
     "execution": (
-        "Learning from execution: the SFT HRM after rejection sampling, judged on MBPP and MBPP+ (CPU)",
+        "Learning from execution: the SFT HRM and the post-trained source after rejection sampling, on MBPP and MBPP+ (CPU)",
         "mbpp_execution.png",
-        "The SFT HRM fine-tuned further: training and MBPP validation loss (2-core CPU)",
+        "The SFT HRM and the post-trained source fine-tuned further: training and MBPP validation loss (2-core CPU)",
     ),
     "recurrence": (
         "Recurrence that pays: the retrofitted HRM at test-time cycles, per training mechanism (CPU)",
@@ -92,7 +92,8 @@ INTRO = {
         "The fine-tuned retrofitted HRM (row retrofit_L15x2) and what execution-based training makes of it:",
         "rejection sampling (scripts/rejection_sample.py: completions of the MBPP train tasks sampled at T=0.8,",
         "the distinct ones that pass their asserts in the sandbox kept, then fine-tuned on with experiment=rs_mbpp)",
-        "and a control that fine-tunes as long on MBPP's own train solutions alone. Every model is evaluated with",
+        "and a control that fine-tunes as long on MBPP's own train solutions alone; the post-trained source (row",
+        "retrofit_posttrain, no recurrence) through the same round, without a control of its own. Every model is evaluated with",
         "fp16 weights, greedy, native prompts, at most 128 new tokens: MBPP pass@1 on all 500 test problems, and",
         "MBPP+ from EvalPlus's source file on the 288 tasks outside MBPP train (base: MBPP's shown inputs; plus:",
         "all of EvalPlus's inputs) and on the 239 of them in MBPP's test split. A gain on base that does not show",

@@ -458,7 +458,9 @@ def test_execution_rows_record_sampling_mbppplus_and_a_step_matched_control(rows
 
     reproduction.write_table(rows)
     text = (results / "results.md").read_text()
-    assert "## Learning from execution: the SFT HRM after rejection sampling" in text
+    assert (
+        "## Learning from execution: the SFT HRM and the post-trained source after rejection sampling" in text
+    )
     assert (
         "| 0 (the start) | 0 | none (the start) | 25.0% (of 500) | 75.0% (of 4) | 50.0% (of 4) | 33.3% (of 3) | 1 | 1.100 |"
     ) in text
