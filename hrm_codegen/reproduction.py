@@ -162,16 +162,25 @@ def final_run_dir(row: Row) -> Path:
 def matched_max_steps(rows: Mapping[str, Row], stage: Stage, cfg: DictConfig) -> int:
     """The stage's train.max_steps, computed when it runs: `layer_matched_steps` against the finished final run
     (or `ckpt`) of row `stage.layers_matched_to`, with the stage's train.cycles_schedule (else its init arch's cycles) and
-    the L and H layers of its init checkpoint's arch (train.init_from, with train.arch_overrides)."""
+    the L and H layers of its init checkpoint's arch (train.init_from, with train.arch_overrides); a plain transformer
+    init (no cycles) costs its `num_hidden_layers` per step."""
     ref_step, steps = finished_reference_steps(rows, stage.layers_matched_to, stage.run_name)
     ref_layers = layer_evals(ref_step)
     if ref_layers is None:
         sys.exit(f"error: {ref_step} does not say its layers per token (no hf/config.json, not an HRM)")
     init = runs.resolve_checkpoint(REPO / str(cfg.train.init_from))
-    arch = {**saved_arch(init), **cast(dict[str, Any], OmegaConf.to_container(cfg.train.arch_overrides))}
-    schedule = cast(list, OmegaConf.to_container(cfg.train.cycles_schedule)) or [
-        [0.0, arch["H_cycles"], arch["L_cycles"]]
-    ]
+    overrides = cast(dict[str, Any], OmegaConf.to_container(cfg.train.arch_overrides))
+    arch = {**saved_arch(init), **overrides}
+    schedule = cast(list, OmegaConf.to_container(cfg.train.cycles_schedule))
+    if arch.get("name") != "hrm":  # a plain transformer: every step costs its layers (no cycles to schedule)
+        init_layers = layer_evals(init, overrides)
+        if schedule or init_layers is None:
+            why = "has train.cycles_schedule" if schedule else "does not say its layers per token"
+            sys.exit(
+                f"error: {stage.run_name}: its init {init} is not an HRM and {why}: no layer-matched steps"
+            )
+        return steps * ref_layers // init_layers
+    schedule = schedule or [[0.0, arch["H_cycles"], arch["L_cycles"]]]
     return layer_matched_steps(steps, ref_layers, schedule, arch["L_layers"], arch["H_layers"])
 
 

@@ -255,8 +255,10 @@ def fake_repo(tmp_path, monkeypatch):
             )
         elif script == "scripts/rejection_sample.py":
             out = tmp_path / flag["--out"]
-            arch = (tmp_path / flag["--init"] / "step_30" / "config.yaml").read_text()
-            step(out / "round_1" / "run", 12, arch, {"tokens_seen": 20658})
+            init = tmp_path / flag["--init"]
+            arch = (init / (init / "latest").read_text() / "config.yaml").read_text()
+            hf_layers = 30 if "name: transformer" in arch else None  # a transformer's step exports hf/
+            step(out / "round_1" / "run", 12, arch, {"tokens_seen": 20658}, hf_layers=hf_layers)
             write(out / "round_1" / "run" / "metrics.jsonl", '{"step": 12, "val_loss": 1.038}\n')
             write(
                 out / "round_1" / "run" / "wall_time.json",
@@ -455,6 +457,14 @@ def test_execution_rows_record_sampling_mbppplus_and_a_step_matched_control(rows
     assert len(train) == 1 and "train.max_steps=12 " in train[0]  # the round's steps: the same model
     assert not [c for c in control["commands"] if "build_pairs.py" in c]  # the round's pairs: its prepare's
     assert "'data.pairs_sources=[mbpp/train]'" in train[0]
+
+    # the post-trained source: a plain transformer of 30 layers, as many as the HRM's 45-layer steps it matches
+    # only through its own round (30 layers a step there too): the same steps
+    reproduction.reproduce(rows, "rs1_mix_posttrain", args)
+    source_control = reproduction.reproduce(rows, "sft_more_posttrain", args)
+    train = [c for c in source_control["commands"] if "train_codegen.py" in c]
+    assert len(train) == 1 and "train.init_from=checkpoints/retrofit_posttrain " in train[0]
+    assert "train.max_steps=12 " in train[0]  # not 12 x 30 / 24 (an HRM's default cycles read off its arch)
 
     reproduction.write_table(rows)
     text = (results / "results.md").read_text()
