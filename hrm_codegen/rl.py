@@ -187,6 +187,7 @@ class RLRun:
             tokenizer=self.tokenizer,
             train_state={
                 "total_steps": total_steps,
+                "stop_after": self.cfg.train.get("stop_after"),
                 "method": "grpo",
                 "cycles": getattr(model, "cycles", None),
                 "tasks": {"count": len(self.dataset), "sha256": self.tasks_sha256()},
@@ -196,9 +197,22 @@ class RLRun:
         )
 
     def fit(self) -> dict[str, Any]:
-        """Train with TRL to the configured steps, checkpointing and logging into the run directory."""
+        """Train with TRL to the configured steps (or `train.stop_after`), checkpointing and logging into the run
+        directory."""
         cfg, run_dir = self.cfg, self.run_dir
         assert run_dir is not None
+        stop_after = cfg.train.get("stop_after")
+        if self.resume_dir is not None and stop_after:
+            step = int(runs.read_train_state(self.resume_dir)["step"])
+            if step >= stop_after:  # the Trainer would take one more step before any callback could stop it
+                logger.info(
+                    "%s: at step %d, train.stop_after=%d: nothing to train", run_dir, step, stop_after
+                )
+                return {
+                    "step": step,
+                    "run_dir": str(run_dir),
+                    "is_main_process": PartialState().is_main_process,
+                }
         staging = run_dir / STAGING_DIR
         shutil.rmtree(staging, ignore_errors=True)  # a checkpoint written before a crash and never moved in
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +227,10 @@ class RLRun:
             mode=cfg.logger.mode,
         )
         recorder = RunMetrics(metrics)
-        trainer = self.trainer(staging, [StepCheckpoints(self), recorder])
+        callbacks: list[TrainerCallback] = [StepCheckpoints(self), recorder]
+        if cfg.train.get("stop_after"):
+            callbacks.append(StopAfter(int(cfg.train.stop_after)))
+        trainer = self.trainer(staging, callbacks)
         resume = str(self.resume_dir / TRAINER_DIR) if self.resume_dir is not None else None
         try:
             trainer.train(resume_from_checkpoint=resume)
@@ -277,6 +294,19 @@ class StepCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             staged = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             self.run.save_step(int(state.global_step), staged, int(state.max_steps))
+
+
+class StopAfter(TrainerCallback):
+    """Ends training after optimizer step `step` (`train.stop_after`) with a checkpoint there; the learning-rate
+    schedule still spans train.max_steps, so a resumed run with a later stop goes on as one run would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= self.step:
+            control.should_save = True
+            control.should_training_stop = True
 
 
 class RunMetrics(TrainerCallback):

@@ -108,7 +108,8 @@ def read_train_state(step_dir: str | Path) -> dict[str, Any]:
 
 
 def finished(run_dir: str | Path) -> bool:
-    """True when the run's newest step is the last one its config implies (`epochs` or `max_steps`).
+    """True when the run's newest step is the last one its config implies (`epochs` or `max_steps`), or the
+    step its `train.stop_after` ended it at.
 
     Steps saved since the train state carries `total_steps` answer from it; older steps from
     `train.max_steps` in their config.yaml (unknown for epoch-based runs: False).
@@ -122,6 +123,8 @@ def finished(run_dir: str | Path) -> bool:
         from omegaconf import OmegaConf
 
         total = OmegaConf.select(OmegaConf.load(Path(step) / CONFIG_FILE), "train.max_steps")
+    if state.get("stop_after") and state["step"] >= state["stop_after"]:
+        return True
     return total is not None and state["step"] >= total
 
 

@@ -81,6 +81,7 @@ class TrainConfig:
     """Optimisation, precision, safety checks and cadence; codegen_base.yaml documents each key."""
 
     max_steps: int | None = None
+    stop_after: int | None = None  # end after this optimizer step; the schedules still span max_steps
     epochs: float = 1.0
     global_batch_size: int = 8
     grad_accum: int = 1
@@ -349,6 +350,8 @@ def check_train_settings(cfg: DictConfig) -> None:
     for key in ("global_batch_size", "grad_accum", "finite_check_every", "max_nonfinite_steps", "log_every"):
         if train[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {train[key]}")
+    if train.get("stop_after") is not None and train.stop_after < 1:
+        raise ValueError(f"train.stop_after must be >= 1 or null (run to the end), got {train.stop_after}")
     if train.arch_overrides and not train.arch_from_init:
         raise ValueError(
             f"train.arch_overrides={dict(train.arch_overrides)} applies with train.arch_from_init=true (over the "

@@ -374,6 +374,7 @@ class Trainer:
                 train_state={
                     **dataclasses.asdict(self.state),
                     "total_steps": self.total_steps,
+                    "stop_after": self.cfg.train.get("stop_after"),
                     "cycles": getattr(acc.unwrap_model(self.model), "cycles", None),  # HRM's in force
                     "data": self.order.state(),
                 },
@@ -400,7 +401,8 @@ class Trainer:
     # -- entry points
 
     def fit(self) -> dict[str, Any]:
-        """Train to `total_steps`, validating, logging and checkpointing on the configured cadence."""
+        """Train to `total_steps` (or `train.stop_after`), validating, logging and checkpointing on the configured
+        cadence."""
         acc, cfg, train = self.accelerator, self.cfg, self.cfg.train
         assert self.run_dir is not None
         if acc.is_main_process:
@@ -415,8 +417,9 @@ class Trainer:
                 entity=cfg.logger.entity,
                 mode=cfg.logger.mode,
             )
+        end = min(self.total_steps, train.get("stop_after") or self.total_steps)  # the step this run ends at
         bar = tqdm(
-            total=self.total_steps,
+            total=end,
             initial=self.state.step,
             desc="train",
             unit="step",
@@ -430,9 +433,9 @@ class Trainer:
             self._log({"step": 0, **summary})
         window_tokens, window_start = 0.0, time.perf_counter()
         try:
-            while self.state.step < self.total_steps:
+            while self.state.step < end:
                 metrics = self.train_step()
-                step, final = self.state.step, self.state.step == self.total_steps
+                step, final = self.state.step, self.state.step == end
                 bar.update(1)
                 if metrics is not None:
                     window_tokens += metrics.pop("tokens")

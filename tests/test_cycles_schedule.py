@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 from test_evaluate_cli import run_cli  # the evaluator as a user runs it
 from test_training import ENV, FAST, SCRIPT  # the tiny launcher set-up of the training tests
 
+from hrm_codegen import runs
 from hrm_codegen.checkpoint import CheckpointError, read_meta
 from hrm_codegen.families import get_family
 from hrm_codegen.families.hrm import HrmFamily
 from hrm_codegen.inference import load_checkpoint
+from hrm_codegen.logging_utils import read_metrics
 from hrm_codegen.models import HierarchicalReasoningModel_ACTV1
 from hrm_codegen.recurrence import cycles_at, step_recurrence
 from hrm_codegen.runs import read_train_state
@@ -118,6 +120,34 @@ def test_resume_continues_the_schedule_bit_for_bit(scheduled):
     run(compose_config([*scheduled["overrides"], "run_name=resumed", "resume=auto"]))
     assert _equal(_weights(full_dir / "step_8"), _weights(resumed_dir / "step_8"))
     assert read_train_state(resumed_dir / "step_4")["cycles"] == [1, 2]
+
+
+def test_stop_after_ends_at_its_step_on_the_whole_run_s_schedules_and_resuming_finishes_that_run(scheduled):
+    """train.stop_after=3 of the 8-step run: a checkpoint at step 3 with the cycles and learning rates the 8-step
+    run had there (not those of a 3-step run), the run counted finished; resume=auto without the stop trains on to
+    the whole run's weights."""
+    full_dir = scheduled["run_dir"]
+    stopped = run(compose_config([*scheduled["overrides"], "run_name=stopped", "train.stop_after=3"]))
+    assert isinstance(stopped, dict) and stopped["step"] == 3
+    stopped_dir = Path(stopped["run_dir"])
+    assert sorted(p.name for p in stopped_dir.glob("step_*")) == ["step_2", "step_3"]
+    state = read_train_state(stopped_dir / "step_3")
+    assert state["total_steps"] == 8 and state["stop_after"] == 3
+    assert state["cycles"] == [1, 2]  # a 3-step schedule would be at (2, 2) from step round(0.5 x 3) = 2 on
+    assert runs.finished(stopped_dir) and not runs.finished(full_dir.parent / "missing")
+
+    def lrs(run_dir: Path) -> dict[int, float]:
+        return {r["step"]: r["lr"] for r in read_metrics(run_dir) if "lr" in r}
+
+    assert lrs(stopped_dir) == {s: lr for s, lr in lrs(full_dir).items() if s <= 3}
+    assert _equal(_weights(full_dir / "step_2"), _weights(stopped_dir / "step_2"))
+    again = run(
+        compose_config([*scheduled["overrides"], "run_name=stopped", "train.stop_after=3", "resume=auto"])
+    )
+    assert isinstance(again, dict) and again["step"] == 3  # already there: nothing trained
+    resumed = run(compose_config([*scheduled["overrides"], "run_name=stopped", "resume=auto"]))
+    assert isinstance(resumed, dict) and resumed["step"] == 8
+    assert _equal(_weights(full_dir / "step_8"), _weights(stopped_dir / "step_8"))
 
 
 @pytest.mark.slow

@@ -458,8 +458,7 @@ def test_execution_rows_record_sampling_mbppplus_and_a_step_matched_control(rows
     assert not [c for c in control["commands"] if "build_pairs.py" in c]  # the round's pairs: its prepare's
     assert "'data.pairs_sources=[mbpp/train]'" in train[0]
 
-    # the post-trained source: a plain transformer of 30 layers, as many as the HRM's 45-layer steps it matches
-    # only through its own round (30 layers a step there too): the same steps
+    # the post-trained source's control: a 30-layer transformer matched to its own round's 30-layer steps
     reproduction.reproduce(rows, "rs1_mix_posttrain", args)
     source_control = reproduction.reproduce(rows, "sft_more_posttrain", args)
     train = [c for c in source_control["commands"] if "train_codegen.py" in c]

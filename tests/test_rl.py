@@ -18,7 +18,7 @@ from conftest import kill_after_checkpoint, save_step
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from hrm_codegen import rl
+from hrm_codegen import rl, runs
 from hrm_codegen.checkpoint import read_meta
 from hrm_codegen.datasets.batching import encode_prompt
 from hrm_codegen.datasets.mbpp import build_prompt, load_mbpp
@@ -182,7 +182,9 @@ def test_two_gspo_steps_from_a_run_with_the_sandbox_reward_then_evaluate_scores_
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(init_runs, tmp_path, mbpp_path, monkeypatch):
+def test_sigkill_then_resume_and_a_stop_after_then_resume_equal_an_uninterrupted_run(
+    init_runs, tmp_path, mbpp_path, monkeypatch
+):
     """Reference and resumed runs in this process, the killed one through the launcher in a child process; all
     three on the parity tasks, whose rewards differ, so the weights move at every step."""
     monkeypatch.setattr(rl, "build_task_set", parity_tasks)
@@ -222,6 +224,25 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(init_runs, tmp_path, mb
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
     logged = [r for r in read_metrics(killed) if "reward" in r]
     assert [r["step"] for r in logged if r["step"] > 2] == [3, 4]  # the resumed run went on from step 3
+
+    # train.stop_after=2: the 4-step run ends at a step-2 checkpoint on its 4-step schedule, counted finished;
+    # resuming with the stop trains nothing, without it the run goes on to the uninterrupted weights
+    stop = [*(a.format(name="stopped") for a in args), "train.stop_after=2"]
+    assert run(compose_config(stop))["step"] == 2
+    stopped = root / "stopped"
+    assert (stopped / "latest").read_text().strip() == "step_2" and not (stopped / "step_3").exists()
+    assert runs.finished(stopped) and runs.read_train_state(stopped / "step_2")["total_steps"] == 4
+    for name, tensor in at_2.items():
+        torch.testing.assert_close(step_weights(stopped, 2)[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+    def lrs(run_dir: Path) -> dict[int, float]:
+        return {r["step"]: r["lr"] for r in read_metrics(run_dir) if "lr" in r}
+
+    assert lrs(stopped) == {s: lr for s, lr in lrs(reference).items() if s <= 2}
+    assert run(compose_config([*stop, "resume=auto"]))["step"] == 2 and not (stopped / "step_3").exists()
+    assert run(compose_config([*stop[:-1], "resume=auto"]))["step"] == 4
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(step_weights(stopped, 4)[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 def test_timeouts_and_a_crashed_sandbox_score_0_and_the_run_goes_on(
@@ -282,6 +303,7 @@ def test_dry_run_reports_the_set_up_and_writes_nothing(init_runs, tmp_path, mbpp
             "train.ckpt_every=2 must be a multiple of rl.updates_per_generation=3",
         ),
         (["train.cycles_schedule=[[0.0,1,1]]"], "train.cycles_schedule is for train.method=sft"),
+        (["train.stop_after=0"], "train.stop_after must be >= 1 or null"),
     ],
 )
 def test_bad_settings_are_one_clear_error(init_runs, tmp_path, mbpp_path, extra, message):
