@@ -401,8 +401,7 @@ class Trainer:
     # -- entry points
 
     def fit(self) -> dict[str, Any]:
-        """Train to `total_steps` (or `train.stop_after`), validating, logging and checkpointing on the configured
-        cadence."""
+        """Train to `total_steps` or `train.stop_after`, validating, logging and checkpointing as configured."""
         acc, cfg, train = self.accelerator, self.cfg, self.cfg.train
         assert self.run_dir is not None
         if acc.is_main_process:
