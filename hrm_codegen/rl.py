@@ -228,8 +228,8 @@ class RLRun:
         )
         recorder = RunMetrics(metrics)
         callbacks: list[TrainerCallback] = [StepCheckpoints(self), recorder]
-        if cfg.train.get("stop_after"):
-            callbacks.append(StopAfter(int(cfg.train.stop_after)))
+        if stop_after:
+            callbacks.append(StopAfter(int(stop_after)))
         trainer = self.trainer(staging, callbacks)
         resume = str(self.resume_dir / TRAINER_DIR) if self.resume_dir is not None else None
         try:

@@ -118,13 +118,13 @@ def finished(run_dir: str | Path) -> bool:
     if step is None:
         return False
     state = read_train_state(step)
+    if state.get("stop_after") and state["step"] >= state["stop_after"]:
+        return True
     total = state.get("total_steps")
     if total is None:
         from omegaconf import OmegaConf
 
         total = OmegaConf.select(OmegaConf.load(Path(step) / CONFIG_FILE), "train.max_steps")
-    if state.get("stop_after") and state["step"] >= state["stop_after"]:
-        return True
     return total is not None and state["step"] >= total
 
 
