@@ -25,6 +25,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from hrm_codegen.families.hrm import gate_metrics
 from hrm_codegen.hf_export import export_hf
 from hrm_codegen.inference import load_checkpoint
 from hrm_codegen.retrofit import LayerSplit, RetrofitError, convert, max_logit_difference, retrofit
@@ -319,6 +320,11 @@ def test_a_retrofitted_run_resumes_after_sigkill_bit_exactly_evaluates_and_expor
     assert states == [[1, 1], [1, 2]]
     gate = load_checkpoint(ref).model.model.L_level.gate
     assert float(gate.detach().abs().max()) > 0  # training opened the gate of the second L cycle
+    logged = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "loss" in r]
+    # the gates as each step starts
+    assert steps and all({"L_gate_abs", "L_gate_neg"} <= set(r) for r in steps)
+    assert 0 < steps[-1]["L_gate_abs"] < float(gate.detach().abs().max())
 
     out = tmp_path / "eval"
     evaluated = subprocess.run(
@@ -351,6 +357,40 @@ def test_retrofit_and_posttrain_recipes_share_data_order_and_optimizer():
     a = {k: v for k, v in OmegaConf.to_container(post.train, resolve=True).items() if k not in differ}
     b = {k: v for k, v in OmegaConf.to_container(retro.train, resolve=True).items() if k not in differ}
     assert a == b and post.seed == retro.seed
+
+
+def test_nonneg_gates_shut_negative_channels_and_still_learn_from_closed(source):
+    """recurrence_gate_nonneg: a gate entry below zero acts as zero (so extra cycles never step away from the
+    state), the model still equals its source at closed gates, and a closed gate still gets a gradient."""
+    _, model = source
+    ids = _ids(model.config.vocab_size)
+    free, config = convert(model, LayerSplit(0, 2, 2, 4, 1, 3))
+    config.recurrence_gate_nonneg = True
+    nonneg = type(free)(config).eval()
+    nonneg.load_state_dict(free.state_dict())
+    assert nonneg.model.L_level.gate_nonneg and not free.model.L_level.gate_nonneg
+    assert max_logit_difference(nonneg, model, ids) <= TOL
+    signs = torch.where(torch.arange(config.hidden_size) % 2 == 0, 0.4, -0.4)
+    with torch.no_grad():
+        nonneg.model.L_level.gate.copy_(-signs.abs())
+        assert max_logit_difference(nonneg, model, ids) <= TOL  # every channel pushed negative: shut
+        nonneg.model.L_level.gate.copy_(signs)
+        free.model.L_level.gate.copy_(signs.clamp(min=0))
+        both = nonneg.lm_forward(ids), free.lm_forward(ids)
+        free.model.L_level.gate.copy_(signs)
+        mixed = free.lm_forward(ids)
+    assert float((both[0] - both[1]).abs().max()) <= TOL
+    assert float((both[0] - mixed).abs().max()) > 1e-3
+    read = {m: {k: v for k, v in gate_metrics(m).items() if k.startswith("L_")} for m in (nonneg, free)}
+    assert read[nonneg] == pytest.approx({"L_gate_abs": 0.2, "L_gate_neg": 0.5})  # what the forward reads
+    assert read[free] == pytest.approx({"L_gate_abs": 0.4, "L_gate_neg": 0.5})
+    with torch.no_grad():
+        nonneg.model.L_level.gate.zero_()
+    nonneg.lm_forward(ids).float().pow(2).mean().backward()
+    grad = nonneg.model.L_level.gate.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="recurrence_gate_nonneg"):
+        type(config)(**{**config.arch_dict(), "recurrence_gates": False})
 
 
 def test_the_gates_learn_at_their_own_scaled_rate_and_do_not_decay(source):

@@ -61,6 +61,21 @@ def _hrm_arch_schema() -> type:
 HRMArchConfig = _hrm_arch_schema()
 
 
+def gate_metrics(model: HierarchicalReasoningModel_ACTV1) -> dict[str, float]:
+    """How far each level's recurrence gate is open (arch.recurrence_gates): `{L,H}_gate_abs`, the mean |gate| the
+    forward reads (after recurrence_gate_nonneg's max(gate, 0)), and `{L,H}_gate_neg`, the fraction of its
+    entries below zero (entries that push the state away from the level's output). Empty without gates."""
+    metrics = {}
+    for name in ("L", "H"):
+        level = getattr(model.model, f"{name}_level")
+        if level.gate is None:
+            continue
+        gate = level.gate.detach().float()
+        metrics[f"{name}_gate_abs"] = float((gate.clamp(min=0) if level.gate_nonneg else gate).abs().mean())
+        metrics[f"{name}_gate_neg"] = float((gate < 0).float().mean())
+    return metrics
+
+
 class ActCarryState(TrainState):
     """The HRM's ACT carry for one micro-batch slot (deep supervision, upstream's training scheme).
 
@@ -227,7 +242,8 @@ class HrmFamily(ModelFamily):
         the training FLOPs count reads it too): the cycles of train.cycles_schedule (`cycles_at`), else the random
         cycles of train.random_cycles (`draw_cycles`, returned as the step's H_cycles / L_cycles metrics;
         validation and saved weights keep the arch's), then under train.bp_warmup_ratio > 0 the warm-up's bp_steps
-        (`bp_steps_at`). Without a schedule or draws the model keeps the arch's cycles."""
+        (`bp_steps_at`). Without a schedule or draws the model keeps the arch's cycles. Also returned: the
+        recurrence gates as the step starts (`gate_metrics`)."""
         hrm = cast(HierarchicalReasoningModel_ACTV1, model)
         this = step_recurrence(cfg, step, total_steps)
         drawn = this.cycles_from == "draw"
@@ -238,7 +254,8 @@ class HrmFamily(ModelFamily):
             hrm.set_cycles(this.H_cycles, this.L_cycles)
         if this.bp_warmup:
             hrm.bp_steps = this.bp_steps
-        return {"H_cycles": this.H_cycles, "L_cycles": this.L_cycles} if drawn else None
+        info = {"H_cycles": this.H_cycles, "L_cycles": this.L_cycles} if drawn else {}
+        return {**info, **gate_metrics(hrm)} or None
 
     def forward_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainState, loss_type: str

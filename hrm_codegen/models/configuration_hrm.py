@@ -63,6 +63,10 @@ HRM_DEFAULTS: dict[str, Any] = {
     # global clipping norm).
     "recurrence_gates": False,
     "recurrence_gate_lr_scale": 100.0,
+    # Gates read as max(gate, 0): a gated call then moves the state part of the way towards the level's output and
+    # never past its start, so extra cycles relax towards the level's fixed point instead of stepping away from it
+    # (a free gate learns negative entries in about half its channels, which repeated cycles amplify).
+    "recurrence_gate_nonneg": False,
     # With recurrence_gates: the first calls of a segment after the first (which start from the carried states) are
     # gated too, so with closed gates every segment returns the first one's states (deep supervision on a retrofit).
     "gate_later_segments": False,
@@ -135,6 +139,7 @@ class HRMConfig(PretrainedConfig):
         zero_init_states: bool
         recurrence_gates: bool
         recurrence_gate_lr_scale: float
+        recurrence_gate_nonneg: bool
         gate_later_segments: bool
         exit_gate: bool
 
@@ -213,6 +218,11 @@ class HRMConfig(PretrainedConfig):
         if self.norm_type not in ("post", "pre"):
             raise ValueError(f"norm_type must be 'post' or 'pre', got {self.norm_type!r}")
         check_bp_steps(self.bp_steps, self.H_cycles, self.L_cycles)
+        if self.recurrence_gate_nonneg and not self.recurrence_gates:
+            raise ValueError(
+                "recurrence_gate_nonneg=true constrains the recurrence gates, which are off; "
+                "set recurrence_gates=true or recurrence_gate_nonneg=false"
+            )
         if self.gate_later_segments and not self.recurrence_gates:
             raise ValueError(
                 "gate_later_segments=true gates the first calls of later segments through the recurrence gates; "

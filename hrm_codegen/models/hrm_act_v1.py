@@ -251,7 +251,7 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
     so the states the levels pass on, and what the LM head reads, are normalised. `gate_lr_scale`
     (recurrence_gates): a zero-initialised `gate` vector, whose `lr_scale` attribute the optimizer multiplies its
     learning rate by; a gated call returns z + gate * (stack(z + injection) - z), so it changes nothing until
-    training opens the gate. With gradient checkpointing on (`gradient_checkpointing_enable`), a call that
+    training opens the gate. `gate_nonneg`: the call reads max(gate, 0) (a channel pushed negative stays shut). With gradient checkpointing on (`gradient_checkpointing_enable`), a call that
     carries gradient keeps only its inputs and recomputes its layers in the backward pass.
     """
 
@@ -261,6 +261,7 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
         final_norm: RMSNorm | None = None,
         gate_lr_scale: float | None = None,
         hidden_size: int | None = None,
+        gate_nonneg: bool = False,
     ):
         super().__init__()
         self.layers = nn.ModuleList(layers)
@@ -270,6 +271,7 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
             assert hidden_size is not None, "a gated level needs hidden_size"
             self.gate = nn.Parameter(torch.zeros(hidden_size))
             self.gate.lr_scale = gate_lr_scale  # type: ignore[attr-defined] - read by hrm_codegen.optim
+        self.gate_nonneg = gate_nonneg
 
     def forward(
         self,
@@ -292,12 +294,13 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
             hidden_states = layer(hidden_states, slot=layer_slot, **attn_kwargs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        if isinstance(gated, torch.Tensor) and self.gate is not None:
-            gate = self.gate.to(hidden_states.dtype) * gated.view(-1, 1, 1).to(hidden_states.dtype)
-            hidden_states = state + gate * (hidden_states - state)
-        elif gated and self.gate is not None:
-            hidden_states = state + self.gate.to(hidden_states.dtype) * (hidden_states - state)
-        return hidden_states
+        if self.gate is None or (not isinstance(gated, torch.Tensor) and not gated):
+            return hidden_states
+        gate = self.gate.clamp(min=0) if self.gate_nonneg else self.gate
+        gate = gate.to(hidden_states.dtype)
+        if isinstance(gated, torch.Tensor):
+            gate = gate * gated.view(-1, 1, 1).to(hidden_states.dtype)
+        return state + gate * (hidden_states - state)
 
 
 def _grad_if(enabled: bool) -> contextlib.AbstractContextManager:
@@ -420,7 +423,7 @@ class HrmCodegenModel(HrmCodegenPreTrainedModel):
             )
             blocks = [HierarchicalReasoningModel_ACTV1Block(config) for _ in range(num_layers)]
             return HierarchicalReasoningModel_ACTV1ReasoningModule(
-                blocks, norm, gate_lr_scale, config.hidden_size
+                blocks, norm, gate_lr_scale, config.hidden_size, config.recurrence_gate_nonneg
             )
 
         self.H_level = level(config.H_layers)
