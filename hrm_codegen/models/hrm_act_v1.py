@@ -251,8 +251,9 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
     so the states the levels pass on, and what the LM head reads, are normalised. `gate_lr_scale`
     (recurrence_gates): a zero-initialised `gate` vector, whose `lr_scale` attribute the optimizer multiplies its
     learning rate by; a gated call returns z + gate * (stack(z + injection) - z), so it changes nothing until
-    training opens the gate. `gate_nonneg`: the call reads max(gate, 0) (a channel pushed negative stays shut). With gradient checkpointing on (`gradient_checkpointing_enable`), a call that
-    carries gradient keeps only its inputs and recomputes its layers in the backward pass.
+    training opens the gate. `gate_nonneg`: the call reads max(gate, 0) (a channel pushed negative stays shut).
+    With gradient checkpointing on (`gradient_checkpointing_enable`), a call that carries gradient keeps only its
+    inputs and recomputes its layers in the backward pass.
     """
 
     def __init__(
