@@ -70,9 +70,8 @@ def gate_metrics(model: HierarchicalReasoningModel_ACTV1) -> dict[str, float]:
         level = getattr(model.model, f"{name}_level")
         if level.gate is None:
             continue
-        gate = level.gate.detach().float()
-        metrics[f"{name}_gate_abs"] = float((gate.clamp(min=0) if level.gate_nonneg else gate).abs().mean())
-        metrics[f"{name}_gate_neg"] = float((gate < 0).float().mean())
+        metrics[f"{name}_gate_abs"] = float(level.read_gate().detach().float().abs().mean())
+        metrics[f"{name}_gate_neg"] = float((level.gate.detach() < 0).float().mean())
     return metrics
 
 

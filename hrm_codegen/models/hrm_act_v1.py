@@ -274,6 +274,11 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
             self.gate.lr_scale = gate_lr_scale  # type: ignore[attr-defined] - read by hrm_codegen.optim
         self.gate_nonneg = gate_nonneg
 
+    def read_gate(self) -> torch.Tensor:
+        """The gate as a gated call applies it: max(gate, 0) under `gate_nonneg`, else the gate itself."""
+        assert self.gate is not None, "this level has no recurrence gate"
+        return self.gate.clamp(min=0) if self.gate_nonneg else self.gate
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -297,8 +302,7 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(GradientCheckpointingLayer
             hidden_states = self.final_norm(hidden_states)
         if self.gate is None or (not isinstance(gated, torch.Tensor) and not gated):
             return hidden_states
-        gate = self.gate.clamp(min=0) if self.gate_nonneg else self.gate
-        gate = gate.to(hidden_states.dtype)
+        gate = self.read_gate().to(hidden_states.dtype)
         if isinstance(gated, torch.Tensor):
             gate = gate * gated.view(-1, 1, 1).to(hidden_states.dtype)
         return state + gate * (hidden_states - state)
